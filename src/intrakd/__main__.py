@@ -1,0 +1,5 @@
+import sys
+
+from intrakd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""CIFAR-100 from the official "cifar-100-python" layout (a user's download or ../shared/data)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from intrakd.data.augment import Augmentation
+from intrakd.data.tensor_data import TensorDataset
+
+CIFAR100_AUGMENTATION = Augmentation(
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), padding=4, flip=True
+)
+
+
+def resolve_cifar100_dir(root: str | Path) -> Path:
+    """The folder holding ``train``/``test``: ``root`` itself or ``root/cifar-100-python``."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / "cifar-100-python"):
+        if (candidate / "train").is_file() and (candidate / "test").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"CIFAR-100 not found at {root}: expected the files 'train' and 'test' of the official "
+        f"'cifar-100-python' download in {root} or in {root / 'cifar-100-python'}. "
+        "Download and extract cifar-100-python.tar.gz there, or pass --data-root / data.root."
+    )
+
+
+def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    missing = {"data", "fine_labels"} - entry.keys()
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)} (is this the CIFAR-100 python version?)")
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry["fine_labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise ValueError(f"{path}: expected data of shape [N, 3072] and N labels, got {data.shape} and {labels.shape}")
+    if labels.min() < 0 or labels.max() >= 100:
+        raise ValueError(f"{path}: fine labels must lie in 0..99, got {labels.min()}..{labels.max()}")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels)
+
+
+def load_cifar100(root: str | Path) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) of CIFAR-100 as uint8 tensors, with the standard augmentation."""
+    folder = resolve_cifar100_dir(root)
+    train = TensorDataset(*_load_split(folder / "train"), 100, CIFAR100_AUGMENTATION)
+    test = TensorDataset(*_load_split(folder / "test"), 100, CIFAR100_AUGMENTATION)
+    return train, test

@@ -1,0 +1,98 @@
+"""Datasets held as uint8 tensors, and the batch iterator that augments them on their device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from intrakd.data.augment import Augmentation
+
+
+@dataclass
+class Batch:
+    """One training batch: ``views`` independently augmented copies of the same images."""
+
+    views: tuple[Tensor, ...]
+    labels: Tensor
+
+
+@dataclass
+class TensorDataset:
+    """A whole split as one uint8 ``[N, C, H, W]`` tensor and int64 labels."""
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    augmentation: Augmentation
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> TensorDataset:
+        return TensorDataset(self.images.to(device), self.labels.to(device), self.num_classes, self.augmentation)
+
+    def subset(self, index: Tensor) -> TensorDataset:
+        return TensorDataset(self.images[index], self.labels[index], self.num_classes, self.augmentation)
+
+
+def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor, Tensor]:
+    """Indices (first, rest) where ``rest`` holds the last ``last`` samples of every class."""
+    held = torch.zeros(labels.shape[0], dtype=torch.bool)
+    for c in range(num_classes):
+        members = (labels == c).nonzero().squeeze(1)
+        if members.numel() <= last:
+            raise ValueError(f"class {c} has {members.numel()} samples: cannot hold out {last} of them")
+        held[members[-last:]] = True
+    return (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
+
+
+def first_per_class(labels: Tensor, num_classes: int, count: int) -> Tensor:
+    """Indices of the first ``count`` samples of every class (a reduced training set)."""
+    return torch.cat([(labels == c).nonzero().squeeze(1)[:count] for c in range(num_classes)]).sort().values
+
+
+class TensorBatches:
+    """Shuffled batches of a :class:`TensorDataset`, augmented on the data's device.
+
+    The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``: call
+    :meth:`set_epoch` before iterating. Incomplete last batches are dropped (fixed shapes).
+    """
+
+    def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int) -> None:
+        if len(data) < batch_size:
+            raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}")
+        self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        device = self.data.images.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.data), device=device, generator=generator)
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.data.images[index]
+            views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
+            yield Batch(views, self.data.labels[index])
+
+
+def eval_batches(data: TensorDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Normalised, unaugmented ``(images, labels)`` batches in dataset order."""
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size]
+        yield data.augmentation.normalize(images), data.labels[start : start + batch_size]

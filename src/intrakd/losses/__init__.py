@@ -1,0 +1,13 @@
+"""Losses of the method: intra-class contrastive loss, margin gate, feature cache, distillation."""
+
+from intrakd.losses.cache import FeatureCache
+from intrakd.losses.intra import classification_margin, intra_class_contrastive_loss, intra_class_terms
+from intrakd.losses.kd import kd_loss
+
+__all__ = [
+    "FeatureCache",
+    "classification_margin",
+    "intra_class_contrastive_loss",
+    "intra_class_terms",
+    "kd_loss",
+]

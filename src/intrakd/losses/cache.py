@@ -1,0 +1,91 @@
+"""The per-class feature cache: ring buffers of detached embeddings that supply extra negatives."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatureCache(nn.Module):
+    """One ring buffer of ``capacity`` embeddings per class, held as module buffers.
+
+    All state (``features [C, K, D]``, write ``pointer [C]``, fill ``count [C]``, ``written_at
+    [C, K]`` and the ``step`` counter) is saved and restored with the module's state dict. Reads and
+    writes use fixed shapes and no host synchronisation, so a training step that uses the cache can
+    be captured or compiled.
+
+    Args:
+        num_classes: number of classes ``C``.
+        capacity: entries per class ``K`` (>= 1).
+        dim: embedding size ``D``.
+        max_age: entries written more than this many steps ago are ignored (``None``: never).
+    """
+
+    def __init__(self, num_classes: int, capacity: int, dim: int, max_age: int | None = None) -> None:
+        super().__init__()
+        if capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1, got {capacity}")
+        if max_age is not None and max_age < 0:
+            raise ValueError(f"max_age must be >= 0 or None, got {max_age}")
+        self.num_classes, self.capacity, self.dim, self.max_age = num_classes, capacity, dim, max_age
+        self.register_buffer("features", torch.zeros(num_classes, capacity, dim))
+        self.register_buffer("pointer", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("written_at", torch.full((num_classes, capacity), -1, dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def valid(self) -> Tensor:
+        """``[C, K]`` bool: slots that hold an entry young enough to use."""
+        valid = self.written_at >= 0
+        if self.max_age is not None:
+            valid = valid & (self.step - self.written_at <= self.max_age)
+        return valid
+
+    def memory(self) -> tuple[Tensor, Tensor]:
+        """Flattened entries ``[C*K, D]`` and their labels ``[C*K]`` (-1 where a slot is unusable)."""
+        labels = torch.arange(self.num_classes, device=self.features.device)[:, None].expand(
+            -1, self.capacity
+        )
+        labels = torch.where(self.valid(), labels, -1)
+        return self.features.reshape(-1, self.dim), labels.reshape(-1)
+
+    @torch.no_grad()
+    def write(self, features: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+        """Append the rows of ``features`` with ``mask`` true to their class buffers, oldest out.
+
+        When more than ``K`` rows of one class arrive at once, the last ``K`` are kept. Advances
+        ``step`` by one.
+        """
+        n = features.shape[0]
+        keep = torch.ones(n, dtype=torch.bool, device=features.device) if mask is None else mask.bool()
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes) * keep[:, None]
+        arrivals = one_hot.sum(dim=0)  # [C]
+        rank = (one_hot.cumsum(dim=0) - 1).gather(1, labels[:, None]).squeeze(1)  # order within class
+        keep = keep & (rank >= arrivals[labels] - self.capacity)
+        slot = labels * self.capacity + (self.pointer[labels] + rank) % self.capacity
+
+        flat_features = self.features.view(-1, self.dim)
+        hit = torch.zeros(flat_features.shape[0], device=features.device)
+        hit.index_put_((slot,), keep.float(), accumulate=True)
+        hit = hit > 0
+        incoming = torch.zeros_like(flat_features)
+        incoming.index_put_((slot,), features.detach().to(flat_features.dtype) * keep[:, None], accumulate=True)
+        flat_features.copy_(torch.where(hit[:, None], incoming, flat_features))
+        flat_written = self.written_at.view(-1)
+        flat_written.copy_(torch.where(hit, self.step, flat_written))
+
+        self.pointer.copy_((self.pointer + arrivals) % self.capacity)
+        self.count.copy_(torch.clamp(self.count + arrivals, max=self.capacity))
+        self.step += 1
+
+    @torch.no_grad()
+    def clear(self, classes: Tensor) -> None:
+        """Empty the buffers of the classes where the ``[C]`` bool mask ``classes`` is true."""
+        classes = classes.bool()
+        self.written_at.copy_(torch.where(classes[:, None], -1, self.written_at))
+        self.count.copy_(torch.where(classes, 0, self.count))
+        self.pointer.copy_(torch.where(classes, 0, self.pointer))
+
+    def fill(self) -> Tensor:
+        """Mean fraction of usable slots, a 0-dim float tensor (no host synchronisation)."""
+        return self.valid().float().mean()

@@ -1,0 +1,137 @@
+"""The intra-class contrastive loss and the classification margin that gates it (METHOD.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MarginKind = Literal["probability", "logit"]
+
+
+def classification_margin(logits: Tensor, labels: Tensor, kind: MarginKind = "probability") -> Tensor:
+    """Per-sample margin ``s_y - max_{j != y} s_j``, with ``s = softmax(logits)`` by default.
+
+    ``kind="logit"`` uses the raw logits instead of probabilities. The result carries no gradient.
+    """
+    scores = logits.detach().float()
+    if kind == "probability":
+        scores = scores.softmax(dim=1)
+    elif kind != "logit":
+        raise ValueError(f"unknown margin kind {kind!r}: use 'probability' or 'logit'")
+    target = scores.gather(1, labels[:, None]).squeeze(1)
+    others = scores.scatter(1, labels[:, None], float("-inf"))
+    return target - others.max(dim=1).values
+
+
+def intra_class_terms(
+    anchors: Tensor,
+    positives: Tensor,
+    labels: Tensor,
+    *,
+    memory: Tensor | None = None,
+    memory_labels: Tensor | None = None,
+    anchor_mask: Tensor | None = None,
+    temperature: float = 0.1,
+    normalize: bool = True,
+    symmetric: bool = False,
+    min_negatives: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Per-anchor losses ``l(a)`` and the mask of anchors that contribute.
+
+    See :func:`intra_class_contrastive_loss` for the arguments. With ``symmetric=True`` the rows of
+    ``positives`` are anchors too (each with its own anchor row as positive); the returned tensors
+    then have ``2 * B`` rows, anchors first. Computed in float32 whatever the autocast dtype.
+    """
+    if anchors.shape != positives.shape or anchors.ndim != 2:
+        raise ValueError(f"anchors and positives must both be [B, D], got {tuple(anchors.shape)} "
+                         f"and {tuple(positives.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = anchors.shape[0]
+    device = anchors.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        a = anchors.float()
+        p = positives.float()
+        if normalize:
+            a = F.normalize(a, dim=1)
+            p = F.normalize(p, dim=1)
+        image_ids = torch.arange(batch, device=device)
+        cand = [a, p]
+        cand_labels = [labels, labels]
+        cand_ids = [image_ids, image_ids]
+        if memory is not None and memory.shape[0] > 0:
+            if memory_labels is None:
+                raise ValueError("memory given without memory_labels")
+            m = memory.float()
+            cand.append(F.normalize(m, dim=1) if normalize else m)
+            cand_labels.append(memory_labels)
+            cand_ids.append(torch.full_like(memory_labels, -1))
+        candidates = torch.cat(cand)
+        candidate_labels = torch.cat(cand_labels)
+        candidate_ids = torch.cat(cand_ids)
+
+        if symmetric:
+            a, p = torch.cat([a, p]), torch.cat([p, a])
+            labels = torch.cat([labels, labels])
+            image_ids = torch.cat([image_ids, image_ids])
+            if anchor_mask is not None and anchor_mask.shape[0] == batch:
+                anchor_mask = torch.cat([anchor_mask, anchor_mask])
+
+        positive_logit = (a * p).sum(dim=1) / temperature
+        negative_logits = a @ candidates.T / temperature
+        is_negative = (labels[:, None] == candidate_labels[None, :]) & (
+            image_ids[:, None] != candidate_ids[None, :]
+        )
+        negative_logits = negative_logits.masked_fill(~is_negative, float("-inf"))
+        all_logits = torch.cat([positive_logit[:, None], negative_logits], dim=1)
+        per_anchor = torch.logsumexp(all_logits, dim=1) - positive_logit
+
+        contributing = is_negative.sum(dim=1) >= max(1, min_negatives)
+        if anchor_mask is not None:
+            contributing = contributing & anchor_mask.bool()
+    return per_anchor, contributing
+
+
+def intra_class_contrastive_loss(
+    anchors: Tensor,
+    positives: Tensor,
+    labels: Tensor,
+    *,
+    memory: Tensor | None = None,
+    memory_labels: Tensor | None = None,
+    anchor_mask: Tensor | None = None,
+    temperature: float = 0.1,
+    normalize: bool = True,
+    symmetric: bool = False,
+    min_negatives: int = 1,
+) -> Tensor:
+    """Intra-class contrastive loss: pull two views of one image together, push its class apart.
+
+    For anchor ``a_i`` with positive ``p_i``: ``l_i = log(1 + sum_n exp((a_i.n - a_i.p_i) / tau))``
+    where the negatives ``n`` are the rows ``j != i`` of ``anchors`` and ``positives`` with
+    ``labels[j] == labels[i]`` and the rows of ``memory`` whose ``memory_labels`` equal
+    ``labels[i]`` (use a label of -1 for an empty memory slot). The result is the mean of ``l_i``
+    over contributing anchors (``anchor_mask`` true and at least ``min_negatives`` negatives), and a
+    differentiable zero when none contributes. ``symmetric=True`` makes positives anchors too.
+
+    Args:
+        anchors: ``[B, D]`` embeddings of the first view.
+        positives: ``[B, D]`` embeddings of the second view of the same images.
+        labels: ``[B]`` class indices.
+        memory: optional ``[M, D]`` cached embeddings (detached) of earlier batches.
+        memory_labels: ``[M]`` class of each memory row, -1 for an unused row.
+        anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
+            ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
+        temperature: ``tau`` > 0.
+        normalize: L2-normalise anchors, positives and memory first.
+    """
+    per_anchor, contributing = intra_class_terms(
+        anchors, positives, labels, memory=memory, memory_labels=memory_labels,
+        anchor_mask=anchor_mask, temperature=temperature, normalize=normalize,
+        symmetric=symmetric, min_negatives=min_negatives,
+    )
+    weights = contributing.float()
+    return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)

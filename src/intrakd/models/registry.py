@@ -1,0 +1,29 @@
+"""Model registry: ``create_model(name, num_classes=...)`` builds any registered model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from intrakd.models.contract import Classifier
+
+_MODELS: dict[str, Callable[..., Classifier]] = {}
+
+
+def register_model(fn: Callable[..., Classifier]) -> Callable[..., Classifier]:
+    """Decorator: register a model constructor under its function name."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of all registered models."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> Classifier:
+    """Build the model registered as ``name`` with ``num_classes`` outputs."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,89 @@
+"""Teacher objective: cross-entropy over both views plus lambda * the gated intra-class loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import IntraConfig
+from intrakd.data.tensor_data import Batch
+from intrakd.losses import FeatureCache, classification_margin, intra_class_terms
+from intrakd.objectives.base import StepResult
+
+
+def _projection_head(kind: str, dim: int, out_dim: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out_dim))
+    raise ValueError(f"unknown head {kind!r}: use none, linear or mlp")
+
+
+class IntraClassTeacherObjective(nn.Module):
+    """``L = CE (mean over views) + lambda * L_intra`` with the margin gate and the feature cache.
+
+    With ``cfg.weight == 0`` it is the vanilla teacher (cross-entropy over the given views); the
+    head and cache are then not built. The cache and head are module state, saved with the objective.
+    """
+
+    def __init__(self, cfg: IntraConfig, num_classes: int, embedding_dim: int, views: int = 2) -> None:
+        super().__init__()
+        self.cfg, self.num_classes, self.num_views = cfg, num_classes, views
+        self.enabled = cfg.weight > 0
+        self.head: nn.Module | None = None
+        self.cache: FeatureCache | None = None
+        if self.enabled:
+            self.head = _projection_head(cfg.head, embedding_dim, cfg.head_dim)
+            dim = embedding_dim if cfg.head == "none" else cfg.head_dim
+            if cfg.cache:
+                self.cache = FeatureCache(num_classes, cfg.cache_size, dim, cfg.max_age)
+
+    def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
+        labels = batch.labels
+        n_views = len(batch.views)
+        out = model(torch.cat(batch.views) if n_views > 1 else batch.views[0])
+        all_labels = labels.repeat(n_views)
+        ce = F.cross_entropy(out.logits.float(), all_labels)
+        first_logits = out.logits[: labels.shape[0]]
+        if not self.enabled:
+            return StepResult({"ce": ce}, first_logits)
+
+        cfg = self.cfg
+        z = self.head(out.embedding)
+        z1, z2 = z.float().chunk(2)
+        if cfg.normalize:
+            z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        margin = classification_margin(out.logits, all_labels, cfg.margin)
+        gate = margin > cfg.delta if cfg.delta > -1 else torch.ones_like(margin, dtype=torch.bool)
+        gate1 = gate[: labels.shape[0]]
+        if not cfg.symmetric:
+            gate = gate1
+
+        memory = memory_labels = None
+        if self.cache is not None:
+            memory, memory_labels = self.cache.memory()
+        per_anchor, contributing = intra_class_terms(
+            z1, z2, labels, memory=memory, memory_labels=memory_labels, anchor_mask=gate,
+            temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric,
+            min_negatives=cfg.min_negatives,
+        )
+        used = contributing.float()
+        intra = (per_anchor * used).sum() / used.sum().clamp_min(1.0)
+
+        stats: dict[str, Tensor] = {
+            "intra_raw": intra.detach(),
+            "pass_rate": gate.float().mean(),
+            "anchors_used": used.sum(),
+        }
+        if self.cache is not None:
+            if cfg.clear_after_use:
+                anchor_labels = labels.repeat(2) if cfg.symmetric else labels
+                used_classes = torch.zeros(self.num_classes, device=labels.device)
+                used_classes.index_add_(0, anchor_labels, used)
+                self.cache.clear(used_classes > 0)
+            self.cache.write(z1.detach(), labels, gate1)
+            stats["cache_fill"] = self.cache.fill()
+        return StepResult({"ce": ce, "intra": cfg.weight * intra}, first_logits, stats)

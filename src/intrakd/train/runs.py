@@ -1,0 +1,95 @@
+"""Whole runs from a configuration: ``train_teacher`` and ``distill`` write a run folder each."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from intrakd.config import StudentConfig, TeacherConfig, to_dict
+from intrakd.data import TensorBatches, build_datasets
+from intrakd.models import create_model
+from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.train.checkpoint import classifier_from_checkpoint
+from intrakd.train.loop import RunInfo, Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+    run_dir = Path(out)
+    if (run_dir / "config.yaml").exists():
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} already holds a run: choose another --out, or pass --overwrite "
+                                  "to replace it")
+        for name in ("metrics.jsonl", "summary.json", "config.yaml"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **config}, sort_keys=False))
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Train a teacher (vanilla when ``cfg.intra.weight == 0``); returns the run summary."""
+    device = resolve_device(cfg.device)
+    train_set, eval_set, split = build_datasets(cfg.data)
+    run_dir = prepare_run_dir(out, overwrite)
+    _write_config(run_dir, "train-teacher", to_dict(cfg))
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
+    trainer = Trainer(
+        model=model, objective=objective,
+        train_batches=TensorBatches(train_set.to(device), cfg.data.batch_size, cfg.views, cfg.seed),
+        eval_set=eval_set.to(device), optim=cfg.optim, run_dir=run_dir,
+        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split),
+        eval_batch_size=cfg.data.eval_batch_size,
+    )
+    return trainer.fit()
+
+
+def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``; returns the summary."""
+    if not cfg.teacher:
+        raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
+    device = resolve_device(cfg.device)
+    train_set, eval_set, split = build_datasets(cfg.data)
+    teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    run_dir = prepare_run_dir(out, overwrite)
+    _write_config(run_dir, "distill", to_dict(cfg))
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
+    trainer = Trainer(
+        model=model, objective=objective,
+        train_batches=TensorBatches(train_set.to(device), cfg.data.batch_size, objective.num_views, cfg.seed),
+        eval_set=eval_set.to(device), optim=cfg.optim, run_dir=run_dir,
+        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split),
+        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size,
+    )
+    return trainer.fit({"teacher": str(cfg.teacher)})
