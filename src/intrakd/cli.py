@@ -65,8 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _, eval_set, split = build_datasets(data_cfg)
     model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes)
     device = resolve_device(args.device)
-    logits, embeddings = predict(model.to(device), eval_set.to(device), data_cfg.eval_batch_size)
-    labels = eval_set.labels.cpu()
+    logits, embeddings, labels = predict(model.to(device), eval_set, data_cfg.eval_batch_size)
     result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
               "soft_label_entropy_T4": soft_label_entropy(logits, 4.0)}

@@ -76,8 +76,7 @@ def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[
     """Embedding geometry and soft-label entropy (T = 4) of a teacher on the eval split."""
     _, eval_set, _ = build_datasets(cfg.data)
     model, _ = classifier_from_checkpoint(checkpoint)
-    logits, embeddings = predict(model.to(resolve_device(device)), eval_set.to(resolve_device(device)))
-    labels = eval_set.labels.cpu()
+    logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set)
     return {**embedding_geometry(embeddings, labels),
             "soft_label_entropy_T4": soft_label_entropy(logits, 4.0)}
 

@@ -6,12 +6,14 @@ from intrakd.config import DataConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.cifar import load_cifar100
 from intrakd.data.digits import load_digits_splits
-from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset, eval_batches, first_per_class, split_per_class
+from intrakd.data.tensor_data import (
+    Batch, Batches, Split, TensorBatches, TensorDataset, first_per_class, split_per_class,
+)
 
 DATASETS = ("digits", "cifar100")
 
 
-def build_datasets(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset, str]:
+def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
     """(train, eval, eval split name) for a data configuration.
 
     With ``val_per_class > 0`` the last that many training images of every class form the eval
@@ -38,6 +40,6 @@ def build_datasets(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset, str]:
 
 
 __all__ = [
-    "Augmentation", "Batch", "DATASETS", "TensorBatches", "TensorDataset", "build_datasets",
-    "eval_batches", "first_per_class", "load_cifar100", "load_digits_splits", "split_per_class",
+    "Augmentation", "Batch", "Batches", "DATASETS", "Split", "TensorBatches", "TensorDataset", "build_datasets",
+    "first_per_class", "load_cifar100", "load_digits_splits", "split_per_class",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -19,9 +20,28 @@ class Batch:
     labels: Tensor
 
 
+class Batches(Protocol):
+    """Training batches of one epoch; :meth:`set_epoch` fixes their order and augmentation."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+class Split(Protocol):
+    """What the trainer needs of a dataset split (tensor-held or decoded from files)."""
+
+    num_classes: int
+    labels: Tensor
+
+    def __len__(self) -> int: ...
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> Batches: ...
+    def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
 @dataclass
 class TensorDataset:
-    """A whole split as one uint8 ``[N, C, H, W]`` tensor and int64 labels."""
+    """A whole split as one uint8 ``[N, C, H, W]`` tensor and int64 labels (implements :class:`Split`)."""
 
     images: Tensor
     labels: Tensor
@@ -42,6 +62,17 @@ class TensorDataset:
 
     def subset(self, index: Tensor) -> TensorDataset:
         return TensorDataset(self.images[index], self.labels[index], self.num_classes, self.augmentation)
+
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> TensorBatches:
+        """Shuffled, augmented training batches, with the whole split moved to ``device`` once."""
+        return TensorBatches(self.to(device), batch_size, views, seed)
+
+    def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised, unaugmented ``(images, labels)`` batches on ``device``, in dataset order."""
+        for start in range(0, len(self), batch_size):
+            images = self.images[start : start + batch_size].to(device, non_blocking=True)
+            labels = self.labels[start : start + batch_size].to(device, non_blocking=True)
+            yield self.augmentation.normalize(images), labels
 
 
 def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor, Tensor]:
@@ -90,9 +121,3 @@ class TensorBatches:
             views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
             yield Batch(views, self.data.labels[index])
 
-
-def eval_batches(data: TensorDataset, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Normalised, unaugmented ``(images, labels)`` batches in dataset order."""
-    for start in range(0, len(data), batch_size):
-        images = data.images[start : start + batch_size]
-        yield data.augmentation.normalize(images), data.labels[start : start + batch_size]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from intrakd.config import OptimConfig
-from intrakd.data.tensor_data import Batch, TensorDataset
+from intrakd.data.tensor_data import Batches, Split
 from intrakd.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from intrakd.train.evaluate import evaluate
 
@@ -44,8 +44,8 @@ class Trainer:
         *,
         model: nn.Module,
         objective: nn.Module,
-        train_batches: Iterable[Batch],
-        eval_set: TensorDataset,
+        train_batches: Batches,
+        eval_set: Split,
         optim: OptimConfig,
         run_dir: Path,
         info: RunInfo,

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from intrakd.config import StudentConfig, TeacherConfig, to_dict
-from intrakd.data import TensorBatches, build_datasets
+from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.train.checkpoint import classifier_from_checkpoint
@@ -64,8 +64,8 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False) 
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
     trainer = Trainer(
         model=model, objective=objective,
-        train_batches=TensorBatches(train_set.to(device), cfg.data.batch_size, cfg.views, cfg.seed),
-        eval_set=eval_set.to(device), optim=cfg.optim, run_dir=run_dir,
+        train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
+        eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split),
         eval_batch_size=cfg.data.eval_batch_size,
     )
@@ -87,8 +87,8 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False) -> dic
     objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
     trainer = Trainer(
         model=model, objective=objective,
-        train_batches=TensorBatches(train_set.to(device), cfg.data.batch_size, objective.num_views, cfg.seed),
-        eval_set=eval_set.to(device), optim=cfg.optim, run_dir=run_dir,
+        train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
+        eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size,
     )
