@@ -53,10 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_entropy
     from intrakd.config import DataConfig, from_dict
     from intrakd.data import build_datasets
-    from intrakd.train import classifier_from_checkpoint, predict, resolve_device
-    from intrakd.train.evaluate import accuracy
-
-    from intrakd.train.checkpoint import read_checkpoint
+    from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
 
     stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
     data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}),

@@ -98,7 +98,7 @@ class TeacherConfig:
         if intra.temperature <= 0:
             raise ConfigError(f"intra.temperature must be > 0, got {intra.temperature}")
         if intra.cache_size < 1:
-            raise ConfigError(f"intra.cache_size must be >= 1 (turn the cache off with intra.cache=false)")
+            raise ConfigError("intra.cache_size must be >= 1 (turn the cache off with intra.cache=false)")
         if self.views not in (1, 2):
             raise ConfigError(f"views must be 1 or 2, got {self.views}")
         if intra.weight > 0 and self.views != 2:

@@ -83,14 +83,11 @@ def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[
 
 def results_table(results: dict[str, Any]) -> str:
     """The demo's markdown table."""
-    lines = [
-        f"# intrakd demo: {results['dataset']}, {results['teacher_model']} -> {results['student_model']}, "
-        f"{results['epochs']} epochs, seed {results['seed']}",
-        "",
-        "| teacher | lambda | teacher acc | student acc | intra-class dist | inter-class dist | intra/inter "
-        "| soft-label entropy (T=4) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    title = (f"# intrakd demo: {results['dataset']}, {results['teacher_model']} -> {results['student_model']}, "
+             f"{results['epochs']} epochs, seed {results['seed']}")
+    header = ("| teacher | lambda | teacher acc | student acc | intra-class dist | inter-class dist | intra/inter "
+              "| soft-label entropy (T=4) |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         lines.append(
             f"| {r['teacher']} | {r['intra_weight']} | {r['teacher_acc']:.2f} | {r['student_acc']:.2f} "

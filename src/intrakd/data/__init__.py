@@ -7,7 +7,13 @@ from intrakd.data.augment import Augmentation
 from intrakd.data.cifar import load_cifar100
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.tensor_data import (
-    Batch, Batches, Split, TensorBatches, TensorDataset, first_per_class, split_per_class,
+    Batch,
+    Batches,
+    Split,
+    TensorBatches,
+    TensorDataset,
+    first_per_class,
+    split_per_class,
 )
 
 DATASETS = ("digits", "cifar100")
@@ -40,6 +46,16 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
 
 
 __all__ = [
-    "Augmentation", "Batch", "Batches", "DATASETS", "Split", "TensorBatches", "TensorDataset", "build_datasets",
-    "first_per_class", "load_cifar100", "load_digits_splits", "split_per_class",
+    "DATASETS",
+    "Augmentation",
+    "Batch",
+    "Batches",
+    "Split",
+    "TensorBatches",
+    "TensorDataset",
+    "build_datasets",
+    "first_per_class",
+    "load_cifar100",
+    "load_digits_splits",
+    "split_per_class",
 ]

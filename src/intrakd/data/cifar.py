@@ -36,7 +36,7 @@ def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as err:
         raise ValueError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")  # noqa: TRY004 (bad file)
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     missing = {"data", "fine_labels"} - entry.keys()
     if missing:

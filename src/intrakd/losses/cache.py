@@ -18,7 +18,8 @@ class FeatureCache(nn.Module):
         num_classes: number of classes ``C``.
         capacity: entries per class ``K`` (>= 1).
         dim: embedding size ``D``.
-        max_age: entries written more than this many steps ago are ignored (``None``: never).
+        max_age: entries older than this many steps are ignored (``None``: never); an entry written
+            in the previous step has age 1.
     """
 
     def __init__(self, num_classes: int, capacity: int, dim: int, max_age: int | None = None) -> None:

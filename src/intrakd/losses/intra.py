@@ -80,14 +80,15 @@ def intra_class_terms(
             if anchor_mask is not None and anchor_mask.shape[0] == batch:
                 anchor_mask = torch.cat([anchor_mask, anchor_mask])
 
-        positive_logit = (a * p).sum(dim=1) / temperature
-        negative_logits = a @ candidates.T / temperature
+        positive_logit = (a * p).sum(dim=1, keepdim=True) / temperature
+        # (a.n - a.p) / tau for every candidate n; non-negatives get the lowest finite value, so
+        # they add exactly nothing and an anchor without negatives stays finite (and gets l = 0)
+        gaps = a @ candidates.T / temperature - positive_logit
         is_negative = (labels[:, None] == candidate_labels[None, :]) & (
             image_ids[:, None] != candidate_ids[None, :]
         )
-        negative_logits = negative_logits.masked_fill(~is_negative, float("-inf"))
-        all_logits = torch.cat([positive_logit[:, None], negative_logits], dim=1)
-        per_anchor = torch.logsumexp(all_logits, dim=1) - positive_logit
+        gaps = gaps.masked_fill(~is_negative, torch.finfo(gaps.dtype).min)
+        per_anchor = F.softplus(torch.logsumexp(gaps, dim=1))  # log(1 + sum exp(gap))
 
         contributing = is_negative.sum(dim=1) >= max(1, min_negatives)
         if anchor_mask is not None:

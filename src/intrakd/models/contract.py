@@ -22,9 +22,9 @@ class ModelOutput(NamedTuple):
 class Classifier(nn.Module):
     """Base class of intrakd's models.
 
-    Subclasses implement :meth:`stages` (returning the stage feature maps, earliest first) and set
-    ``self.classifier_head`` name via :attr:`head_name` plus ``embedding_dim`` and ``num_classes``.
-    Pooling is adaptive, so every model runs at any input size its stages allow.
+    Subclasses implement :meth:`stages` (the stage feature maps, earliest first), set
+    ``embedding_dim`` and ``num_classes``, and hold their linear classifier in the attribute named by
+    :attr:`head_name`. Pooling is adaptive, so every model runs at any input size its stages allow.
     """
 
     num_classes: int

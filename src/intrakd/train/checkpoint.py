@@ -43,7 +43,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
         state = {"model": state}  # a bare state_dict
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise ValueError(f"checkpoint {path} holds no model weights: expected a dict with a 'model' state_dict")
+        raise ValueError(f"checkpoint {path} holds no model weights: expected a dict with a 'model' state_dict")  # noqa: TRY004
     return state
 
 

@@ -1,0 +1,45 @@
+"""Typed configuration: YAML + overrides, unknown keys and wrong types refused with their names."""
+
+import pytest
+
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
+
+
+def test_defaults_are_the_benchmark_recipe():
+    cfg = load_config(TeacherConfig)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.05, 0.9, 5e-4)
+    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.data.batch_size) == (240, [150, 180, 210], 64)
+    assert (cfg.intra.weight, cfg.intra.temperature, cfg.intra.delta, cfg.intra.cache_size) == (0.02, 0.1, 0.5, 64)
+    student = load_config(StudentConfig)
+    assert (student.distill.temperature, student.distill.ce_weight, student.distill.kd_weight) == (4.0, 0.1, 0.9)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("model: digits_cnn\noptim:\n  lr: 0.1\n  epochs: 5\nintra:\n  weight: 0.03\n")
+    cfg = load_config(TeacherConfig, path, ["optim.lr=1e-3", "intra.max_age=10", "data.dataset=digits"])
+    assert cfg.model == "digits_cnn" and cfg.optim.epochs == 5 and cfg.optim.lr == 1e-3
+    assert cfg.intra.weight == 0.03 and cfg.intra.max_age == 10 and cfg.data.dataset == "digits"
+
+
+@pytest.mark.parametrize("override, message", [
+    (["optim.lrr=0.1"], r"unknown config key optim.lrr; valid keys here: optim.epochs"),
+    (["nope=1"], r"unknown config key nope"),
+    (["optim.epochs=ten"], r"optim.epochs: expected int, got str 'ten'"),
+    (["intra.margin=ratio"], r"intra.margin: 'ratio' is not one of 'probability', 'logit'"),
+    (["intra.weight=-0.1"], r"intra.weight \(lambda\) must be >= 0"),
+    (["intra.delta=1.5"], r"intra.delta must lie in \[-1, 1\]"),
+    (["intra.temperature=0"], r"intra.temperature must be > 0"),
+    (["intra.cache_size=0"], r"intra.cache_size must be >= 1"),
+    (["views=1"], r"the intra-class loss needs two views"),
+    (["optim.milestones=5"], r"optim.milestones: expected a list"),
+    (["optim"], r"not of the form key=value"),
+])
+def test_bad_settings_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TeacherConfig, None, override)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(TeacherConfig, tmp_path / "missing.yaml")

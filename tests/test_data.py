@@ -1,0 +1,121 @@
+"""Datasets as uint8 tensors, batched augmentation, splits, and the errors for bad dataset folders."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from intrakd.config import DataConfig
+from intrakd.data import Augmentation, build_datasets, load_cifar100, load_digits_splits
+from intrakd.data.augment import random_crop, random_flip
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_cifar = pytest.mark.skipif(not (SHARED_CIFAR / "cifar-100-python" / "train").exists(),
+                                 reason=f"real CIFAR-100 not present at {SHARED_CIFAR}")
+
+
+def test_digits_split_is_fixed_and_stratified():
+    train, test = load_digits_splits()
+    assert (len(train), len(test)) == (1347, 450)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 8, 8)
+    assert torch.bincount(test.labels).tolist() == torch.bincount(load_digits_splits()[1].labels).tolist()
+    totals = torch.bincount(torch.cat([train.labels, test.labels]))
+    assert ((torch.bincount(test.labels) - totals * 0.25).abs() <= 1).all()  # stratified
+    assert int(train.images.max()) == 255
+
+
+def test_random_crop_matches_pad_and_slice():
+    images = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop(images, 2, g)
+    offsets = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(6):
+        dy, dx = offsets[0, i], offsets[1, i]
+        assert torch.equal(out[i], padded[i, :, dy:dy + 5, dx:dx + 7])
+
+
+def test_random_flip_flips_about_half():
+    images = torch.stack([torch.zeros(1000), torch.ones(1000)], 1).to(torch.uint8).reshape(1000, 1, 1, 2)
+    out = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == images[:, 0, 0, 1])
+    assert 400 < flipped.sum() < 600
+    assert torch.equal(out[~flipped], images[~flipped])
+
+
+def test_normalize_and_two_independent_views():
+    aug = Augmentation(mean=(0.5,), std=(0.25,), padding=1, flip=True)
+    images = torch.full((4, 1, 3, 3), 255, dtype=torch.uint8)
+    assert torch.allclose(aug.normalize(images), torch.full((4, 1, 3, 3), 2.0))
+    train, _ = load_digits_splits()
+    batches = train.train_batches(64, 2, seed=0, device=torch.device("cpu"))
+    batches.set_epoch(0)
+    first = next(iter(batches))
+    assert len(first.views) == 2 and first.views[0].shape == (64, 1, 8, 8)
+    assert not torch.equal(first.views[0], first.views[1])
+    again = next(iter(batches))
+    assert torch.equal(first.views[0], again.views[0])  # same (seed, epoch): same stream
+    batches.set_epoch(1)
+    assert not torch.equal(next(iter(batches)).labels, first.labels)
+
+
+def test_validation_split_and_reduced_training_set():
+    cfg = DataConfig(dataset="digits", val_per_class=10, train_per_class=20)
+    train, val, split = build_datasets(cfg)
+    assert split == "val" and len(val) == 100 and len(train) == 200
+    assert torch.bincount(val.labels).tolist() == [10] * 10
+
+
+def write_fake_cifar(root: Path, per_class=2, bytes_keys=False):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        labels = [c for c in range(100) for _ in range(per_class)]
+        entry = {"data": np.random.default_rng(0).integers(0, 256, (len(labels), 3072), dtype=np.uint8),
+                 "fine_labels": labels, "coarse_labels": [0] * len(labels)}
+        if bytes_keys:
+            entry = {k.encode(): v for k, v in entry.items()}
+        (folder / split).write_bytes(pickle.dumps(entry))
+    return folder
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar_layout_with_str_or_bytes_keys(tmp_path, bytes_keys):
+    folder = write_fake_cifar(tmp_path, bytes_keys=bytes_keys)
+    for root in (tmp_path, folder):
+        train, _ = load_cifar100(root)
+        assert train.images.shape == (200, 3, 32, 32) and train.num_classes == 100
+
+
+def test_cifar_missing_folder_names_path_and_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"CIFAR-100 not found at .*nowhere.*'train' and 'test'"):
+        load_cifar100(tmp_path / "nowhere")
+
+
+def test_cifar_malformed_files(tmp_path):
+    folder = write_fake_cifar(tmp_path)
+    (folder / "train").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"train is not a readable CIFAR-100 pickle"):
+        load_cifar100(tmp_path)
+    (folder / "train").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}))
+    with pytest.raises(ValueError, match=r"missing keys \['fine_labels'\]"):
+        load_cifar100(tmp_path)
+    (folder / "train").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "fine_labels": [0, 1]}))
+    with pytest.raises(ValueError, match=r"expected data of shape \[N, 3072\]"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar_requires_root():
+    with pytest.raises(ValueError, match="data.root is required"):
+        build_datasets(DataConfig(dataset="cifar100"))
+
+
+@needs_cifar
+def test_real_cifar100_loads_with_published_statistics():
+    train, test = load_cifar100(SHARED_CIFAR)
+    assert (len(train), len(test)) == (50000, 10000)
+    assert torch.bincount(train.labels).tolist() == [500] * 100
+    mean = train.images.float().mean(dim=(0, 2, 3)) / 255
+    torch.testing.assert_close(mean, torch.tensor([0.5071, 0.4865, 0.4409]), atol=1e-3, rtol=0)
