@@ -82,13 +82,11 @@ class CifarResNetV2(Classifier):
 
 @register_model
 def ResNet18(num_classes: int = 100) -> CifarResNetV2:  # noqa: N802 (the benchmark's name)
-    """CIFAR-style ResNet-18 (3x3 stem, no max pooling) of the KD benchmark; see imagenet_resnet18
-    for the ImageNet-size one."""
+    """CIFAR-style ResNet-18 of the KD benchmark (3x3 stem, no max pooling; not imagenet_resnet18)."""
     return CifarResNetV2(Basic, (2, 2, 2, 2), num_classes)
 
 
 @register_model
 def ResNet50(num_classes: int = 100) -> CifarResNetV2:  # noqa: N802 (the benchmark's name)
-    """CIFAR-style ResNet-50 (3x3 stem, no max pooling) of the KD benchmark; see imagenet_resnet50
-    for the ImageNet-size one."""
+    """CIFAR-style ResNet-50 of the KD benchmark (3x3 stem, no max pooling; not imagenet_resnet50)."""
     return CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes)

@@ -112,16 +112,16 @@ def _register(name: str, make: Callable[[int], Classifier], doc: str) -> None:
         return model if weights is None else load_local_weights(model, weights, name)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = doc + " ``weights``: a local weights file to load (never downloaded)."
+    build.__doc__ = f"{doc}\n\n``weights``: a local weights file to load (never downloaded)."
     register_model(build)
 
 
 _register("imagenet_resnet18", lambda n: TorchvisionResNet(torchvision.models.resnet18, n),
           "ImageNet-size ResNet-18 (torchvision layout; 7x7 stem and max pooling).")
 _register("imagenet_resnet34", lambda n: TorchvisionResNet(torchvision.models.resnet34, n),
-          "ImageNet-size ResNet-34 (torchvision layout).")
+          "ImageNet-size ResNet-34 (torchvision layout; 7x7 stem and max pooling).")
 _register("imagenet_resnet50", lambda n: TorchvisionResNet(torchvision.models.resnet50, n),
-          "ImageNet-size ResNet-50 (torchvision layout).")
+          "ImageNet-size ResNet-50 (torchvision layout; 7x7 stem and max pooling).")
 _register("imagenet_mobilenet_v2", TorchvisionMobileNetV2, "ImageNet-size MobileNetV2 (torchvision layout).")
 _register("imagenet_mobilenet_v1", MobileNetV1,
           "ImageNet-size MobileNetV1 (the ImageNet KD benchmark's layout; torchvision has none).")
