@@ -125,7 +125,10 @@ def _worker_error(err: UnreadableImageError) -> UnreadableImageError:
 
 @dataclass
 class ImageFolderSplit:
-    """A split of image files with integer labels (implements :class:`~intrakd.data.Split`)."""
+    """A split of image files with integer labels (implements :class:`~intrakd.data.Split`).
+
+    ``workers`` decoding processes are started per pass (never more than the CPUs available).
+    """
 
     paths: list[str]
     labels: Tensor
@@ -142,7 +145,8 @@ class ImageFolderSplit:
 
     def _loader(self, dataset: _Files, batch_size: int, device: torch.device, order: list[int] | None = None,
                 drop_last: bool = False) -> Iterator:
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=self.workers,
+        workers = min(self.workers, len(os.sched_getaffinity(0)))
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
                             drop_last=drop_last, pin_memory=device.type == "cuda")
         try:
             yield from loader
