@@ -9,6 +9,7 @@ images are small can instead be decoded once into a :class:`TensorDataset` (``da
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,9 @@ class ImageFolderSplit:
         try:
             yield from loader
         except UnreadableImageError as err:
+            # the original traceback's frames hold the loader's iterator in a reference cycle: clear
+            # them so its worker processes stop now, not whenever the garbage collector runs
+            traceback.clear_frames(err.__traceback__)
             raise _worker_error(err) from None
 
     def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> FolderBatches:
