@@ -11,10 +11,10 @@ from PIL import Image
 
 from intrakd.cli import main
 from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
-from intrakd.data import (
-    ImageFolderSplit, TensorDataset, UnreadableImageError, build_datasets, folder_pipeline,
+from intrakd.data import ImageFolderSplit, TensorDataset, build_datasets, folder_pipeline
+from intrakd.data.imagefolder import (
+    IMAGENET_MEAN, IMAGENET_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, UnreadableImageError,
 )
-from intrakd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD
 
 CPU = torch.device("cpu")
 WNIDS = ["n03000000", "n01000000", "n02000000"]  # wnids.txt order is not sorted; labels follow sorted order
@@ -215,7 +215,7 @@ def test_image_folders_imagenet_recipe(tmp_path):
         w, h = image.size
         size = (18, int(18 * h / w)) if w <= h else (int(18 * w / h), 18)
         resized = image.resize(size, Image.BILINEAR)
-        top, left = int(round((size[1] - 16) / 2)), int(round((size[0] - 16) / 2))
+        top, left = round((size[1] - 16) / 2), round((size[0] - 16) / 2)
         crop = np.array(resized)[top : top + 16, left : left + 16]
         torch.testing.assert_close(got[k], normalized(crop, IMAGENET_MEAN, IMAGENET_STD))
     batch = next(iter(train.train_batches(3, views=2, seed=0, device=CPU)))

@@ -81,6 +81,6 @@ class CifarMobileNetV2(Classifier):
 
 
 @register_model
-def MobileNetV2(num_classes: int = 100) -> CifarMobileNetV2:  # noqa: N802 (the benchmark's name)
+def MobileNetV2(num_classes: int = 100) -> CifarMobileNetV2:
     """CIFAR MobileNetV2 (width 0.5, expansion 6) of the KD benchmark."""
     return CifarMobileNetV2(num_classes=num_classes)

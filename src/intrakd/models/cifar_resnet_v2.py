@@ -58,7 +58,7 @@ class Bottleneck(nn.Module):
 class CifarResNetV2(Classifier):
     head_name = "linear"
 
-    def __init__(self, block: type[Basic] | type[Bottleneck], counts: tuple[int, ...], num_classes: int = 100) -> None:
+    def __init__(self, block: type[Basic | Bottleneck], counts: tuple[int, ...], num_classes: int = 100) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -81,12 +81,12 @@ class CifarResNetV2(Classifier):
 
 
 @register_model
-def ResNet18(num_classes: int = 100) -> CifarResNetV2:  # noqa: N802 (the benchmark's name)
+def ResNet18(num_classes: int = 100) -> CifarResNetV2:
     """CIFAR-style ResNet-18 of the KD benchmark (3x3 stem, no max pooling; not imagenet_resnet18)."""
     return CifarResNetV2(Basic, (2, 2, 2, 2), num_classes)
 
 
 @register_model
-def ResNet50(num_classes: int = 100) -> CifarResNetV2:  # noqa: N802 (the benchmark's name)
+def ResNet50(num_classes: int = 100) -> CifarResNetV2:
     """CIFAR-style ResNet-50 of the KD benchmark (3x3 stem, no max pooling; not imagenet_resnet50)."""
     return CifarResNetV2(Bottleneck, (3, 4, 6, 3), num_classes)

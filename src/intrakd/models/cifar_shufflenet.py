@@ -138,12 +138,12 @@ class ShuffleNetV2(Classifier):
 
 
 @register_model
-def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:  # noqa: N802 (the benchmark's name)
+def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:
     """CIFAR ShuffleNetV1, 3 groups, widths 240/480/960, 4/8/4 blocks."""
     return ShuffleNetV1((240, 480, 960), (4, 8, 4), groups=3, num_classes=num_classes)
 
 
 @register_model
-def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:  # noqa: N802 (the benchmark's name)
+def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:
     """CIFAR ShuffleNetV2 1x, widths 116/232/464, 3/7/3 blocks after each down-sampling block, 1024-wide head."""
     return ShuffleNetV2((116, 232, 464), (3, 7, 3), last=1024, num_classes=num_classes)
