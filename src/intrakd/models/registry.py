@@ -26,7 +26,8 @@ def describe_model(name: str) -> str:
     """The first line of the docstring of model ``name``'s constructor."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return (_MODELS[name].__doc__ or "").strip().splitlines()[0] if _MODELS[name].__doc__ else ""
+    doc = (_MODELS[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> Classifier:
