@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
 
@@ -18,6 +19,8 @@ def _default_out(command: str) -> str:
 def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. optim.epochs=30 intra.weight=0.02 data.dataset=digits")
+    parser.add_argument("--preset", help="named recipe as the base configuration (`intrakd presets` lists them); "
+                        "--config and overrides apply on top")
     parser.add_argument("--config", help="YAML file of settings (overrides apply on top)")
     parser.add_argument("--out", help="run folder (default runs/<command>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -29,11 +32,17 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.overrides)
 
 
+def _preset_base(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
+    from intrakd.presets import preset_values
+
+    return preset_values(args.preset, kind) if args.preset else None
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from intrakd.train import train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
-    cfg = load_config(TeacherConfig, args.config, overrides)
+    cfg = load_config(TeacherConfig, args.config, overrides, base=_preset_base(args, "teacher"))
     summary = train_teacher(cfg, args.out or _default_out("teacher"), overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
@@ -43,7 +52,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from intrakd.train import distill
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
-    cfg = load_config(StudentConfig, args.config, overrides)
+    cfg = load_config(StudentConfig, args.config, overrides, base=_preset_base(args, "distill"))
     summary = distill(cfg, args.out or _default_out("student"), overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
@@ -58,6 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
     data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}),
                    **({"root": args.data_root} if args.data_root else {})}
+    data_values["in_memory"] = False  # the same eval images either way; don't decode the training split
     data_cfg = from_dict(DataConfig, data_values, prefix="data.")
     _, eval_set, split = build_datasets(data_cfg)
     model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes)
@@ -82,9 +92,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from intrakd.models import list_models
+    from intrakd.models import describe_model, list_models
 
-    print("\n".join(list_models()))
+    names = list_models()
+    width = max(map(len, names))
+    print("\n".join(f"{name.ljust(width)}  {describe_model(name)}" for name in names))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    import yaml
+
+    from intrakd.config import to_dict
+    from intrakd.presets import get_preset, presets_table
+
+    if args.name:
+        preset = get_preset(args.name)
+        print(f"# {preset.name}: {preset.description}")
+        if preset.published:
+            print(f"# published top-1 teacher / student / KD: {preset.published}")
+        print(yaml.safe_dump(to_dict(preset.config()), sort_keys=False), end="")
+    else:
+        print(presets_table())
     return 0
 
 
@@ -123,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("presets", help="list the named recipes (or show one's full configuration)")
+    p.add_argument("name", nargs="?", help="a preset to show in full")
+    p.set_defaults(func=cmd_presets)
     return parser
 
 

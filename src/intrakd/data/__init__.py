@@ -1,4 +1,5 @@
-"""Datasets: the embedded digits and CIFAR-100, held as uint8 tensors with batched augmentation."""
+"""Datasets: the embedded digits and CIFAR-100 held as uint8 tensors with batched augmentation;
+Tiny ImageNet, ImageNet and any class-folder tree decoded from image files."""
 
 from __future__ import annotations
 
@@ -6,24 +7,43 @@ from intrakd.config import DataConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.cifar import load_cifar100
 from intrakd.data.digits import load_digits_splits
+from intrakd.data.imagefolder import (
+    IMAGENET_MEAN, IMAGENET_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, ImageFolderSplit, Pipeline,
+    UnreadableImageError, load_image_folders, load_tiny_imagenet,
+)
 from intrakd.data.tensor_data import (
-    Batch,
-    Batches,
-    Split,
-    TensorBatches,
-    TensorDataset,
-    first_per_class,
-    split_per_class,
+    Batch, Batches, Split, TensorBatches, TensorDataset, first_per_class, split_per_class,
 )
 
-DATASETS = ("digits", "cifar100")
+DATASETS = ("digits", "cifar100", "tiny_imagenet", "imagenet", "imagefolder")
+FOLDER_DATASETS = ("tiny_imagenet", "imagenet", "imagefolder")
+
+
+def folder_pipeline(cfg: DataConfig) -> Pipeline:
+    """The augmentation of a folder dataset: its standard one, or what ``cfg`` asks for."""
+    tiny = cfg.dataset == "tiny_imagenet"
+    crop = cfg.augment if cfg.augment != "auto" else ("pad_crop" if tiny else "resized_crop")
+    size = cfg.image_size or (64 if tiny else 224)
+    mean, std = (TINY_IMAGENET_MEAN, TINY_IMAGENET_STD) if tiny else (IMAGENET_MEAN, IMAGENET_STD)
+    return Pipeline(crop, size, mean, std)
+
+
+def _load_folders(cfg: DataConfig) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+    if not cfg.root:
+        layout = ("'tiny-imagenet-200' (or the folder holding it)" if cfg.dataset == "tiny_imagenet"
+                  else "the folder holding train/<class>/ and val/<class>/")
+        raise ValueError(f"data.root is required for {cfg.dataset}: {layout} (e.g. --data-root PATH)")
+    loader = load_tiny_imagenet if cfg.dataset == "tiny_imagenet" else load_image_folders
+    return loader(cfg.root, folder_pipeline(cfg), cfg.workers)
 
 
 def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
     """(train, eval, eval split name) for a data configuration.
 
     With ``val_per_class > 0`` the last that many training images of every class form the eval
-    split ("val") and are removed from training; otherwise the eval split is "test".
+    split ("val") and are removed from training; otherwise the eval split is the dataset's own
+    ("test" for digits and CIFAR-100, "val" for the folder datasets). Folder datasets are read in
+    worker processes, or decoded once into tensors with ``in_memory``.
     """
     if cfg.dataset == "digits":
         train, test = load_digits_splits()
@@ -32,9 +52,11 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
             raise ValueError("data.root is required for cifar100: the folder holding 'cifar-100-python' "
                              "(e.g. --data-root ../shared/data)")
         train, test = load_cifar100(cfg.root)
+    elif cfg.dataset in FOLDER_DATASETS:
+        train, test = _load_folders(cfg)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
-    eval_set, split = test, "test"
+    eval_set, split = test, "val" if cfg.dataset in FOLDER_DATASETS else "test"
     if cfg.val_per_class:
         train_idx, val_idx = split_per_class(train.labels, train.num_classes, cfg.val_per_class)
         train, eval_set, split = train.subset(train_idx), train.subset(val_idx), "val"
@@ -42,20 +64,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train = train.subset(first_per_class(train.labels, train.num_classes, cfg.train_per_class))
     if cfg.eval_per_class:
         eval_set = eval_set.subset(first_per_class(eval_set.labels, eval_set.num_classes, cfg.eval_per_class))
+    if cfg.in_memory and isinstance(train, ImageFolderSplit):
+        train, eval_set = train.to_tensors(), eval_set.to_tensors()
     return train, eval_set, split
 
 
 __all__ = [
-    "DATASETS",
-    "Augmentation",
-    "Batch",
-    "Batches",
-    "Split",
-    "TensorBatches",
-    "TensorDataset",
-    "build_datasets",
-    "first_per_class",
-    "load_cifar100",
-    "load_digits_splits",
-    "split_per_class",
+    "Augmentation", "Batch", "Batches", "DATASETS", "FOLDER_DATASETS", "ImageFolderSplit", "Pipeline", "Split",
+    "TensorBatches", "TensorDataset", "UnreadableImageError", "build_datasets", "first_per_class", "folder_pipeline",
+    "load_cifar100", "load_digits_splits", "load_image_folders", "load_tiny_imagenet", "split_per_class",
 ]

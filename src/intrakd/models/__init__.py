@@ -1,7 +1,9 @@
 """Model zoo behind one factory; every model returns :class:`ModelOutput`."""
 
-from intrakd.models import cifar_resnet, digits  # noqa: F401  (fill the registry)
+from intrakd.models import (  # noqa: F401  (fill the registry)
+    cifar_mobilenetv2, cifar_resnet, cifar_resnet_v2, cifar_shufflenet, cifar_vgg, cifar_wrn, digits, imagenet,
+)
 from intrakd.models.contract import Classifier, ModelOutput
-from intrakd.models.registry import create_model, list_models, register_model
+from intrakd.models.registry import create_model, describe_model, list_models, register_model
 
-__all__ = ["Classifier", "ModelOutput", "create_model", "list_models", "register_model"]
+__all__ = ["Classifier", "ModelOutput", "create_model", "describe_model", "list_models", "register_model"]

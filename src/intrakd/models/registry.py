@@ -22,6 +22,14 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def describe_model(name: str) -> str:
+    """The first line of the docstring of model ``name``'s constructor."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    doc = (_MODELS[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 def create_model(name: str, num_classes: int, **kwargs) -> Classifier:
     """Build the model registered as ``name`` with ``num_classes`` outputs."""
     if name not in _MODELS:

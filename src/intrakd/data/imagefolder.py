@@ -1,0 +1,341 @@
+"""Datasets of image files: Tiny ImageNet in its official layout, ImageNet, any class-folder tree.
+
+Images are decoded and augmented in DataLoader worker processes into uint8 tensors; batches are
+normalised on the training device. The augmentation of every image depends only on
+``(seed, epoch, index)``, so a run is reproducible whatever the number of workers. A split whose
+images are small can instead be decoded once into a :class:`TensorDataset` (``data.in_memory``).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from intrakd.data.augment import Augmentation
+from intrakd.data.tensor_data import Batch, TensorDataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Tiny ImageNet's statistics as used by the KD benchmark (so its checkpoints evaluate alike)
+TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+EVAL_CROP_FRACTION = 0.875
+"""Eval images are resized to ``image_size / 0.875`` (256 for 224) and centre-cropped."""
+
+Crop = Literal["pad_crop", "resized_crop"]
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded (the message names the file)."""
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` to an RGB image, or raise :class:`UnreadableImageError` naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(f"cannot read image {path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The augmentation of one folder dataset.
+
+    ``pad_crop``: resize to ``image_size`` square, random crop with zero padding ``image_size // 8``,
+    flip (CIFAR / Tiny ImageNet style); eval: the resize only. ``resized_crop``: RandomResizedCrop
+    ``image_size`` + flip (ImageNet style); eval: resize the shorter side to ``image_size / 0.875``,
+    centre crop ``image_size``.
+    """
+
+    crop: Crop
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def padding(self) -> int:
+        return self.image_size // 8
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """Normalisation (and, for a tensor-held split, the batched pad-crop + flip)."""
+        return Augmentation(self.mean, self.std, padding=self.padding, flip=True)
+
+    def train_transform(self) -> v2.Compose:
+        """PIL image -> one augmented uint8 ``[3, S, S]`` tensor."""
+        size = self.image_size
+        if self.crop == "pad_crop":
+            steps = [v2.Resize((size, size)), v2.RandomCrop(size, padding=self.padding)]
+        else:
+            steps = [v2.RandomResizedCrop(size)]
+        return v2.Compose([*steps, v2.RandomHorizontalFlip(), v2.PILToTensor()])
+
+    def eval_transform(self) -> v2.Compose:
+        """PIL image -> uint8 ``[3, S, S]`` tensor, deterministic."""
+        size = self.image_size
+        if self.crop == "pad_crop":
+            steps = [v2.Resize((size, size))]
+        else:
+            steps = [v2.Resize(round(size / EVAL_CROP_FRACTION)), v2.CenterCrop(size)]
+        return v2.Compose([*steps, v2.PILToTensor()])
+
+
+def _augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+
+
+class _Files(Dataset):
+    """``(views, label)`` per image: ``views`` augmented copies when ``seed`` is given (each image's
+    random draws seeded by ``(seed, epoch, index)``), otherwise one deterministic tensor."""
+
+    def __init__(self, paths: list[str], labels: list[int], transform: v2.Compose, views: int = 1,
+                 seed: int | None = None, epoch: int = 0) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+        self.views, self.seed, self.epoch = views, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | tuple[Tensor, ...], int]:
+        image = read_image(self.paths[index])
+        if self.seed is None:
+            return self.transform(image), self.labels[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_augmentation_seed(self.seed, self.epoch, index))
+            views = tuple(self.transform(image) for _ in range(self.views))
+        return views, self.labels[index]
+
+
+def _worker_error(err: UnreadableImageError) -> UnreadableImageError:
+    """The one-line message of an error re-raised from a DataLoader worker (which prefixes the
+    worker's traceback)."""
+    line = str(err).strip().splitlines()[-1]
+    prefix = f"{UnreadableImageError.__module__}.{UnreadableImageError.__qualname__}: "
+    return UnreadableImageError(line.removeprefix(prefix))
+
+
+@dataclass
+class ImageFolderSplit:
+    """A split of image files with integer labels (implements :class:`~intrakd.data.Split`).
+
+    ``workers`` decoding processes are started per pass (never more than the CPUs available).
+    """
+
+    paths: list[str]
+    labels: Tensor
+    num_classes: int
+    pipeline: Pipeline
+    workers: int = 8
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, index: Tensor) -> ImageFolderSplit:
+        return ImageFolderSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.num_classes,
+                                self.pipeline, self.workers)
+
+    def _loader(self, dataset: _Files, batch_size: int, device: torch.device, order: list[int] | None = None,
+                drop_last: bool = False) -> Iterator:
+        workers = min(self.workers, len(os.sched_getaffinity(0)))
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                            drop_last=drop_last, pin_memory=device.type == "cuda")
+        try:
+            yield from loader
+        except UnreadableImageError as err:
+            # the original traceback's frames hold the loader's iterator in a reference cycle: clear
+            # them so its worker processes stop now, not whenever the garbage collector runs
+            traceback.clear_frames(err.__traceback__)
+            raise _worker_error(err) from None
+
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> FolderBatches:
+        """Shuffled batches of ``views`` augmented views, decoded by ``workers`` processes."""
+        return FolderBatches(self, batch_size, views, seed, device)
+
+    def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised eval-transformed ``(images, labels)`` batches on ``device``, in order."""
+        augmentation = self.pipeline.augmentation
+        dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform())
+        for images, labels in self._loader(dataset, batch_size, device):
+            yield augmentation.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
+
+    def to_tensors(self, batch_size: int = 256) -> TensorDataset:
+        """Decode the whole split once (eval transform) into a uint8 :class:`TensorDataset` whose
+        batched augmentation is the pipeline's pad-crop + flip."""
+        if self.pipeline.crop != "pad_crop":
+            raise ValueError("data.in_memory needs the pad_crop augmentation (set data.augment=pad_crop): "
+                             "a random resized crop cannot be drawn from a pre-decoded fixed-size tensor")
+        size = self.pipeline.image_size
+        images = torch.empty(len(self), 3, size, size, dtype=torch.uint8)
+        dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform())
+        start = 0
+        for batch, _ in self._loader(dataset, batch_size, torch.device("cpu")):
+            images[start : start + batch.shape[0]] = batch
+            start += batch.shape[0]
+        return TensorDataset(images, self.labels.clone(), self.num_classes, self.pipeline.augmentation)
+
+
+class FolderBatches:
+    """Training batches of an :class:`ImageFolderSplit`; the order and the augmentation of epoch ``e``
+    depend only on ``(seed, e)``. Incomplete last batches are dropped."""
+
+    def __init__(self, split: ImageFolderSplit, batch_size: int, views: int, seed: int, device: torch.device) -> None:
+        if len(split) < batch_size:
+            raise ValueError(f"{len(split)} training images is fewer than one batch of {batch_size}")
+        self.split, self.batch_size, self.views, self.seed, self.device = split, batch_size, views, seed, device
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split) // self.batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.split), generator=generator).tolist()
+        split, device = self.split, self.device
+        dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
+                         self.seed, self.epoch)
+        augmentation = split.pipeline.augmentation
+        for views, labels in split._loader(dataset, self.batch_size, device, order, drop_last=True):
+            yield Batch(tuple(augmentation.normalize(v.to(device, non_blocking=True)) for v in views),
+                        labels.to(device, non_blocking=True))
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Image files under ``folder`` (sub-folders included), in sorted order."""
+    files = []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        dirs.sort()
+        files += [os.path.join(parent, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def _show(names: list[str] | set[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def scan_class_folders(folder: Path, classes: list[str] | None = None,
+                       source: str = "the training classes") -> tuple[list[str], list[str], list[int]]:
+    """``(classes, paths, labels)`` of a ``folder/<class>/**/<image>`` tree.
+
+    Classes are the sorted sub-folder names; when ``classes`` is given (``source`` says where they
+    come from, for the error) the sub-folders must be exactly those. Every class folder must hold at
+    least one image.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: expected a folder with one sub-folder of images per class")
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        raise ValueError(f"{folder} holds no class folders: expected {folder}/<class>/<image files>")
+    if classes is None:
+        classes = found
+    elif set(found) != set(classes):
+        missing, extra = set(classes) - set(found), set(found) - set(classes)
+        parts = [f"the class folders of {folder} do not match {source} ({len(found)} vs {len(classes)} classes):"]
+        if missing:
+            parts.append(f"no folder for {_show(missing)};")
+        if extra:
+            parts.append(f"unknown class folders {_show(extra)};")
+        raise ValueError(" ".join(parts).rstrip(";"))
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        files = _image_files(folder / name)
+        if not files:
+            raise ValueError(f"class folder {folder / name} holds no images (expected files ending in "
+                             f"{', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    return classes, paths, labels
+
+
+def _split(paths: list[str], labels: list[int], num_classes: int, pipeline: Pipeline, workers: int) -> ImageFolderSplit:
+    return ImageFolderSplit(paths, torch.tensor(labels, dtype=torch.int64), num_classes, pipeline, workers)
+
+
+def load_image_folders(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+    """(train, val) of ``root/train/<class>/*`` and ``root/val/<class>/*`` (ImageNet's usual layout,
+    or any such tree); the classes are the sorted folder names of ``train``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist: expected {root}/train/<class>/<images> "
+                                f"and {root}/val/<class>/<images>")
+    classes, paths, labels = scan_class_folders(root / "train")
+    _, val_paths, val_labels = scan_class_folders(root / "val", classes)
+    return (_split(paths, labels, len(classes), pipeline, workers),
+            _split(val_paths, val_labels, len(classes), pipeline, workers))
+
+
+def resolve_tiny_imagenet_dir(root: str | Path) -> Path:
+    """The folder holding ``train``/``val``: ``root`` itself or ``root/tiny-imagenet-200``."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / "tiny-imagenet-200"):
+        if (candidate / "train").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"Tiny ImageNet not found at {root}: expected the official layout (train/<wnid>/images/*.JPEG, "
+        f"val/images/*.JPEG, val/val_annotations.txt, wnids.txt) in {root} or in {root / 'tiny-imagenet-200'}"
+    )
+
+
+def _tiny_imagenet_val(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    annotations = folder / "val_annotations.txt"
+    if not annotations.is_file():
+        if folder.is_dir() and any(e.is_dir() and e.name != "images" for e in os.scandir(folder)):
+            _, paths, labels = scan_class_folders(folder, classes)  # already sorted into val/<wnid>/
+            return paths, labels
+        raise FileNotFoundError(f"{annotations} does not exist: expected Tiny ImageNet's val/val_annotations.txt "
+                                f"and val/images/ (or val/<wnid>/ class folders)")
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    paths, labels = [], []
+    for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{annotations} line {number}: expected '<file>\\t<wnid>\\t...', got {line!r}")
+        name, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise ValueError(f"{annotations} line {number}: class {wnid!r} of {name} is not one of the "
+                             f"{len(classes)} training classes")
+        path = folder / "images" / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{annotations} line {number}: image {path} does not exist")
+        paths.append(str(path))
+        labels.append(index[wnid])
+    if not paths:
+        raise ValueError(f"{annotations} lists no images")
+    return paths, labels
+
+
+def load_tiny_imagenet(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+    """(train, val) of Tiny ImageNet in its official layout, no reorganisation needed.
+
+    Classes are the sorted wnids (of ``wnids.txt`` when present, else of the train folders): the
+    label order of a class-folder loader, so checkpoints trained that way evaluate correctly.
+    """
+    folder = resolve_tiny_imagenet_dir(root)
+    wnids_file = folder / "wnids.txt"
+    if wnids_file.is_file():
+        wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
+        if len(set(wnids)) != len(wnids):
+            raise ValueError(f"{wnids_file} lists a class twice")
+        classes = sorted(wnids)
+    else:
+        classes = None
+    classes, paths, labels = scan_class_folders(folder / "train", classes, f"the classes listed in {wnids_file}")
+    val_paths, val_labels = _tiny_imagenet_val(folder / "val", classes)
+    return (_split(paths, labels, len(classes), pipeline, workers),
+            _split(val_paths, val_labels, len(classes), pipeline, workers))

@@ -1,0 +1,163 @@
+"""Named recipes of the standard KD benchmarks: a teacher recipe and a KD recipe per teacher/student pair.
+
+A preset is a plain nested dict of configuration values (the shape of the YAML files), used as the
+base that ``--config`` and ``key=value`` overrides apply on top of:
+``intrakd train-teacher --preset cifar100/resnet32x4-resnet8x4/teacher`` then
+``intrakd distill --preset cifar100/resnet32x4-resnet8x4/kd --teacher CHECKPOINT``. Teacher presets
+train the enriched teacher of METHOD.md (``--vanilla`` for cross-entropy only); KD presets name the
+teacher's architecture and leave its checkpoint to ``--teacher``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from intrakd.config import StudentConfig, TeacherConfig, load_config
+
+Kind = Literal["teacher", "distill"]
+
+
+@dataclass(frozen=True)
+class Published:
+    """Top-1 (%) reported for a pair by the standard benchmark (METHOD.md)."""
+
+    teacher: float
+    student: float
+    kd: float
+
+    def __str__(self) -> str:
+        return f"{self.teacher:.2f} / {self.student:.2f} / {self.kd:.2f}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: Kind
+    values: dict[str, Any]
+    description: str
+    published: Published | None = None
+
+    def config(self) -> TeacherConfig | StudentConfig:
+        """The configuration this preset resolves to (validated)."""
+        return load_config(TeacherConfig if self.kind == "teacher" else StudentConfig, base=self.values)
+
+
+# CIFAR-100 (METHOD.md): SGD 0.9, wd 5e-4, batch 64, 240 epochs, lr 0.05 (0.01 for MobileNetV2 and
+# ShuffleNet students), x0.1 at 150/180/210; KD T = 4, CE 0.1, KD 0.9.
+CIFAR100_OPTIM = {"epochs": 240, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                  "milestones": [150, 180, 210], "lr_decay": 0.1}
+CIFAR100_DATA = {"dataset": "cifar100", "batch_size": 64}
+CIFAR100_KD = {"method": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+LIGHTWEIGHT_STUDENT_LR = 0.01
+LIGHTWEIGHT_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+CIFAR100_PAIRS: tuple[tuple[str, str, Published | None], ...] = (
+    ("resnet56", "resnet20", Published(72.34, 69.06, 70.66)),
+    ("resnet110", "resnet32", None),
+    ("resnet32x4", "resnet8x4", Published(79.42, 72.50, 73.33)),
+    ("wrn_40_2", "wrn_16_2", Published(75.61, 73.26, 74.92)),
+    ("wrn_40_2", "wrn_40_1", None),
+    ("vgg13", "vgg8", Published(74.64, 70.36, 72.98)),
+    ("vgg13", "MobileNetV2", None),
+    ("ResNet50", "MobileNetV2", None),
+    ("resnet32x4", "ShuffleV1", None),
+    ("resnet32x4", "ShuffleV2", None),
+    ("wrn_40_2", "ShuffleV1", None),
+)
+
+# Tiny ImageNet: the recipe of mdistiller's Tiny ImageNet configs (configs/tiny_imagenet/, the DOT
+# paper, Zhao et al., ICCV 2023: ResNet18 -> MobileNetV2 / ShuffleV2 with the CIFAR-style models at
+# 64x64): SGD 0.9, wd 5e-4, batch 256, 200 epochs, lr 0.2, x0.1 at 60/120/160; KD T = 4, CE 0.1,
+# KD 0.9. Augmentation crop 64 pad 8 + flip; the 1.2 GB of images are held in memory.
+TINY_IMAGENET_OPTIM = {"epochs": 200, "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4,
+                       "milestones": [60, 120, 160], "lr_decay": 0.1}
+TINY_IMAGENET_DATA = {"dataset": "tiny_imagenet", "batch_size": 256, "in_memory": True}
+TINY_IMAGENET_PAIRS = (("ResNet18", "MobileNetV2"), ("ResNet18", "ShuffleV2"))
+
+# ImageNet: the torchvision / CRD recipe: SGD 0.9, wd 1e-4, batch 256, 100 epochs, lr 0.1, x0.1 at
+# 30/60/90; RandomResizedCrop 224 + flip; KD T = 1, CE 0.5, KD 0.5 (METHOD.md).
+IMAGENET_OPTIM = {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                  "milestones": [30, 60, 90], "lr_decay": 0.1}
+IMAGENET_DATA = {"dataset": "imagenet", "batch_size": 256, "image_size": 224}
+IMAGENET_KD = {"method": "kd", "temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5}
+IMAGENET_PAIRS = (("resnet34-resnet18", "imagenet_resnet34", "imagenet_resnet18"),
+                  ("resnet50-mobilenetv1", "imagenet_resnet50", "imagenet_mobilenet_v1"))
+
+ENRICHED_TEACHER = {"weight": 0.02, "temperature": 0.1, "delta": 0.5}
+
+
+def _teacher(model: str, data: dict[str, Any], optim: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "views": 2, "data": dict(data), "optim": dict(optim), "intra": dict(ENRICHED_TEACHER)}
+
+
+def _kd(student: str, teacher: str, data: dict[str, Any], optim: dict[str, Any], kd: dict[str, Any]) -> dict[str, Any]:
+    return {"model": student, "teacher_model": teacher, "data": dict(data), "optim": dict(optim), "distill": dict(kd)}
+
+
+def _build() -> dict[str, Preset]:
+    presets: list[Preset] = []
+
+    def pair(prefix: str, label: str, teacher: str, student: str, data: dict[str, Any], teacher_optim: dict[str, Any],
+             student_optim: dict[str, Any], kd: dict[str, Any], published: Published | None) -> None:
+        base = f"{prefix}/{label}"
+        presets.append(Preset(f"{base}/teacher", "teacher", _teacher(teacher, data, teacher_optim),
+                              f"{prefix} teacher {teacher} (enriched) for {student}", published))
+        presets.append(Preset(f"{base}/kd", "distill", _kd(student, teacher, data, student_optim, kd),
+                              f"{prefix} KD {teacher} -> {student}", published))
+
+    for teacher, student, published in CIFAR100_PAIRS:
+        student_optim = dict(CIFAR100_OPTIM)
+        if student in LIGHTWEIGHT_STUDENTS:
+            student_optim["lr"] = LIGHTWEIGHT_STUDENT_LR
+        pair("cifar100", f"{teacher}-{student}", teacher, student, CIFAR100_DATA, CIFAR100_OPTIM, student_optim,
+             CIFAR100_KD, published)
+    for teacher, student in TINY_IMAGENET_PAIRS:
+        pair("tiny_imagenet", f"{teacher}-{student}", teacher, student, TINY_IMAGENET_DATA, TINY_IMAGENET_OPTIM,
+             TINY_IMAGENET_OPTIM, CIFAR100_KD, None)
+    for label, teacher, student in IMAGENET_PAIRS:
+        pair("imagenet", label, teacher, student, IMAGENET_DATA, IMAGENET_OPTIM, IMAGENET_OPTIM, IMAGENET_KD, None)
+    return {p.name: p for p in presets}
+
+
+PRESETS: dict[str, Preset] = _build()
+
+
+def list_presets(kind: Kind | None = None) -> list[Preset]:
+    """All presets (of one kind), in registry order."""
+    return [p for p in PRESETS.values() if kind is None or p.kind == kind]
+
+
+def get_preset(name: str, kind: Kind | None = None) -> Preset:
+    """The preset called ``name``; with ``kind``, it must be of that kind."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; `intrakd presets` lists them, e.g. "
+                         f"{', '.join(p.name for p in list_presets(kind)[:2])}")
+    preset = PRESETS[name]
+    if kind is not None and preset.kind != kind:
+        command = "train-teacher" if preset.kind == "teacher" else "distill"
+        raise ValueError(f"preset {name!r} is a {preset.kind} recipe: use it with `intrakd {command} --preset {name}`")
+    return preset
+
+
+def preset_values(name: str, kind: Kind) -> dict[str, Any]:
+    """A copy of the configuration values of preset ``name`` (which must be of ``kind``)."""
+    return copy.deepcopy(get_preset(name, kind).values)
+
+
+def presets_table() -> str:
+    """One line per preset with its key settings and, for the CIFAR pairs that have them, the
+    published teacher / student / KD top-1."""
+    header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S / KD")
+    rows = [header]
+    for p in PRESETS.values():
+        v = p.values
+        kd = v.get("distill")
+        rows.append((
+            p.name, p.kind, v["model"], v.get("teacher_model", "-"), str(v["optim"]["epochs"]),
+            str(v["data"]["batch_size"]), f"{v['optim']['lr']:g}",
+            f"{kd['temperature']:g} / {kd['ce_weight']:g} / {kd['kd_weight']:g}" if kd else "-",
+            str(p.published) if p.published else "n/a",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

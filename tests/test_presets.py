@@ -1,0 +1,148 @@
+"""Named recipes: every preset resolves to a valid configuration with the values of METHOD.md, and
+the CLI lists them and runs one with overrides on top."""
+
+import pytest
+import yaml
+
+from intrakd.cli import main
+from intrakd.config import StudentConfig, TeacherConfig, to_dict
+from intrakd.models import list_models
+from intrakd.presets import PRESETS, Published, get_preset, list_presets, preset_values
+
+# METHOD.md's CIFAR-100 pairs and published top-1 (teacher / student alone / KD)
+CIFAR100_PAIRS = [
+    ("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"),
+    ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
+]
+PUBLISHED = {
+    ("resnet32x4", "resnet8x4"): (79.42, 72.50, 73.33), ("wrn_40_2", "wrn_16_2"): (75.61, 73.26, 74.92),
+    ("resnet56", "resnet20"): (72.34, 69.06, 70.66), ("vgg13", "vgg8"): (74.64, 70.36, 72.98),
+}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_resolves_to_a_valid_configuration(name):
+    preset = PRESETS[name]
+    cfg = preset.config()
+    assert isinstance(cfg, TeacherConfig if preset.kind == "teacher" else StudentConfig)
+    assert cfg.model in list_models()
+    assert preset.values["data"]["dataset"] == cfg.data.dataset
+    if preset.kind == "teacher":
+        assert name.endswith("/teacher") and "model" in preset.values
+        assert cfg.views == 2 and cfg.intra.weight > 0  # the enriched teacher
+    else:
+        assert name.endswith("/kd") and cfg.teacher_model in list_models()
+        assert cfg.teacher is None  # the checkpoint comes from --teacher
+
+
+def test_cifar100_pairs_and_recipe():
+    for teacher, student in CIFAR100_PAIRS:
+        t = get_preset(f"cifar100/{teacher}-{student}/teacher", "teacher").config()
+        s = get_preset(f"cifar100/{teacher}-{student}/kd", "distill").config()
+        assert (t.model, s.model, s.teacher_model) == (teacher, student, teacher)
+        for cfg in (t, s):
+            assert cfg.data.dataset == "cifar100" and cfg.data.batch_size == 64
+            assert (cfg.optim.epochs, cfg.optim.momentum, cfg.optim.weight_decay) == (240, 0.9, 5e-4)
+            assert cfg.optim.milestones == [150, 180, 210] and cfg.optim.lr_decay == 0.1
+        assert t.optim.lr == 0.05
+        assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
+        assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
+    names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}
+    assert len(names) == 2 * len(CIFAR100_PAIRS)
+
+
+def test_published_accuracies_only_where_method_md_gives_them():
+    for teacher, student in CIFAR100_PAIRS:
+        for suffix in ("teacher", "kd"):
+            published = PRESETS[f"cifar100/{teacher}-{student}/{suffix}"].published
+            expected = PUBLISHED.get((teacher, student))
+            assert published == (Published(*expected) if expected else None)
+    assert all(p.published is None for p in list_presets() if not p.name.startswith("cifar100/"))
+
+
+def test_tiny_imagenet_and_imagenet_recipes():
+    for student in ("MobileNetV2", "ShuffleV2"):
+        s = get_preset(f"tiny_imagenet/ResNet18-{student}/kd").config()
+        assert (s.model, s.teacher_model, s.data.dataset) == (student, "ResNet18", "tiny_imagenet")
+        assert (s.optim.epochs, s.optim.lr, s.optim.milestones, s.data.batch_size) == (200, 0.2, [60, 120, 160], 256)
+        assert get_preset(f"tiny_imagenet/ResNet18-{student}/teacher").config().model == "ResNet18"
+    for label, teacher, student in (("resnet34-resnet18", "imagenet_resnet34", "imagenet_resnet18"),
+                                    ("resnet50-mobilenetv1", "imagenet_resnet50", "imagenet_mobilenet_v1")):
+        s = get_preset(f"imagenet/{label}/kd").config()
+        assert (s.model, s.teacher_model, s.data.dataset, s.data.image_size) == (student, teacher, "imagenet", 224)
+        assert (s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == (1.0, 0.5, 0.5)
+        assert (s.optim.epochs, s.optim.lr, s.optim.weight_decay, s.optim.milestones, s.data.batch_size) == (
+            100, 0.1, 1e-4, [30, 60, 90], 256)
+        assert get_preset(f"imagenet/{label}/teacher").config().model == teacher
+
+
+def test_preset_values_are_copies():
+    values = preset_values("cifar100/vgg13-vgg8/kd", "distill")
+    values["optim"]["lr"] = 9.0
+    assert PRESETS["cifar100/vgg13-vgg8/kd"].values["optim"]["lr"] == 0.05
+
+
+def test_presets_command_lists_every_preset_with_key_settings(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "KIND", "MODEL"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(PRESETS)
+    assert rows["cifar100/resnet32x4-resnet8x4/kd"].split()[1:8] == [
+        "distill", "resnet8x4", "resnet32x4", "240", "64", "0.05", "4"]
+    assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33")
+    assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[6] == "0.01"
+    assert rows["cifar100/vgg13-MobileNetV2/kd"].endswith("n/a")
+
+
+def test_presets_command_shows_one_in_full(capsys):
+    assert main(["presets", "cifar100/wrn_40_2-wrn_16_2/kd"]) == 0
+    out = capsys.readouterr().out
+    assert "# published top-1 teacher / student / KD: 75.61 / 73.26 / 74.92" in out
+    assert yaml.safe_load(out) == to_dict(PRESETS["cifar100/wrn_40_2-wrn_16_2/kd"].config())
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the runs with functions that record the configuration they are given."""
+    seen = {}
+
+    def record(cfg, out, overwrite=False):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr("intrakd.train.train_teacher", record)
+    monkeypatch.setattr("intrakd.train.distill", record)
+    return seen
+
+
+def test_preset_is_the_base_and_config_and_overrides_apply_on_top(captured, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("optim:\n  epochs: 30\n  lr: 0.2\nintra:\n  delta: 0.3\n")
+    assert main(["train-teacher", "--preset", "cifar100/resnet56-resnet20/teacher", "--config", str(config),
+                 "--data-root", "/data", "optim.lr=0.1", "--out", str(tmp_path / "t")]) == 0
+    cfg = captured["cfg"]
+    assert (cfg.model, cfg.data.dataset, cfg.data.root) == ("resnet56", "cifar100", "/data")
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.intra.delta, cfg.intra.weight) == (30, 0.1, 0.3, 0.02)
+    assert main(["train-teacher", "--preset", "cifar100/resnet56-resnet20/teacher", "--vanilla",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert captured["cfg"].intra.weight == 0
+    assert main(["distill", "--preset", "imagenet/resnet34-resnet18/kd", "--teacher", "resnet34.pth",
+                 "data.root=/imagenet", "--out", str(tmp_path / "s")]) == 0
+    cfg = captured["cfg"]
+    assert (cfg.teacher, cfg.teacher_model, cfg.model) == ("resnet34.pth", "imagenet_resnet34", "imagenet_resnet18")
+    assert (cfg.distill.temperature, cfg.data.root) == (1.0, "/imagenet")
+
+
+def test_preset_errors(captured, capsys):
+    assert main(["train-teacher", "--preset", "cifar100/nothing/teacher"]) == 2
+    assert "unknown preset 'cifar100/nothing/teacher'; `intrakd presets` lists them" in capsys.readouterr().err
+    assert main(["train-teacher", "--preset", "cifar100/vgg13-vgg8/kd"]) == 2
+    assert ("preset 'cifar100/vgg13-vgg8/kd' is a distill recipe: use it with "
+            "`intrakd distill --preset cifar100/vgg13-vgg8/kd`") in capsys.readouterr().err
+    assert main(["distill", "--preset", "cifar100/vgg13-vgg8/teacher"]) == 2
+    assert "is a teacher recipe: use it with `intrakd train-teacher" in capsys.readouterr().err
+    assert main(["distill", "--preset", "cifar100/vgg13-vgg8/kd", "optim.lrr=1"]) == 2
+    assert "unknown config key optim.lrr" in capsys.readouterr().err
+    assert "cfg" not in captured
