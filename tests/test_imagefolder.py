@@ -20,15 +20,6 @@ CPU = torch.device("cpu")
 WNIDS = ["n03000000", "n01000000", "n02000000"]  # wnids.txt order is not sorted; labels follow sorted order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is fastest, and avoids OpenMP spinning on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 

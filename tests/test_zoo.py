@@ -27,16 +27,6 @@ IMAGENET_ZOO = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-2 forwards are fastest on one thread, and much faster on a loaded machine (no OpenMP
-    spinning against other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference() -> dict:
     if not REFERENCE.is_file():
