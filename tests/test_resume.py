@@ -265,3 +265,46 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path, reference):
     assert (state["epoch"], state["step"], state["global_step"]) == (3, 0, TOTAL_STEPS)
     assert state["config"] == to_dict(load_config(TeacherConfig, overrides=TEACHER))
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch", "cuda"} <= state["rng"][0].keys()
+
+
+def test_crash_between_metrics_line_and_checkpoint_leaves_no_duplicate_epoch(tmp_path, reference, monkeypatch):
+    run = tmp_path / "run"
+
+    class Crash(Exception):
+        pass
+
+    original = Trainer.save_checkpoint
+
+    def crash_at_the_end_of_epoch_2(self, best=False):
+        if (self.epoch, self.step) == (2, 0):
+            raise Crash
+        return original(self, best)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_at_the_end_of_epoch_2)
+    with pytest.raises(Crash):
+        main(["train-teacher", "--out", str(run), *TEACHER, "checkpoint.every_steps=5"])
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert len(metric_records(run)) == 2  # epoch 2's line was written, its checkpoint was not
+    assert CheckpointStore(run / "checkpoints").history()[-1][0] == (1, 19)
+    assert main(["train-teacher", "--resume", str(run)]) == 0
+    assert_same_run(reference, run)
+
+
+def test_no_intact_checkpoint_is_refused_naming_each(tmp_path, reference, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for path in reference.iterdir():
+        if path.is_file():
+            (run / path.name).write_bytes(path.read_bytes())
+    (run / "checkpoints").mkdir()
+    for _, path in CheckpointStore(reference / "checkpoints").history():
+        (run / "checkpoints" / path.name).write_bytes(path.read_bytes()[:100])
+        (run / "checkpoints" / (path.name + ".sha256")).write_bytes(
+            (reference / "checkpoints" / (path.name + ".sha256")).read_bytes())
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train-teacher", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"no intact checkpoint to resume {run} from: checkpoint {run}/checkpoints/ckpt-e0003-s000000.pt is corrupt" \
+        in err and err.count("is corrupt") == 2 and f"Start again with --overwrite --out {run}" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

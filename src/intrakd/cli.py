@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:
-        hint = " (the disk is full: free space, then continue with --resume DIR)" if err.errno == errno.ENOSPC else ""
+        run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
+        hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""
         print(f"intrakd {args.command}: error: {err}{hint}", file=sys.stderr)
         return EXIT_IO_ERROR
     except KeyboardInterrupt:

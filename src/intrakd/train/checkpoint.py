@@ -132,18 +132,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> str:
         cause = writers[0].error if writers and writers[0].error else err
         if not isinstance(cause, OSError):
             raise
-        raise CheckpointWriteError(cause.errno, f"cannot write checkpoint {path}: {cause.strerror or cause}; "
-                                   "nothing on disk was replaced") from cause
+        raise _write_error(path, cause) from cause
     digest = writers[0].digest.hexdigest()
     try:
         write_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
         os.replace(tmp, path)
     except OSError as err:
-        raise CheckpointWriteError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err}") from err
+        raise _write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return digest
+
+
+def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
+    return CheckpointWriteError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err}; "
+                                "nothing on disk was replaced")
 
 
 def verify_checkpoint(path: str | Path) -> bool:

@@ -18,32 +18,32 @@ def all_finite(terms: dict[str, Tensor]) -> bool:
 class NonFiniteWatch:
     """Remembers, on the terms' device, the first step at which each loss term was not finite.
 
-    :meth:`observe` queues a few tiny device operations and never waits for the device;
-    :meth:`first` reads the record back (one synchronisation), to be called before any state is saved.
+    :meth:`observe` queues a handful of tiny device operations (however many terms there are) and
+    never waits for the device; :meth:`first` reads the record back (one synchronisation), to be
+    called before any state is saved.
     """
 
     def __init__(self) -> None:
-        self._first: dict[str, tuple[Tensor, Tensor]] = {}
+        self._records: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
 
     def observe(self, terms: dict[str, Tensor], step: int) -> None:
         """Record the 0-dim ``terms`` of global step ``step`` (0-based)."""
-        for name, value in terms.items():
-            value = value.detach().float()
-            if name not in self._first:
-                self._first[name] = (torch.full((), -1, dtype=torch.long, device=value.device),
-                                     torch.zeros((), device=value.device))
-            first_step, first_value = self._first[name]
-            new = ~torch.isfinite(value) & (first_step < 0)
-            self._first[name] = (torch.where(new, step, first_step), torch.where(new, value, first_value))
+        names = tuple(terms)
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if names not in self._records:
+            self._records[names] = (torch.full_like(values, -1, dtype=torch.long), torch.zeros_like(values))
+        first_step, first_value = self._records[names]
+        new = ~torch.isfinite(values) & (first_step < 0)
+        self._records[names] = (torch.where(new, step, first_step), torch.where(new, values, first_value))
 
     def first(self) -> tuple[int, dict[str, float]] | None:
         """``(step, {term: value})`` of the first step with a non-finite term, or None."""
-        if not self._first:
+        found: dict[int, dict[str, float]] = {}
+        for names, (steps, values) in self._records.items():
+            for name, step, value in zip(names, steps.tolist(), values.tolist()):
+                if step >= 0:
+                    found.setdefault(step, {})[name] = value
+        if not found:
             return None
-        steps = torch.stack([s for s, _ in self._first.values()]).tolist()
-        bad = [s for s in steps if s >= 0]
-        if not bad:
-            return None
-        step = min(bad)
-        values = {name: v.item() for (name, (_, v)), s in zip(self._first.items(), steps) if s == step}
-        return step, values
+        step = min(found)
+        return step, found[step]

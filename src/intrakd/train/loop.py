@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -195,7 +196,7 @@ class Trainer:
                 f"{self.last_checkpoint or 'none (nothing was saved yet)'}"
             )
         tqdm.write(f"[{self.info.kind}] warning: skipped the step at {where}: {_show(values)} "
-                   f"({self.skipped_steps} of at most {limit})")
+                   f"({self.skipped_steps} of at most {limit})", file=sys.stderr)
 
     def _where(self, global_step: int) -> str:
         epoch, step = divmod(global_step, len(self.train_batches))
@@ -254,11 +255,11 @@ class Trainer:
                 self.step += 1
                 self.global_step += 1
                 self._dirty = True
-                self._stop_if_asked()
                 if self.global_step % NONFINITE_CHECK_EVERY == 0:
                     self.check_finite()
                 if self._checkpoint_due():
                     self.save_checkpoint()
+                self._stop_if_asked()
             bar.close()
         self._tick(training=True)
 

@@ -195,11 +195,11 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     device = resolve_device(cfg.device)
     train_set, eval_set, split = build_datasets(cfg.data)
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
-    run_dir, state, path = open_run(TeacherConfig, cfg, out, "train-teacher", provenance,
-                                    overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
+    run_dir, state, path = open_run(TeacherConfig, cfg, out, "train-teacher", provenance,
+                                    overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
@@ -221,10 +221,10 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     teacher = teacher.to(device).eval().requires_grad_(False)
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set),
                   "teacher_sha256": file_sha256(Path(cfg.teacher))}
-    run_dir, state, path = open_run(StudentConfig, cfg, out, "distill", provenance, overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
     objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
+    run_dir, state, path = open_run(StudentConfig, cfg, out, "distill", provenance, overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
