@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
 from pathlib import Path
@@ -14,7 +15,12 @@ import torch
 
 import intrakd.train.checkpoint as checkpoint_module
 from intrakd.train.checkpoint import (
-    CheckpointError, CheckpointStore, CheckpointWriteError, read_checkpoint, save_checkpoint, verify_checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriteError,
+    read_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -105,37 +111,24 @@ def test_keeps_the_last_n_and_the_best(tmp_path):
 
 
 class FullDisk:
-    """``os.fdopen`` whose files raise ENOSPC once ``room`` bytes have been written."""
+    """``os.fdopen`` whose files refuse any write beyond ``room`` bytes with ENOSPC."""
 
     def __init__(self, room: int) -> None:
         self.room, self.written = room, 0
 
-    def __call__(self, fd: int, mode: str = "r", *args, **kwargs):
-        file = open(fd, mode, *args, **kwargs)
+    def __call__(self, fd: int, mode: str = "r", *args, **kwargs) -> io.FileIO:
         disk = self
 
-        class Limited:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                file.close()
-
+        class Limited(io.FileIO):
             def write(self, data: bytes) -> int:
                 if len(data) > disk.room:
                     disk.room = 0
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 disk.room -= len(data)
                 disk.written += len(data)
-                return file.write(data)
+                return super().write(data)
 
-            def flush(self) -> None:
-                file.flush()
-
-            def fileno(self) -> int:
-                return file.fileno()
-
-        return Limited()
+        return Limited(fd, "wb")
 
 
 @pytest.mark.parametrize("room", [0, 1000, 200_000], ids=["no-room", "mid-checkpoint", "at-checksum"])

@@ -267,7 +267,7 @@ def test_checkpoint_holds_the_whole_training_state(tmp_path, reference):
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch", "cuda"} <= state["rng"][0].keys()
 
 
-def test_crash_between_metrics_line_and_checkpoint_leaves_no_duplicate_epoch(tmp_path, reference, monkeypatch):
+def test_crash_between_metrics_line_and_checkpoint_leaves_no_duplicate_line(tmp_path, reference, monkeypatch):
     run = tmp_path / "run"
 
     class Crash(Exception):
@@ -305,6 +305,7 @@ def test_no_intact_checkpoint_is_refused_naming_each(tmp_path, reference, capsys
     capsys.readouterr()
     assert main(["train-teacher", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"no intact checkpoint to resume {run} from: checkpoint {run}/checkpoints/ckpt-e0003-s000000.pt is corrupt" \
-        in err and err.count("is corrupt") == 2 and f"Start again with --overwrite --out {run}" in err
+    newest = run / "checkpoints" / "ckpt-e0003-s000000.pt"
+    assert f"no intact checkpoint to resume {run} from: checkpoint {newest} is corrupt" in err
+    assert err.count("is corrupt") == 2 and f"Start again with --overwrite --out {run}" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -1,7 +1,11 @@
 """Training: the loop, whole runs, checkpoints, evaluation, interruption and numerical guards."""
 
 from intrakd.train.checkpoint import (
-    CheckpointError, CheckpointStore, CheckpointWriteError, classifier_from_checkpoint, read_checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriteError,
+    classifier_from_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 from intrakd.train.evaluate import accuracy, evaluate, predict

@@ -183,11 +183,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         verify_checkpoint(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
-                                  "it may be truncated or not a PyTorch checkpoint") from err
+        state = _load(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err}{_earlier_hint(path)}") from err
     if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -195,6 +191,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} holds no model weights: expected a dict with a 'model' state_dict")
     return state
+
+
+def _load(path: Path) -> Any:
+    """``torch.load`` onto the CPU, tensors and plain data only; any failure is a CheckpointError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip and storage errors alike: the file cannot be used
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+                              "it may be truncated or not a PyTorch checkpoint") from err
 
 
 def _earlier_hint(path: Path) -> str:
@@ -308,11 +313,9 @@ class CheckpointStore:
             try:
                 if not verify_checkpoint(path):
                     raise CheckpointError(f"checkpoint {path} has no checksum file {checksum_path(path).name}")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except CheckpointError as err:
+                state = _load(path)
+            except (CheckpointError, OSError) as err:
                 yield path, None, str(err)
-            except Exception as err:
-                yield path, None, f"checkpoint {path} cannot be read ({type(err).__name__}: {err})"
             else:
                 yield path, state, None
 

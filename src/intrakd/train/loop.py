@@ -27,7 +27,11 @@ from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
 from intrakd.train.checkpoint import (
-    CHECKPOINT_FORMAT, CheckpointError, CheckpointStore, CheckpointWriteError, write_atomic,
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriteError,
+    write_atomic,
 )
 from intrakd.train.evaluate import evaluate
 from intrakd.train.guards import NonFiniteLoss, NonFiniteWatch, all_finite

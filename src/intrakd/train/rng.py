@@ -15,7 +15,8 @@ import torch
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The states of python ``random``, numpy's global generator, torch's CPU and CUDA generators."""
+    """The states of python ``random``, numpy's global generator, torch's CPU and CUDA generators
+    (the CUDA ones when this process has used CUDA: a CPU run does not start a CUDA context)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
@@ -23,7 +24,7 @@ def capture_rng_state() -> dict[str, Any]:
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 

@@ -23,7 +23,12 @@ from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.train.checkpoint import (
-    CHECKPOINT_FORMAT, CheckpointError, CheckpointStore, classifier_from_checkpoint, file_sha256, write_atomic,
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointStore,
+    classifier_from_checkpoint,
+    file_sha256,
+    write_atomic,
 )
 from intrakd.train.loop import RunInfo, Trainer
 

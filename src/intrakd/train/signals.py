@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
+from typing import Self
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -34,7 +35,7 @@ class StopSignals:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> Self:
         self.signum = None
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
