@@ -8,8 +8,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TypeVar
 
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
+
+C = TypeVar("C", TeacherConfig, StudentConfig)
 
 EXIT_BAD_INPUT = 2
 """A configuration, file, dataset or run folder that cannot be used (nothing on disk was changed)."""
@@ -47,7 +50,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra + list(args.overrides)
 
 
-def _run_config(args: argparse.Namespace, cls: type, command: str, overrides: list[str]):
+def _run_config(args: argparse.Namespace, cls: type[C], command: str, overrides: list[str]) -> tuple[C, str]:
     """The configuration of a new run, or of the run ``--resume`` continues, and its folder."""
     if not args.resume:
         return load_config(cls, args.config, overrides), args.out or _default_out(command)
@@ -55,8 +58,6 @@ def _run_config(args: argparse.Namespace, cls: type, command: str, overrides: li
 
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ResumeError(f"--resume {args.resume} continues the run in that folder: drop --out {args.out}")
-    if args.overwrite:
-        raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
     return load_run_config(cls, args.resume, command, args.config, overrides), args.resume
 
 
