@@ -329,3 +329,17 @@ def test_configuration_errors(tmp_path):
         load_config(TeacherConfig, overrides=["data.augment=random"])
     with pytest.raises(ValueError, match="unknown dataset 'tiny'; available: .*tiny_imagenet, imagenet, imagefolder"):
         build_datasets(DataConfig(dataset="tiny"))
+
+
+def test_folder_batches_resume_mid_epoch(tmp_path):
+    make_image_folders(tmp_path, per_class=5)
+    train, _, _ = build_datasets(DataConfig(dataset="imagefolder", root=str(tmp_path), augment="pad_crop",
+                                            image_size=16, workers=0))
+    batches = train.train_batches(2, 2, seed=3, device=CPU)
+    batches.set_epoch(1)
+    full = list(batches)
+    batches.set_epoch(1, start=2)
+    resumed = list(batches)
+    assert len(resumed) == len(full) - 2
+    for a, b in zip(full[2:], resumed):
+        assert torch.equal(a.labels, b.labels) and all(torch.equal(x, y) for x, y in zip(a.views, b.views))

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
+
+C = TypeVar("C", TeacherConfig, StudentConfig)
+
+EXIT_BAD_INPUT = 2
+"""A configuration, file, dataset or run folder that cannot be used (nothing on disk was changed)."""
+EXIT_NONFINITE = 3
+"""A loss term was NaN or Inf (the last good checkpoint is kept)."""
+EXIT_IO_ERROR = 74
+"""Writing failed, e.g. a full disk (sysexits' EX_IOERR; the previous checkpoint is kept)."""
+EXIT_STATUSES = f"""exit statuses:
+  0     done
+  {EXIT_BAD_INPUT}     bad input: configuration, files, dataset, run folder (nothing on disk was changed)
+  {EXIT_NONFINITE}     a loss term was NaN or Inf (the last good checkpoint is kept)
+  {EXIT_IO_ERROR}    a write failed, e.g. a full disk (the previous checkpoint is kept)
+  130   stopped by SIGINT, 143 stopped by SIGTERM (a checkpoint was written; continue with --resume DIR)"""
 
 
 def _default_out(command: str) -> str:
@@ -24,6 +40,10 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings (overrides apply on top)")
     parser.add_argument("--out", help="run folder (default runs/<command>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the run in DIR from its newest intact checkpoint, with the configuration in "
+                             "DIR/config.yaml (overrides may change only device, data.root, teacher, checkpoint.* "
+                             "and train.skip_nonfinite_steps)")
     parser.add_argument("--data-root", help="shortcut for data.root=PATH")
 
 
@@ -38,12 +58,26 @@ def _preset_base(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
     return preset_values(args.preset, kind) if args.preset else None
 
 
+def _run_config(
+    args: argparse.Namespace, cls: type[C], command: str, kind: str, overrides: list[str]
+) -> tuple[C, str]:
+    """The configuration of a new run, or of the run ``--resume`` continues, and its folder."""
+    if not args.resume:
+        base = _preset_base(args, kind)
+        return load_config(cls, args.config, overrides, base=base), args.out or _default_out(command)
+    from intrakd.train.runs import ResumeError, load_run_config
+
+    if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ResumeError(f"--resume {args.resume} continues the run in that folder: drop --out {args.out}")
+    return load_run_config(cls, args.resume, command, args.config, overrides), args.resume
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from intrakd.train import train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
-    cfg = load_config(TeacherConfig, args.config, overrides, base=_preset_base(args, "teacher"))
-    summary = train_teacher(cfg, args.out or _default_out("teacher"), overwrite=args.overwrite)
+    cfg, out = _run_config(args, TeacherConfig, "train-teacher", "teacher", overrides)
+    summary = train_teacher(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -52,8 +86,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from intrakd.train import distill
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
-    cfg = load_config(StudentConfig, args.config, overrides, base=_preset_base(args, "distill"))
-    summary = distill(cfg, args.out or _default_out("student"), overwrite=args.overwrite)
+    cfg, out = _run_config(args, StudentConfig, "distill", "distill", overrides)
+    summary = distill(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -118,15 +152,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intrakd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train-teacher", help="train a teacher (enriched by default; --vanilla for plain CE)")
+    p = sub.add_parser("train-teacher", help="train a teacher (enriched by default; --vanilla for plain CE)",
+                       epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _run_args(p)
     p.add_argument("--vanilla", action="store_true", help="shortcut for intra.weight=0")
     p.set_defaults(func=cmd_train_teacher)
 
-    p = sub.add_parser("distill", help="distil a student from a frozen teacher checkpoint")
+    p = sub.add_parser("distill", help="distil a student from a frozen teacher checkpoint",
+                       epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _run_args(p)
     p.add_argument("--teacher", help="teacher checkpoint (shortcut for teacher=PATH)")
     p.set_defaults(func=cmd_distill)
@@ -161,11 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from intrakd.train.guards import NonFiniteLoss
+    from intrakd.train.signals import Interrupted
+
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except Interrupted as err:
+        print(f"intrakd {args.command}: {err}", file=sys.stderr)
+        return err.exit_status
+    except NonFiniteLoss as err:
         print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_NONFINITE
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as err:
+        print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
+        hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""
+        print(f"intrakd {args.command}: error: {err}{hint}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print(f"intrakd {args.command}: interrupted", file=sys.stderr)
         return 130

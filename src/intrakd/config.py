@@ -7,6 +7,7 @@ that name the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,32 @@ class KDConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept (``checkpoints/`` of the run folder).
+
+    A checkpoint is written at the end of every ``every_epochs``-th epoch and of the last one, when
+    the eval accuracy improves (``best.pt``), on SIGTERM/SIGINT, and mid-epoch every
+    ``every_minutes`` minutes and every ``every_steps`` steps (0 turns either off). Each holds the
+    whole training state, so a run resumed from any of them ends exactly as an uninterrupted one.
+    """
+
+    every_epochs: int = 1
+    every_minutes: float = 30.0
+    every_steps: int = 0
+    keep_last: int = 2
+    """Checkpoints kept besides the best one (>= 1)."""
+
+
+@dataclass
+class TrainConfig:
+    """How the loop treats numerical faults."""
+
+    skip_nonfinite_steps: int = 0
+    """Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run;
+    0 stops the run at the first one. The limit exceeded, the run stops."""
+
+
+@dataclass
 class TeacherConfig:
     model: str = "resnet32x4"
     views: int = 2
@@ -101,9 +128,13 @@ class TeacherConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     intra: IntraConfig = field(default_factory=IntraConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting out of its range."""
         intra = self.intra
+        _require_finite("intra", intra)
         if intra.weight < 0:
             raise ConfigError(f"intra.weight (lambda) must be >= 0, got {intra.weight}")
         if not -1 <= intra.delta <= 1:
@@ -111,12 +142,19 @@ class TeacherConfig:
         if intra.temperature <= 0:
             raise ConfigError(f"intra.temperature must be > 0, got {intra.temperature}")
         if intra.cache_size < 1:
-            raise ConfigError("intra.cache_size must be >= 1 (turn the cache off with intra.cache=false)")
+            raise ConfigError(f"intra.cache_size (the cache capacity) must be >= 1, got {intra.cache_size} "
+                              "(turn the cache off with intra.cache=false)")
+        if intra.head_dim < 1:
+            raise ConfigError(f"intra.head_dim must be >= 1, got {intra.head_dim}")
+        if intra.max_age is not None and intra.max_age < 0:
+            raise ConfigError(f"intra.max_age must be >= 0 (or null: no limit), got {intra.max_age}")
+        if intra.min_negatives < 1:
+            raise ConfigError(f"intra.min_negatives must be >= 1, got {intra.min_negatives}")
         if self.views not in (1, 2):
             raise ConfigError(f"views must be 1 or 2, got {self.views}")
         if intra.weight > 0 and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
-        _validate_common(self.data, self.optim)
+        _validate_common(self.data, self.optim, self.checkpoint, self.train)
 
 
 @dataclass
@@ -131,18 +169,37 @@ class StudentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: KDConfig = field(default_factory=KDConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting out of its range."""
+        _require_finite("distill", self.distill)
         if self.distill.temperature <= 0:
             raise ConfigError(f"distill.temperature must be > 0, got {self.distill.temperature}")
-        if self.distill.ce_weight < 0 or self.distill.kd_weight < 0:
-            raise ConfigError("distill.ce_weight and distill.kd_weight must be >= 0")
-        _validate_common(self.data, self.optim)
+        for name in ("ce_weight", "kd_weight"):
+            if getattr(self.distill, name) < 0:
+                raise ConfigError(f"distill.{name} must be >= 0, got {getattr(self.distill, name)}")
+        _validate_common(self.data, self.optim, self.checkpoint, self.train)
 
 
-def _validate_common(data: DataConfig, optim: OptimConfig) -> None:
-    if data.batch_size < 1 or data.eval_batch_size < 1:
-        raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+def _require_finite(prefix: str, section: Any) -> None:
+    """Reject NaN and infinite floats in a section (they pass every ``<``/``>`` range check)."""
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}.{item.name} must be a finite number, got {value}")
+
+
+def _validate_common(data: DataConfig, optim: OptimConfig, checkpoint: CheckpointConfig, train: TrainConfig) -> None:
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(data, name) < 1:
+            raise ConfigError(f"data.{name} must be >= 1, got {getattr(data, name)}")
+    for name in ("val_per_class", "train_per_class", "eval_per_class"):
+        value = getattr(data, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"data.{name} must be >= 0, got {value}")
+    _require_finite("optim", optim)
     if data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {data.workers}")
     if data.image_size is not None and data.image_size < 8:
@@ -151,6 +208,20 @@ def _validate_common(data: DataConfig, optim: OptimConfig) -> None:
         raise ConfigError(f"optim.epochs must be >= 1, got {optim.epochs}")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
+    for name in ("momentum", "weight_decay", "lr_decay"):
+        if getattr(optim, name) < 0:
+            raise ConfigError(f"optim.{name} must be >= 0, got {getattr(optim, name)}")
+    _require_finite("checkpoint", checkpoint)
+    if checkpoint.every_epochs < 1:
+        raise ConfigError(f"checkpoint.every_epochs must be >= 1, got {checkpoint.every_epochs}")
+    if checkpoint.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last must be >= 1, got {checkpoint.keep_last}")
+    for name in ("every_minutes", "every_steps"):
+        if getattr(checkpoint, name) < 0:
+            raise ConfigError(f"checkpoint.{name} must be >= 0 (0: off), got {getattr(checkpoint, name)}")
+    if train.skip_nonfinite_steps < 0:
+        raise ConfigError(f"train.skip_nonfinite_steps must be >= 0 (0: stop at the first), "
+                          f"got {train.skip_nonfinite_steps}")
 
 
 C = TypeVar("C")

@@ -192,17 +192,21 @@ class FolderBatches:
         if len(split) < batch_size:
             raise ValueError(f"{len(split)} training images is fewer than one batch of {batch_size}")
         self.split, self.batch_size, self.views, self.seed, self.device = split, batch_size, views, seed, device
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start`` on (augmentation is per image, so the
+        batches from ``start`` are those of an uninterrupted pass)."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch {start} is outside 0..{len(self)}")
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return len(self.split) // self.batch_size
 
     def __iter__(self) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.split), generator=generator).tolist()
+        order = torch.randperm(len(self.split), generator=generator).tolist()[self.start * self.batch_size :]
         split, device = self.split, self.device
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
                          self.seed, self.epoch)

@@ -21,9 +21,13 @@ class Batch:
 
 
 class Batches(Protocol):
-    """Training batches of one epoch; :meth:`set_epoch` fixes their order and augmentation."""
+    """Training batches of one epoch; :meth:`set_epoch` fixes their order and augmentation.
 
-    def set_epoch(self, epoch: int) -> None: ...
+    ``set_epoch(epoch, start)`` with ``start > 0`` (a run resumed mid-epoch) makes the next pass
+    yield exactly the batches ``start, start + 1, ...`` an uninterrupted pass over ``epoch`` yields.
+    """
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Batch]: ...
 
@@ -94,28 +98,39 @@ def first_per_class(labels: Tensor, num_classes: int, count: int) -> Tensor:
 class TensorBatches:
     """Shuffled batches of a :class:`TensorDataset`, augmented on the data's device.
 
-    The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``: call
-    :meth:`set_epoch` before iterating. Incomplete last batches are dropped (fixed shapes).
+    The order of epoch ``e`` depends only on ``(seed, e)`` and the augmentation of its batch ``i``
+    only on ``(seed, e, i)``, so a pass can start at any batch (:meth:`set_epoch`) and yield what an
+    uninterrupted pass would from there. Incomplete last batches are dropped (fixed shapes).
     """
 
     def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int) -> None:
         if len(data) < batch_size:
             raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}")
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start`` on."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch {start} is outside 0..{len(self)}")
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return len(self.data) // self.batch_size
 
+    def _generator(self, *key: int) -> torch.Generator:
+        seed = self.seed
+        for part in key:
+            seed = (seed * 1_000_003 + part) % 2**63
+        generator = torch.Generator(device=self.data.images.device)
+        generator.manual_seed(seed)
+        return generator
+
     def __iter__(self) -> Iterator[Batch]:
         device = self.data.images.device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.data), device=device, generator=generator)
-        for i in range(len(self)):
+        order = torch.randperm(len(self.data), device=device, generator=self._generator(self.epoch))
+        for i in range(self.start, len(self)):
+            generator = self._generator(self.epoch, i + 1)
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.data.images[index]
             views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))

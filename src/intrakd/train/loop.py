@@ -1,11 +1,21 @@
-"""The training loop. It sums the named losses an objective returns and knows no method by name."""
+"""The training loop. It sums the named losses an objective returns and knows no method by name.
+
+The loop's position is ``(epoch, step)``: whole epochs done and steps done in the next one. A
+checkpoint holds everything that position depends on (weights, optimiser, schedule, objective state
+such as the feature cache, random generators, the epoch's running sums, the metric lines written so
+far, best-so-far), so a run resumed from any checkpoint ends bit for bit as an uninterrupted run on
+the same device with deterministic kernels.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import signal
+import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +23,26 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from intrakd.config import OptimConfig
-from intrakd.data.tensor_data import Batches, Split
-from intrakd.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
+from intrakd.data.tensor_data import Batch, Batches, Split
+from intrakd.objectives.base import StepResult
+from intrakd.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointStore,
+    CheckpointWriteError,
+    write_atomic,
+)
 from intrakd.train.evaluate import evaluate
+from intrakd.train.guards import NonFiniteLoss, NonFiniteWatch, all_finite
+from intrakd.train.rng import capture_rng_state, restore_rng_state
+from intrakd.train.signals import Interrupted, StopSignals
+
+NONFINITE_CHECK_EVERY = 50
+"""Steps between reads of the non-finite record (besides the reads before every checkpoint)."""
+
+COMMANDS = {"teacher": "train-teacher", "student": "distill"}
+"""The command that resumes a run of each kind."""
 
 
 @dataclass
@@ -29,6 +55,8 @@ class RunInfo:
     num_classes: int
     config: dict[str, Any]
     eval_split: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Facts about the inputs a resumed run must find unchanged (data size, the teacher's sha256)."""
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.SGD:
@@ -36,8 +64,58 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
     return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+class EpochMeter:
+    """Running sums of one epoch's logged values, kept on the device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.correct: Tensor | None = None
+        self.images = self.steps = self.skipped = 0
+        self.seconds = 0.0
+
+    def add(self, loss: Tensor, result: StepResult, labels: Tensor) -> None:
+        """Add one applied step: the total loss, every term and statistic, the training hits."""
+        for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        hits = (result.logits.argmax(1) == labels).sum()
+        self.correct = hits if self.correct is None else self.correct + hits
+        self.images += labels.shape[0]
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        """Per-step means of every value, training accuracy and throughput."""
+        steps = max(self.steps, 1)
+        metrics = {name: (value / steps).item() for name, value in self.sums.items()}
+        correct = 0 if self.correct is None else self.correct.item()
+        metrics["train_acc"] = 100.0 * correct / max(self.images, 1)
+        metrics["images_per_s"] = self.images / self.seconds if self.seconds > 0 else 0.0
+        metrics["train_seconds"] = self.seconds
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "correct": self.correct, "images": self.images, "steps": self.steps,
+                "skipped": self.skipped, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums = {name: value.to(device) for name, value in state["sums"].items()}
+        self.correct = None if state["correct"] is None else state["correct"].to(device)
+        self.images, self.steps, self.skipped = state["images"], state["steps"], state["skipped"]
+        self.seconds = state["seconds"]
+
+
 class Trainer:
-    """Epoch loop: step, log ``metrics.jsonl``, evaluate, checkpoint ``last.pt`` and ``best.pt``."""
+    """Epoch loop: :meth:`train_step`, log ``metrics.jsonl``, evaluate, :meth:`save_checkpoint`.
+
+    Extension points: :meth:`train_step` is the one optimisation step (mixed precision, gradient
+    scaling, distributed variants wrap or replace it); :attr:`stateful` maps checkpoint keys to
+    objects with ``state_dict``/``load_state_dict`` (add e.g. a gradient scaler there);
+    :meth:`save_checkpoint` and :meth:`log_epoch` are the only writers of the run folder during
+    training; :attr:`rank` picks this process's random state in a checkpoint.
+    """
 
     def __init__(
         self,
@@ -51,91 +129,274 @@ class Trainer:
         info: RunInfo,
         teacher: nn.Module | None = None,
         eval_batch_size: int = 512,
+        checkpoint: CheckpointConfig | None = None,
+        train: TrainConfig | None = None,
     ) -> None:
         self.model, self.objective, self.teacher = model, objective, teacher
         self.train_batches, self.eval_set, self.eval_batch_size = train_batches, eval_set, eval_batch_size
-        self.optim_cfg, self.run_dir, self.info = optim, run_dir, info
+        self.optim_cfg, self.run_dir, self.info = optim, Path(run_dir), info
+        self.checkpoint_cfg = checkpoint or CheckpointConfig()
+        self.train_cfg = train or TrainConfig()
         trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
         self.optimizer = build_optimizer(trainable, optim)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, optim.milestones, optim.lr_decay)
+        self.stateful: dict[str, Any] = {
+            "model": model, "objective": objective, "optimizer": self.optimizer, "scheduler": self.scheduler,
+        }
+        self.store = CheckpointStore(self.run_dir / "checkpoints", self.checkpoint_cfg.keep_last)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.rank = 0
+        self.epoch = self.step = self.global_step = 0
         self.best_acc = float("-inf")
+        self.last_eval: dict[str, float] = {}
+        self.metrics_lines: list[str] = []
+        self.wall_seconds = 0.0
+        self.skipped_steps = 0
+        self.meter = EpochMeter()
+        self.watch = NonFiniteWatch()
+        self.last_checkpoint: Path | None = None
+        self._signals = StopSignals()
+        self._buffers = [b for module in (model, objective) for b in module.buffers()]
+        self._dirty = False
+        self._mark = time.perf_counter()
+        self._last_save = time.monotonic()
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training batches; returns per-epoch means of every logged value."""
-        self.model.train()
-        self.objective.train()
-        self.train_batches.set_epoch(epoch)
-        sums: dict[str, Tensor] = {}
-        correct = torch.zeros((), dtype=torch.long)
-        images = steps = 0
-        start = time.perf_counter()
-        bar = tqdm(self.train_batches, desc=f"{self.info.kind} epoch {epoch + 1}/{self.optim_cfg.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
-        for batch in bar:
-            result = self.objective(self.model, batch, self.teacher)
-            loss = torch.stack([v.float() for v in result.losses.values()]).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
-                value = value.detach().float()
-                sums[name] = sums[name] + value if name in sums else value
-            correct = correct.to(batch.labels.device) + (result.logits.argmax(1) == batch.labels).sum()
-            images += batch.labels.shape[0]
-            steps += 1
-        seconds = time.perf_counter() - start
-        metrics = {name: (value / steps).item() for name, value in sums.items()}
-        metrics["train_acc"] = 100.0 * correct.item() / max(images, 1)
-        metrics["images_per_s"] = images / seconds
-        metrics["train_seconds"] = seconds
-        return metrics
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------------------------------- steps
+
+    def train_step(self, batch: Batch) -> None:
+        """One optimisation step on ``batch``: forward through the objective, sum the named terms,
+        backward, update. With ``train.skip_nonfinite_steps > 0`` a step whose terms are not all
+        finite is not applied (and the buffers it changed are put back)."""
+        saved = [b.detach().clone() for b in self._buffers] if self.train_cfg.skip_nonfinite_steps else None
+        result = self.objective(self.model, batch, self.teacher)
+        loss = torch.stack([v.float() for v in result.losses.values()]).sum()
+        terms = {"loss": loss, **result.losses}
+        if saved is not None and not all_finite(terms):
+            self._skip_step(saved, terms)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.watch.observe(terms, self.global_step)
+        self.meter.add(loss, result, batch.labels)
+
+    def _skip_step(self, saved: list[Tensor], terms: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for buffer, value in zip(self._buffers, saved):
+                buffer.copy_(value)
+        self.skipped_steps += 1
+        self.meter.skipped += 1
+        values = {name: v.item() for name, v in terms.items() if not math.isfinite(v.item())}
+        where = self._where(self.global_step)
+        limit = self.train_cfg.skip_nonfinite_steps
+        if self.skipped_steps > limit:
+            raise NonFiniteLoss(
+                f"non-finite loss at {where}: {_show(values)}; that is {self.skipped_steps} such steps, more than "
+                f"train.skip_nonfinite_steps={limit}. The run stopped; its last good checkpoint is "
+                f"{self.last_checkpoint or 'none (nothing was saved yet)'}"
+            )
+        tqdm.write(f"[{self.info.kind}] warning: skipped the step at {where}: {_show(values)} "
+                   f"({self.skipped_steps} of at most {limit})", file=sys.stderr)
+
+    def _where(self, global_step: int) -> str:
+        epoch, step = divmod(global_step, len(self.train_batches))
+        return f"epoch {epoch + 1}, step {step + 1}/{len(self.train_batches)} (global step {global_step + 1})"
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLoss` naming the first step and the terms that were NaN or Inf."""
+        found = self.watch.first()
+        if found is None:
+            return
+        step, values = found
+        raise NonFiniteLoss(
+            f"non-finite loss at {self._where(step)}: {_show(values)}. The run stopped without saving the "
+            f"state this produced; its last good checkpoint is {self.last_checkpoint or 'none (nothing was saved)'}. "
+            f"To skip such steps, resume with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir} "
+            "train.skip_nonfinite_steps=N"
+        )
+
+    # ----------------------------------------------------------------------------------------- epochs
 
     def fit(self, extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Train for all epochs; write the run folder; return the summary (plus ``extra_summary``)."""
-        metrics_path = self.run_dir / "metrics.jsonl"
-        start = time.perf_counter()
-        epochs = self.optim_cfg.epochs
-        final: dict[str, float] = {}
-        for epoch in range(epochs):
-            lr = self.optimizer.param_groups[0]["lr"]
-            metrics = self.train_epoch(epoch)
-            self.scheduler.step()
-            final = evaluate(self.model, self.eval_set, self.eval_batch_size)
-            record = {"epoch": epoch + 1, "lr": lr, **metrics,
-                      f"{self.info.eval_split}_acc": final["acc"], f"{self.info.eval_split}_loss": final["loss"]}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            is_best = final["acc"] > self.best_acc
-            self.best_acc = max(self.best_acc, final["acc"])
-            self.save(epoch + 1, "last.pt")
-            if is_best:
-                self.save(epoch + 1, "best.pt")
-            tqdm.write(self._line(record), end="\n")
+        """Train from the current position to the last epoch; write the run folder; return the summary
+        (plus ``extra_summary``). Raises :class:`Interrupted` after saving on SIGTERM/SIGINT, and
+        :class:`NonFiniteLoss` without saving when a loss term is not finite."""
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in self.metrics_lines).encode())
+        self._mark, self._last_save = time.perf_counter(), time.monotonic()
+        with self._signals:
+            while self.epoch < self.optim_cfg.epochs:
+                self._train_epoch()
+                self._end_epoch()
+                self._stop_if_asked()
+        self._tick(training=False)
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
-            "final_acc": final["acc"], "best_acc": self.best_acc, "epochs": epochs,
-            "wall_seconds": time.perf_counter() - start, **(extra_summary or {}),
+            "final_acc": self.last_eval["acc"], "best_acc": self.best_acc, "epochs": self.optim_cfg.epochs,
+            "wall_seconds": self.wall_seconds, **(extra_summary or {}),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.train_cfg.skip_nonfinite_steps:
+            summary["skipped_steps"] = self.skipped_steps
+        write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
+
+    def _train_epoch(self) -> None:
+        steps = len(self.train_batches)
+        if self.step < steps:
+            self.model.train()
+            self.objective.train()
+            if self.step:
+                self.train_batches.set_epoch(self.epoch, self.step)
+            else:
+                self.train_batches.set_epoch(self.epoch)
+            bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False, disable=None,
+                       dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
+            for batch in bar:
+                self.train_step(batch)
+                self.step += 1
+                self.global_step += 1
+                self._dirty = True
+                if self.global_step % NONFINITE_CHECK_EVERY == 0:
+                    self.check_finite()
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+                self._stop_if_asked()
+            bar.close()
+        self._tick(training=True)
+
+    def _checkpoint_due(self) -> bool:
+        cfg = self.checkpoint_cfg
+        if cfg.every_steps and self.global_step % cfg.every_steps == 0:
+            return True
+        return cfg.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * cfg.every_minutes
+
+    def _end_epoch(self) -> None:
+        self.check_finite()
+        metrics = self.meter.summary()
+        if self.train_cfg.skip_nonfinite_steps:
+            metrics["skipped_steps"] = self.meter.skipped
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.last_eval = evaluate(self.model, self.eval_set, self.eval_batch_size)
+        split = self.info.eval_split
+        record = {"epoch": self.epoch + 1, "lr": lr, **metrics,
+                  f"{split}_acc": self.last_eval["acc"], f"{split}_loss": self.last_eval["loss"]}
+        is_best = self.last_eval["acc"] > self.best_acc
+        self.best_acc = max(self.best_acc, self.last_eval["acc"])
+        self.epoch, self.step = self.epoch + 1, 0
+        self.meter.reset()
+        self._dirty = True
+        self.log_epoch(record)
+        every = self.checkpoint_cfg.every_epochs
+        if is_best or self.epoch % every == 0 or self.epoch == self.optim_cfg.epochs:
+            self.save_checkpoint(best=is_best)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` (and to the lines a checkpoint keeps)."""
+        line = json.dumps(record)
+        self.metrics_lines.append(line)
+        with self.metrics_path.open("a") as f:
+            f.write(line + "\n")
+        tqdm.write(self._line(record), end="\n")
 
     def _line(self, record: dict[str, Any]) -> str:
         keys = ["loss", "ce", "intra", "kd", "pass_rate", "train_acc", f"{self.info.eval_split}_acc", "images_per_s"]
         shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
         return f"[{self.info.kind}] epoch {record['epoch']}/{self.optim_cfg.epochs} {shown}"
 
-    def save(self, epoch: int, name: str) -> None:
-        state = {
+    def _tick(self, training: bool) -> None:
+        """Add the time since the last tick to the wall clock (and to the epoch's training time)."""
+        now = time.perf_counter()
+        if training:
+            self.meter.seconds += now - self._mark
+        self.wall_seconds += now - self._mark
+        self._mark = now
+
+    def _stop_if_asked(self) -> None:
+        signum = self._signals.signum
+        if signum is None:
+            return
+        if self._dirty:
+            self.save_checkpoint()
+        saved = f"state saved in {self.last_checkpoint}" if self.last_checkpoint else "no step was taken yet"
+        raise Interrupted(
+            signum,
+            f"stopped by {signal.Signals(signum).name} {self.position_text()}; {saved}. "
+            f"Continue with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir}",
+        )
+
+    def position_text(self) -> str:
+        """Where the loop stands, in words ('in epoch 3 after step 17/390', 'after epoch 2')."""
+        if self.step:
+            return f"in epoch {self.epoch + 1} after step {self.step}/{len(self.train_batches)}"
+        return f"after epoch {self.epoch}" if self.epoch else "before the first step"
+
+    # ----------------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, best: bool = False) -> Path:
+        """Write the whole training state at the current position (and point ``best.pt`` at it).
+
+        Non-finite losses are checked first, so a bad state never replaces a good checkpoint.
+        """
+        self.check_finite()
+        self._tick(training=self.step > 0)
+        try:
+            path = self.store.save(self.state_dict(), self.epoch, self.step, best)
+        except CheckpointWriteError as err:
+            previous = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else \
+                "no earlier checkpoint exists"
+            raise CheckpointWriteError(err.errno, f"{err.strerror}; {previous}") from err
+        self.last_checkpoint, self._dirty, self._last_save = path, False, time.monotonic()
+        self._tick(training=False)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly from the current position."""
+        return {
             "format": CHECKPOINT_FORMAT,
             "kind": self.info.kind,
             "model_name": self.info.model_name,
             "num_classes": self.info.num_classes,
-            "model": self.model.state_dict(),
-            "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "best_acc": self.best_acc,
             "config": self.info.config,
+            "provenance": self.info.provenance,
+            **{name: obj.state_dict() for name, obj in self.stateful.items()},
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "steps_per_epoch": len(self.train_batches),
+            "best_acc": self.best_acc,
+            "last_eval": dict(self.last_eval),
+            "metrics_lines": list(self.metrics_lines),
+            "wall_seconds": self.wall_seconds,
+            "skipped_steps": self.skipped_steps,
+            "meter": self.meter.state_dict(),
+            "rng": [capture_rng_state()],
         }
-        save_checkpoint(state, self.run_dir / "checkpoints" / name)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (a checkpoint of a run with the same configuration)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}: "
+                                  "it was written by another version of intrakd and cannot be resumed")
+        if state["steps_per_epoch"] != len(self.train_batches):
+            raise CheckpointError(f"the checkpoint was taken with {state['steps_per_epoch']} steps per epoch, the "
+                                  f"data now gives {len(self.train_batches)}: the training data changed")
+        missing = [name for name in self.stateful if name not in state]
+        if missing:
+            raise CheckpointError(f"the checkpoint holds no state for {', '.join(missing)}")
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state[name])
+        self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
+        self.best_acc, self.last_eval = state["best_acc"], dict(state["last_eval"])
+        self.metrics_lines = list(state["metrics_lines"])
+        self.wall_seconds, self.skipped_steps = state["wall_seconds"], state["skipped_steps"]
+        self.meter.load_state_dict(state["meter"], self.device)
+        restore_rng_state(state["rng"][self.rank])
+        self._dirty = False
+
+
+def _show(values: dict[str, float]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in values.items())

@@ -1,22 +1,50 @@
-"""Whole runs from a configuration: ``train_teacher`` and ``distill`` write a run folder each."""
+"""Whole runs from a configuration: ``train_teacher`` and ``distill`` write a run folder each, and
+continue one (``resume=True``) from its newest intact checkpoint.
+
+Nothing on disk is touched before every input has been checked: the configuration, the data, the
+teacher checkpoint, the run folder (one that already holds a run is refused unless resumed or
+overwritten) and, when resuming, that the configuration matches the run's.
+"""
 
 from __future__ import annotations
 
 import random
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import yaml
 
-from intrakd.config import StudentConfig, TeacherConfig, to_dict
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, from_dict, load_config, to_dict
 from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.train.checkpoint import classifier_from_checkpoint
+from intrakd.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointStore,
+    classifier_from_checkpoint,
+    file_sha256,
+    write_atomic,
+)
 from intrakd.train.loop import RunInfo, Trainer
+
+RESUME_MAY_CHANGE = ("device", "data.root", "teacher", "checkpoint.", "train.skip_nonfinite_steps")
+"""Settings a resumed run may change: where it runs and finds its inputs (the teacher's content is
+checked by its sha256), how often it saves, and whether it skips non-finite steps. Any other
+difference (``optim.epochs`` included) is refused: the run would no longer be the one it continues."""
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
+"""What makes a folder a run folder."""
+
+C = TypeVar("C", TeacherConfig, StudentConfig)
+
+
+class ResumeError(ValueError):
+    """A run that cannot be continued as asked."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,10 +66,13 @@ def seed_everything(seed: int) -> None:
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
     """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
     run_dir = Path(out)
-    if (run_dir / "config.yaml").exists():
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a folder: choose another --out")
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if present:
         if not overwrite:
-            raise FileExistsError(f"{run_dir} already holds a run: choose another --out, or pass --overwrite "
-                                  "to replace it")
+            raise FileExistsError(f"{run_dir} already holds a run ({', '.join(present)}): continue it with --resume "
+                                  f"{run_dir}, choose another --out, or pass --overwrite to replace it")
         for name in ("metrics.jsonl", "summary.json", "config.yaml"):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -50,46 +81,160 @@ def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
 
 
 def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **config}, sort_keys=False))
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump({"command": command, **config}, sort_keys=False).encode())
 
 
-def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Train a teacher (vanilla when ``cfg.intra.weight == 0``); returns the run summary."""
+def load_run_config(cls: type[C], run_dir: str | Path, command: str, path: str | Path | None = None,
+                    overrides: list[str] | None = None) -> C:
+    """The configuration to resume the run in ``run_dir`` with: its ``config.yaml``, then the YAML
+    file at ``path`` and ``overrides`` on top (which may only change :data:`RESUME_MAY_CHANGE`)."""
+    stored = _stored_config(Path(run_dir), command)
+    return load_config(cls, path, overrides, base=stored)
+
+
+def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ResumeError(f"{run_dir} holds no run to resume (no config.yaml): start one with --out {run_dir}")
+    try:
+        stored = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise ResumeError(f"{config_path} cannot be read: {err}") from err
+    if not isinstance(stored, dict):
+        raise ResumeError(f"{config_path} does not hold a run configuration")
+    stored = dict(stored)
+    found = stored.pop("command", None)
+    if found != command:
+        raise ResumeError(f"{run_dir} holds a {found!r} run: resume it with intrakd {found} --resume {run_dir}")
+    return stored
+
+
+def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting (dotted key) that differs, defaults filled in on both sides."""
+    try:
+        old_flat = _flatten(to_dict(from_dict(cls, old)))
+    except ConfigError as err:
+        raise ResumeError(f"the run's configuration cannot be read by this version of intrakd: {err}") from err
+    new_flat = _flatten(to_dict(from_dict(cls, new)))
+    return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
+            for key in sorted(old_flat.keys() | new_flat.keys()) if old_flat.get(key) != new_flat.get(key)]
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _may_change(difference: str) -> bool:
+    key = difference.split(":", 1)[0]
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUME_MAY_CHANGE)
+
+
+def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
+             overwrite: bool = False, resume: bool = False) -> tuple[Path, dict[str, Any] | None, Path | None]:
+    """Check and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or None)``.
+
+    A fresh run refuses a folder that holds a run (unless ``overwrite``). A resumed one loads the
+    newest checkpoint that verifies (naming those skipped), refuses a configuration or inputs that
+    differ from the run's, and only then writes anything.
+    """
+    run_dir = Path(out)
+    if not resume:
+        run_dir = prepare_run_dir(run_dir, overwrite)
+        _write_config(run_dir, command, to_dict(cfg))
+        return run_dir, None, None
+    if overwrite:
+        raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
+    stored = _stored_config(run_dir, command)
+    store = CheckpointStore(run_dir / "checkpoints")
+    state, path, skipped = None, None, []
+    for candidate, loaded, reason in store.newest_intact():
+        if loaded is None:
+            skipped.append(reason)
+            continue
+        state, path = loaded, candidate
+        break
+    if state is not None and state.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeError(f"{path} was written by another version of intrakd (format {state.get('format')!r}, "
+                          f"this one reads {CHECKPOINT_FORMAT!r}): it cannot be resumed")
+    if state is None and skipped:
+        raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
+                              + f". Start again with --overwrite --out {run_dir}")
+    reference = state["config"] if state is not None else stored
+    refused = [d for d in config_differences(cls, reference, to_dict(cfg)) if not _may_change(d)]
+    if refused:
+        raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
+                          + "; ".join(refused) + ". On resume only " + ", ".join(
+                              k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
+                          + " may change; start a new run (another --out) for other settings")
+    if state is not None:
+        changed = [f"{key}: {state['provenance'].get(key)!r} -> {value!r}" for key, value in provenance.items()
+                   if state["provenance"].get(key) != value]
+        if changed:
+            raise ResumeError(f"cannot resume {run_dir}: its inputs changed since it started ({'; '.join(changed)})")
+    for reason in skipped:
+        print(f"warning: skipped a damaged checkpoint: {reason}", file=sys.stderr)
+    store.remove_leftovers()
+    _write_config(run_dir, command, to_dict(cfg))
+    where = f"from {path}" if path is not None else "from the beginning (no checkpoint was written yet)"
+    print(f"resuming {run_dir} {where}", file=sys.stderr)
+    return run_dir, state, path
+
+
+def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None,
+           extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    if state is not None:
+        trainer.load_state_dict(state)
+        trainer.last_checkpoint = path
+    return trainer.fit(extra_summary)
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
+    (``resume``); returns the run summary."""
     device = resolve_device(cfg.device)
     train_set, eval_set, split = build_datasets(cfg.data)
-    run_dir = prepare_run_dir(out, overwrite)
-    _write_config(run_dir, "train-teacher", to_dict(cfg))
+    provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
+    run_dir, state, path = open_run(TeacherConfig, cfg, out, "train-teacher", provenance,
+                                    overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split),
-        eval_batch_size=cfg.data.eval_batch_size,
+        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
     )
-    return trainer.fit()
+    return _start(trainer, state, path)
 
 
-def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``; returns the summary."""
+def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``, or continue the run in
+    ``out`` (``resume``); returns the summary."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
     device = resolve_device(cfg.device)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    run_dir = prepare_run_dir(out, overwrite)
-    _write_config(run_dir, "distill", to_dict(cfg))
+    provenance = {"train_images": len(train_set), "eval_images": len(eval_set),
+                  "teacher_sha256": file_sha256(Path(cfg.teacher))}
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
     objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
+    run_dir, state, path = open_run(StudentConfig, cfg, out, "distill", provenance, overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split),
-        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size,
+        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
     )
-    return trainer.fit({"teacher": str(cfg.teacher)})
+    return _start(trainer, state, path, {"teacher": str(cfg.teacher)})
