@@ -29,7 +29,7 @@ def teacher_run(tmp_path_factory):
 
 def test_teacher_run_folder_tells_the_whole_story(teacher_run):
     assert (teacher_run / "config.yaml").exists()
-    assert {p.name for p in (teacher_run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    assert {"last.pt", "best.pt"} <= {p.name for p in (teacher_run / "checkpoints").iterdir()}
     metrics = read_metrics(teacher_run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for key in ("loss", "ce", "intra", "intra_raw", "pass_rate", "anchors_used", "cache_fill", "train_acc",

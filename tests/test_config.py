@@ -30,7 +30,7 @@ def test_yaml_then_overrides(tmp_path):
     (["intra.weight=-0.1"], r"intra.weight \(lambda\) must be >= 0"),
     (["intra.delta=1.5"], r"intra.delta must lie in \[-1, 1\]"),
     (["intra.temperature=0"], r"intra.temperature must be > 0"),
-    (["intra.cache_size=0"], r"intra.cache_size must be >= 1"),
+    (["intra.cache_size=0"], r"intra.cache_size \(the cache capacity\) must be >= 1"),
     (["views=1"], r"the intra-class loss needs two views"),
     (["optim.milestones=5"], r"optim.milestones: expected a list"),
     (["optim"], r"not of the form key=value"),

@@ -108,7 +108,7 @@ def captured(monkeypatch):
     """Replace the runs with functions that record the configuration they are given."""
     seen = {}
 
-    def record(cfg, out, overwrite=False):
+    def record(cfg, out, overwrite=False, resume=False):
         seen["cfg"] = cfg
         return {}
 
