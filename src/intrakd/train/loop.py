@@ -65,6 +65,8 @@ class Trainer:
         self.model.train()
         self.objective.train()
         self.train_batches.set_epoch(epoch)
+        if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
+            self.objective.set_epoch(epoch)
         sums: dict[str, Tensor] = {}
         correct = torch.zeros((), dtype=torch.long)
         images = steps = 0

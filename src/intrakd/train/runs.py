@@ -84,7 +84,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False) -> dic
     _write_config(run_dir, "distill", to_dict(cfg))
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
-    objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
+    objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
