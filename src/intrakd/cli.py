@@ -91,6 +91,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from intrakd.objectives import describe_methods
+
+    print(describe_methods())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("methods", help="list the distillation methods and their settings")
+    p.set_defaults(func=cmd_methods)
     return parser
 
 
