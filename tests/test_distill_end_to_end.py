@@ -19,8 +19,8 @@ from intrakd.train.checkpoint import read_checkpoint
 
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}
-TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "rkd": {"ce", "rkd_distance", "rkd_angle"},
-         "fitnet": {"ce", "fitnet"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"}}
+TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
+         "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"}}
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
 
 
@@ -35,14 +35,17 @@ def one_thread():
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config(TeacherConfig, base={**COMMON, "model": "digits_cnn", "views": 1, "intra": {"weight": 0.0}})
+    base = {**COMMON, "model": "digits_cnn", "views": 1, "intra": {"weight": 0.0}}
+    cfg = load_config(TeacherConfig, base=base)
     train_teacher(cfg, out)
     return out / "checkpoints" / "last.pt"
 
 
 def student_config(teacher_checkpoint, method: str, extra: list[str] | None = None) -> StudentConfig:
-    return load_config(StudentConfig, base={**COMMON, "model": "digits_cnn_small", "teacher": str(teacher_checkpoint)},
-                       overrides=[f"distill.method={method}", *DIGITS_OVERRIDES.get(method, []), *(extra or [])])
+    base = {**COMMON, "model": "digits_cnn_small", "teacher": str(teacher_checkpoint)}
+    return load_config(StudentConfig, base=base,
+                       overrides=[f"distill.method={method}", *DIGITS_OVERRIDES.get(method, []),
+                                  *(extra or [])])
 
 
 @pytest.mark.parametrize("method", sorted(TERMS))
@@ -72,7 +75,8 @@ def test_crd_memory_is_checkpointed_and_restores(teacher_checkpoint, tmp_path):
 
 def test_cli_one_line_method_switch_and_dkd_warmup_per_epoch(teacher_checkpoint, tmp_path):
     code = main(["distill", "--teacher", str(teacher_checkpoint), "--out", str(tmp_path), "device=cpu",
-                 "data.dataset=digits", "data.train_per_class=50", "data.eval_per_class=20", "model=digits_cnn_small", "optim.epochs=2", "optim.milestones=[2]",
+                 "data.dataset=digits", "data.train_per_class=50", "data.eval_per_class=20",
+                 "model=digits_cnn_small", "optim.epochs=2", "optim.milestones=[2]",
                  "distill.method=dkd", "distill.dkd.warmup_epochs=4"])
     assert code == 0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -46,7 +46,8 @@ def huber(x: float) -> float:
 
 # ----------------------------------------------------------------------------------------------- DKD
 
-def slow_dkd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, temp: float) -> tuple[list[float], list[float]]:
+def slow_dkd(s: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+             temp: float) -> tuple[list[float], list[float]]:
     tckd, nckd = [], []
     for b in range(s.shape[0]):
         ps = [math.exp(v / temp) for v in s[b].tolist()]
@@ -136,7 +137,8 @@ def test_nce_loss_matches_explicit_sums():
                                                                         dtype=torch.float64))
 
 
-def make_crd(seed: int = 0, labels: torch.Tensor | None = None, overrides: list[str] | None = None) -> CRDObjective:
+def make_crd(seed: int = 0, labels: torch.Tensor | None = None,
+             overrides: list[str] | None = None) -> CRDObjective:
     student, teacher = digits_pair(0)
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2, 0, 2]) if labels is None else labels
     cfg = distill_config("crd", ["distill.crd.feat_dim=4", "distill.crd.num_negatives=5", *(overrides or [])])
@@ -147,7 +149,8 @@ def make_crd(seed: int = 0, labels: torch.Tensor | None = None, overrides: list[
 def slow_crd_side(anchor: torch.Tensor, memory: torch.Tensor, contrast: torch.Tensor, tau: float,
                   z: float | None, num_data: int) -> tuple[float, float]:
     """(loss, Z) for anchors scored against ``memory`` rows ``contrast`` (Z estimated when None)."""
-    raw = [[math.exp(float(memory[c] @ anchor[b]) / tau) for c in contrast[b].tolist()] for b in range(len(anchor))]
+    raw = [[math.exp(float(memory[c] @ anchor[b]) / tau) for c in contrast[b].tolist()]
+           for b in range(len(anchor))]
     if z is None:
         z = sum(map(sum, raw)) / sum(map(len, raw)) * num_data
     return slow_nce([[v / z for v in row] for row in raw], num_data), z
@@ -263,7 +266,8 @@ def slow_rkd(s: torch.Tensor, t: torch.Tensor) -> tuple[float, float]:
             return 0.0
         return float(u @ v / (u.norm() * v.norm()))
 
-    angle = sum(huber(cos(s, i, j, k) - cos(t, i, j, k)) for i, j, k in itertools.product(range(b), repeat=3)) / b**3
+    triplets = itertools.product(range(b), repeat=3)
+    angle = sum(huber(cos(s, i, j, k) - cos(t, i, j, k)) for i, j, k in triplets) / b**3
     return distance, angle
 
 
@@ -338,7 +342,8 @@ def test_pkt_matches_definition():
         return [[v / sum(row) for v in row] for row in kernel]
 
     ps, pt = probs(s), probs(t)
-    expected = sum(pt[i][j] * math.log((pt[i][j] + 1e-7) / (ps[i][j] + 1e-7)) for i in range(5) for j in range(5)) / 25
+    pairs = itertools.product(range(5), repeat=2)
+    expected = sum(pt[i][j] * math.log((pt[i][j] + 1e-7) / (ps[i][j] + 1e-7)) for i, j in pairs) / 25
     assert pkt_loss(s, t).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -447,14 +452,16 @@ def test_weights_default_to_the_method_recipe_unless_set():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("distill.dkd.alpha=1", "unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
-                            "distill.dkd.nckd_weight, distill.dkd.warmup_epochs"),
-    ("distill.method=mgd", "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt'"),
+    ("distill.dkd.alpha=1", ("unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
+                             "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
+    ("distill.method=mgd",
+     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt'"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
     ("distill.crd.negatives=hard", "distill.crd.negatives: 'hard' is not one of 'other_class', 'uniform'"),
     ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight must be >= 0, got -1.0"),
     ("distill.kd_weight=-0.5", "distill.kd_weight must be >= 0, got -0.5"),
     ("distill.crd.num_negatives=0", "distill.crd.num_negatives must be >= 1, got 0"),
+    ("distill.temperature=0", "distill.temperature must be > 0, got 0.0"),
 ])
 def test_config_errors(override, message):
     with pytest.raises(ConfigError) as info:

@@ -87,8 +87,9 @@ METHOD_WEIGHTS: dict[str, tuple[float, float]] = {
 KD weighs CE 0.1 and KD 0.9; every other method keeps CE at 1 and adds no KD term unless asked."""
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line description (listed by `intrakd methods`)."""
+    return field(default=default, metadata={"help": doc})
 
 
 @dataclass
@@ -185,8 +186,6 @@ class DistillConfig:
         ce, kd = METHOD_WEIGHTS[self.method]
         self.ce_weight = ce if self.ce_weight is None else self.ce_weight
         self.kd_weight = kd if self.kd_weight is None else self.kd_weight
-        if self.temperature <= 0:
-            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
         for key, rule in _DISTILL_RULES.items():
             value = operator.attrgetter(key)(self)
             if not _RULE_CHECKS[rule](value):
@@ -197,7 +196,7 @@ _RULE_CHECKS: dict[str, Callable[[float], bool]] = {
     ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1,
 }
 _DISTILL_RULES = {
-    "ce_weight": ">= 0", "kd_weight": ">= 0",
+    "ce_weight": ">= 0", "kd_weight": ">= 0", "temperature": "> 0",
     "dkd.tckd_weight": ">= 0", "dkd.nckd_weight": ">= 0", "dkd.warmup_epochs": ">= 0",
     "crd.weight": ">= 0", "crd.feat_dim": ">= 1", "crd.num_negatives": ">= 1", "crd.temperature": "> 0",
     "crd.momentum": "in [0, 1)",

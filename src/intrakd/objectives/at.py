@@ -54,5 +54,6 @@ class ATObjective(Distiller):
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         first, p = self.settings.first_stage, self.settings.p
-        losses = [at_loss(s, t, p) for s, t in zip(student.features[first:], teacher.features[first:], strict=True)]
+        pairs = zip(student.features[first:], teacher.features[first:], strict=True)
+        losses = [at_loss(s, t, p) for s, t in pairs]
         return {"at": self.settings.weight * torch.stack(losses).sum()}, {}

@@ -69,7 +69,8 @@ class CRDObjective(Distiller):
         self.register_buffer("z_teacher", torch.zeros(()))
         counts = torch.bincount(data.labels, minlength=data.num_classes)
         if s.negatives == "other_class" and int(counts.max()) == self.num_data:
-            raise ValueError("CRD with crd.negatives=other_class needs at least two classes in the training split")
+            raise ValueError("CRD with crd.negatives=other_class needs at least two classes in the "
+                             "training split")
         self.register_buffer("class_order", torch.argsort(data.labels, stable=True), persistent=False)
         self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
         self.register_buffer("class_count", counts, persistent=False)

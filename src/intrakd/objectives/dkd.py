@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intrakd.config import DistillConfig
@@ -35,7 +34,8 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, te
               ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(TCKD, NCKD)``, each times ``T^2``, computed in float32 with log-sum-exp."""
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        target = F.one_hot(labels, student_logits.shape[1]).bool()
+        # the label mask, without one_hot's host-synchronising range check
+        target = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
 
         def log_parts(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             z = logits.float() / temperature
@@ -79,5 +79,6 @@ class DKDObjective(Distiller):
         tckd, nckd = dkd_terms(student.logits, teacher.logits, batch.labels, self.temperature)
         tckd, nckd = tckd.mean(), nckd.mean()
         loss = self.warmup * (self.settings.tckd_weight * tckd + self.settings.nckd_weight * nckd)
-        stats = {"tckd": tckd.detach(), "nckd": nckd.detach(), "dkd_warmup": tckd.new_tensor(self.warmup)}
+        # the warm-up factor as a host scalar: no copy to the device
+        stats = {"tckd": tckd.detach(), "nckd": nckd.detach(), "dkd_warmup": torch.tensor(self.warmup)}
         return {"dkd": loss}, stats

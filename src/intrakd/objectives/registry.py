@@ -43,8 +43,7 @@ def list_distillers() -> list[str]:
 def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module, train_set: Split) -> Distiller:
     """Build the student objective ``cfg.method`` for these models and training split (its
     auxiliary modules are sized from one dummy forward pass of each model)."""
-    if cfg.method not in _DISTILLERS:
-        raise ValueError(f"unknown distillation method {cfg.method!r}; available: {', '.join(list_distillers())}")
+    _check(cfg.method)
     return _DISTILLERS[cfg.method](cfg, student, teacher, TrainSetInfo.from_split(train_set))
 
 
@@ -55,7 +54,8 @@ def method_settings(name: str) -> dict[str, Any]:
     return to_dict(section.default_factory()) if section is not None else {}
 
 
-def distill_recipe(name: str, teacher_model: str | None = None, student_model: str | None = None) -> dict[str, Any]:
+def distill_recipe(name: str, teacher_model: str | None = None,
+                   student_model: str | None = None) -> dict[str, Any]:
     """The ``distill`` section of method ``name``'s standard recipe, with the settings that the
     reference recipe tunes per teacher/student pair (e.g. DKD's ``nckd_weight``) filled in."""
     _check(name)
