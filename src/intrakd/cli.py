@@ -151,6 +151,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from intrakd.objectives import describe_methods
+
+    print(describe_methods())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the named recipes (or show one's full configuration)")
     p.add_argument("name", nargs="?", help="a preset to show in full")
     p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("methods", help="list the distillation methods and their settings")
+    p.set_defaults(func=cmd_methods)
     return parser
 
 

@@ -18,6 +18,8 @@ class Batch:
 
     views: tuple[Tensor, ...]
     labels: Tensor
+    indices: Tensor | None = None
+    """Position of every image in its training split (for per-sample memories), when known."""
 
 
 class Batches(Protocol):
@@ -134,5 +136,5 @@ class TensorBatches:
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             images = self.data.images[index]
             views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
-            yield Batch(views, self.data.labels[index])
+            yield Batch(views, self.data.labels[index], index)
 

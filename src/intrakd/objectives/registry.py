@@ -1,20 +1,34 @@
-"""Registry of distillation methods (student objectives); the trainer never names one."""
+"""Registry of distillation methods (student objectives); the trainer never names one.
+
+Adding a method: a module with a :class:`~intrakd.objectives.distiller.Distiller` subclass decorated
+with :func:`register_distiller`, its settings section and recipe weights in ``config.py``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
-_DISTILLERS: dict[str, type[nn.Module]] = {}
+from intrakd.config import METHOD_WEIGHTS, DistillConfig, DistillMethod, to_dict
+from intrakd.data.tensor_data import Split
+from intrakd.objectives.distiller import Distiller, TrainSetInfo
+
+_DISTILLERS: dict[str, type[Distiller]] = {}
 
 
-def register_distiller(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: register a student objective under ``name``."""
+def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: register a student objective under ``name`` (one of ``config.DistillMethod``)."""
 
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
+    def add(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
             raise ValueError(f"distiller {name!r} registered twice")
+        if name not in typing.get_args(DistillMethod):
+            raise ValueError(f"distiller {name!r} has no entry in config.DistillMethod / METHOD_WEIGHTS")
+        cls.method = name
         _DISTILLERS[name] = cls
         return cls
 
@@ -22,11 +36,59 @@ def register_distiller(name: str) -> Callable[[type[nn.Module]], type[nn.Module]
 
 
 def list_distillers() -> list[str]:
+    """Names of the registered methods."""
     return sorted(_DISTILLERS)
 
 
-def create_distiller(name: str, cfg, num_classes: int, student: nn.Module, teacher: nn.Module) -> nn.Module:
-    """Build the student objective registered as ``name``."""
+def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module, train_set: Split) -> Distiller:
+    """Build the student objective ``cfg.method`` for these models and training split (its
+    auxiliary modules are sized from one dummy forward pass of each model)."""
+    _check(cfg.method)
+    return _DISTILLERS[cfg.method](cfg, student, teacher, TrainSetInfo.from_split(train_set))
+
+
+def method_settings(name: str) -> dict[str, Any]:
+    """The standard settings of method ``name``: its section of :class:`DistillConfig` (empty for KD)."""
+    _check(name)
+    section = {f.name: f for f in dataclasses.fields(DistillConfig)}.get(name)
+    return to_dict(section.default_factory()) if section is not None else {}
+
+
+def distill_recipe(name: str, teacher_model: str | None = None,
+                   student_model: str | None = None) -> dict[str, Any]:
+    """The ``distill`` section of method ``name``'s standard recipe, with the settings that the
+    reference recipe tunes per teacher/student pair (e.g. DKD's ``nckd_weight``) filled in."""
+    _check(name)
+    ce, kd = METHOD_WEIGHTS[name]
+    recipe: dict[str, Any] = {"method": name, "ce_weight": ce, "kd_weight": kd,
+                              "temperature": DistillConfig.temperature}
+    settings = method_settings(name)
+    if teacher_model is not None and student_model is not None:
+        settings.update(_DISTILLERS[name].pair_settings(teacher_model, student_model))
+    if settings:
+        recipe[name] = settings
+    return recipe
+
+
+def describe_methods() -> str:
+    """A human-readable list of every method with its recipe weights and settings (``intrakd methods``)."""
+    lines = []
+    for name in [m for m in typing.get_args(DistillMethod) if m in _DISTILLERS]:
+        cls = _DISTILLERS[name]
+        ce, kd = METHOD_WEIGHTS[name]
+        lines.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        lines.append(f"    distill.method={name}  (recipe: distill.ce_weight={ce} distill.kd_weight={kd})")
+        section = {f.name: f for f in dataclasses.fields(DistillConfig)}.get(name)
+        if section is not None:
+            for f in dataclasses.fields(section.default_factory):
+                default = f.default
+                lines.append(f"    distill.{name}.{f.name}={default}  {f.metadata.get('help', '')}".rstrip())
+        lines.append("")
+    lines.append("Every method takes distill.ce_weight, distill.kd_weight (> 0 adds Hinton's KD term) and "
+                 f"distill.temperature (default {DistillConfig.temperature}).")
+    return "\n".join(lines)
+
+
+def _check(name: str) -> None:
     if name not in _DISTILLERS:
         raise ValueError(f"unknown distillation method {name!r}; available: {', '.join(list_distillers())}")
-    return _DISTILLERS[name](cfg, num_classes, student, teacher)

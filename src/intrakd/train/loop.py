@@ -248,10 +248,9 @@ class Trainer:
         if self.step < steps:
             self.model.train()
             self.objective.train()
-            if self.step:
-                self.train_batches.set_epoch(self.epoch, self.step)
-            else:
-                self.train_batches.set_epoch(self.epoch)
+            self.train_batches.set_epoch(self.epoch, self.step)
+            if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
+                self.objective.set_epoch(self.epoch)
             bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False, disable=None,
                        dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
             for batch in bar:

@@ -228,7 +228,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
                   "teacher_sha256": file_sha256(Path(cfg.teacher))}
     seed_everything(cfg.seed)
     model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
-    objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
+    objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
     run_dir, state, path = open_run(StudentConfig, cfg, out, "distill", provenance, overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,

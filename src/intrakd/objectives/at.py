@@ -1,0 +1,59 @@
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on the stage features.
+
+The attention map of a ``[B, C, H, W]`` feature is ``mean_c |A_c|^p`` flattened and L2-normalised; the
+loss is the mean squared difference of the student's and teacher's maps, summed over the stages from
+``first_stage`` on. Where a stage's spatial sizes differ, the larger map is average-pooled to the
+smaller size first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import DistillConfig
+from intrakd.data.tensor_data import Batch
+from intrakd.models import ModelOutput
+from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
+from intrakd.objectives.registry import register_distiller
+
+
+def attention_map(feature: Tensor, p: float) -> Tensor:
+    """``[B, H*W]`` normalised spatial attention of a ``[B, C, H, W]`` feature."""
+    return F.normalize(feature.float().abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float) -> Tensor:
+    """Attention-transfer loss of one stage, in float32."""
+    with torch.autocast(device_type=student_feature.device.type, enabled=False):
+        s_size, t_size = student_feature.shape[-2:], teacher_feature.shape[-2:]
+        if s_size != t_size:
+            size = (min(s_size[0], t_size[0]), min(s_size[1], t_size[1]))
+            student_feature = F.adaptive_avg_pool2d(student_feature.float(), size)
+            teacher_feature = F.adaptive_avg_pool2d(teacher_feature.float(), size)
+        return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
+
+
+@register_distiller("at")
+class ATObjective(Distiller):
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
+        super().__init__(cfg, student, teacher, data)
+        self.settings = cfg.at
+        s_stages = len(probe(student, data.input_shape).features)
+        t_stages = len(probe(teacher, data.input_shape).features)
+        if s_stages != t_stages:
+            raise ValueError(f"AT pairs stage features one to one, but the student has {s_stages} and the "
+                             f"teacher {t_stages}")
+        if self.settings.first_stage >= s_stages:
+            raise ValueError(f"distill.at.first_stage={self.settings.first_stage}, but the models have "
+                             f"{s_stages} stage features")
+
+    def method_losses(self, student: ModelOutput, teacher: ModelOutput,
+                      batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        first, p = self.settings.first_stage, self.settings.p
+        pairs = zip(student.features[first:], teacher.features[first:], strict=True)
+        losses = [at_loss(s, t, p) for s, t in pairs]
+        return {"at": self.settings.weight * torch.stack(losses).sum()}, {}

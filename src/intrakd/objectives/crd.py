@@ -1,0 +1,115 @@
+"""Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020).
+
+Both models' embeddings are projected by learned linear heads to ``feat_dim`` and L2-normalised.
+A memory per model holds one such vector per training sample. Each anchor (student or teacher) is
+scored against the OTHER model's memory at its own sample (the positive) and at ``K`` sampled
+negatives: ``P = exp(v . m / tau) / Z``, with ``Z = N * mean(exp(v . m / tau))`` estimated once, on
+the first batch, and kept. The loss is the NCE loss of the paper (eq. 18) with a uniform noise
+distribution ``Pn = 1/N``; the student-anchor and teacher-anchor losses are summed. After the loss,
+each memory row of the batch becomes ``normalise(momentum * old + (1 - momentum) * current)``.
+
+Negatives are drawn on the device with fixed shapes, with replacement: by default uniformly among
+the samples of the other classes (the reference CIFAR-100 recipe samples from those), or uniformly
+among all samples (``crd.negatives=uniform``, the memory's own sampler in the reference code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import DistillConfig
+from intrakd.data.tensor_data import Batch
+from intrakd.models import ModelOutput
+from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
+from intrakd.objectives.registry import register_distiller
+
+
+def nce_loss(log_scores: Tensor, num_data: int) -> Tensor:
+    """CRD's NCE loss for ``[B, 1 + K]`` log normalised scores ``log P``, the positive first:
+    ``-mean_b [ log(P_0 / (P_0 + K/N)) + sum_k log((K/N) / (P_k + K/N)) ]``, in log space."""
+    log_noise = math.log((log_scores.shape[1] - 1) / num_data)
+    noise = torch.full_like(log_scores, log_noise)
+    log_denominator = torch.logaddexp(log_scores, noise)
+    positive = log_scores[:, 0] - log_denominator[:, 0]
+    negatives = (log_noise - log_denominator[:, 1:]).sum(dim=1)
+    return -(positive + negatives).mean()
+
+
+def sample_other_class(labels: Tensor, num_samples: int, class_order: Tensor, class_start: Tensor,
+                       class_count: Tensor) -> Tensor:
+    """``[B, num_samples]`` indices drawn uniformly, with replacement, among the training samples
+    whose class differs from ``labels[b]``. ``class_order`` lists the sample indices sorted by class;
+    class ``c`` occupies ``class_order[class_start[c] : class_start[c] + class_count[c]]``."""
+    count = class_count[labels][:, None]
+    start = class_start[labels][:, None]
+    available = class_order.shape[0] - count
+    u = torch.rand(labels.shape[0], num_samples, device=labels.device)
+    r = torch.minimum((u * available).long(), available - 1)  # position among the other classes
+    return class_order[r + (r >= start) * count]
+
+
+@register_distiller("crd")
+class CRDObjective(Distiller):
+    """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory per model."""
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
+        super().__init__(cfg, student, teacher, data)
+        self.settings = s = cfg.crd
+        self.num_data = data.labels.shape[0]
+        self.embed_student = nn.Linear(probe(student, data.input_shape).embedding.shape[1], s.feat_dim)
+        self.embed_teacher = nn.Linear(probe(teacher, data.input_shape).embedding.shape[1], s.feat_dim)
+        bound = math.sqrt(3.0 / s.feat_dim)  # uniform entries of variance 1/feat_dim: rows of norm ~1
+        self.register_buffer("memory_student", torch.empty(self.num_data, s.feat_dim).uniform_(-bound, bound))
+        self.register_buffer("memory_teacher", torch.empty(self.num_data, s.feat_dim).uniform_(-bound, bound))
+        self.register_buffer("z_student", torch.zeros(()))  # normalisation constants; 0: not yet estimated
+        self.register_buffer("z_teacher", torch.zeros(()))
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        if s.negatives == "other_class" and int(counts.max()) == self.num_data:
+            raise ValueError("CRD with crd.negatives=other_class needs at least two classes in the "
+                             "training split")
+        self.register_buffer("class_order", torch.argsort(data.labels, stable=True), persistent=False)
+        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.register_buffer("class_count", counts, persistent=False)
+
+    def sample_negatives(self, labels: Tensor) -> Tensor:
+        """``[B, num_negatives]`` memory indices (see the module docstring)."""
+        k = self.settings.num_negatives
+        if self.settings.negatives == "uniform":
+            return torch.randint(0, self.num_data, (labels.shape[0], k), device=labels.device)
+        return sample_other_class(labels, k, self.class_order, self.class_start, self.class_count)
+
+    def method_losses(self, student: ModelOutput, teacher: ModelOutput,
+                      batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if batch.indices is None:
+            raise ValueError("CRD needs the training-split index of every sample (Batch.indices), "
+                             "and this dataset's batches do not carry them")
+        index, tau = batch.indices, self.settings.temperature
+        with torch.autocast(device_type=batch.labels.device.type, enabled=False):
+            v_student = F.normalize(self.embed_student(student.embedding.float()), dim=1)
+            v_teacher = F.normalize(self.embed_teacher(teacher.embedding.float()), dim=1)
+            contrast = torch.cat([index[:, None], self.sample_negatives(batch.labels)], dim=1)
+            # Snapshots: the memories are updated in place below, before the backward pass.
+            scores_student = (v_student @ self.memory_teacher.clone().T).gather(1, contrast) / tau
+            scores_teacher = (v_teacher @ self.memory_student.clone().T).gather(1, contrast) / tau
+            log_z_student = self._log_normaliser(self.z_student, scores_student)
+            log_z_teacher = self._log_normaliser(self.z_teacher, scores_teacher)
+            loss = (nce_loss(scores_student - log_z_student, self.num_data)
+                    + nce_loss(scores_teacher - log_z_teacher, self.num_data))
+            self._update(self.memory_student, index, v_student.detach())
+            self._update(self.memory_teacher, index, v_teacher.detach())
+        return {"crd": self.settings.weight * loss}, {}
+
+    def _log_normaliser(self, z: Tensor, scores: Tensor) -> Tensor:
+        """``log Z``; ``Z = N * mean(exp(scores))`` is estimated on the first batch and then kept."""
+        estimate = scores.detach().exp().mean() * self.num_data
+        z.copy_(torch.where(z > 0, z, estimate))
+        return z.log()
+
+    @torch.no_grad()
+    def _update(self, memory: Tensor, index: Tensor, current: Tensor) -> None:
+        mixed = self.settings.momentum * memory[index] + (1.0 - self.settings.momentum) * current
+        memory.index_copy_(0, index, F.normalize(mixed, dim=1))

@@ -1,0 +1,43 @@
+"""Similarity-preserving knowledge distillation (Tung & Mori, ICCV 2019) on the last stage feature.
+
+``G = F F^T`` for the flattened ``[B, C*H*W]`` feature ``F``, each row L2-normalised; the loss is
+``||G_student - G_teacher||_F^2 / B^2``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import DistillConfig
+from intrakd.data.tensor_data import Batch
+from intrakd.models import ModelOutput
+from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.registry import register_distiller
+
+
+def similarity_matrix(feature: Tensor) -> Tensor:
+    """``[B, B]`` batch similarity of a feature map, rows L2-normalised."""
+    flat = feature.float().flatten(1)
+    return F.normalize(flat @ flat.T, dim=1)
+
+
+def sp_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """Similarity-preserving loss between two ``[B, ...]`` features (any shapes), in float32."""
+    with torch.autocast(device_type=student_feature.device.type, enabled=False):
+        difference = similarity_matrix(student_feature) - similarity_matrix(teacher_feature)
+        return difference.pow(2).sum() / student_feature.shape[0] ** 2
+
+
+@register_distiller("sp")
+class SPObjective(Distiller):
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
+        super().__init__(cfg, student, teacher, data)
+        self.settings = cfg.sp
+
+    def method_losses(self, student: ModelOutput, teacher: ModelOutput,
+                      batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"sp": self.settings.weight * sp_loss(student.features[-1], teacher.features[-1])}, {}
