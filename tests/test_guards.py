@@ -88,7 +88,7 @@ def test_bad_teacher_configuration(tmp_path, capsys, override, message):
 @pytest.mark.parametrize("override, message", [
     ("distill.temperature=0", "distill.temperature must be > 0, got 0.0"),
     ("distill.kd_weight=-1", "distill.kd_weight must be >= 0, got -1.0"),
-    ("distill.method=nope", "unknown distillation method 'nope'; available: kd"),
+    ("distill.method=nope", "distill.method: 'nope' is not one of 'kd', 'dkd', 'crd'"),
 ])
 def test_bad_student_configuration(tmp_path, capsys, teacher_run, override, message):
     teacher = teacher_run / "checkpoints" / "last.pt"

@@ -29,11 +29,15 @@ def test_every_preset_resolves_to_a_valid_configuration(name):
     assert cfg.model in list_models()
     assert preset.values["data"]["dataset"] == cfg.data.dataset
     if preset.kind == "teacher":
-        assert name.endswith("/teacher") and "model" in preset.values
-        assert cfg.views == 2 and cfg.intra.weight > 0  # the enriched teacher
+        assert name.endswith(("/teacher", "/teacher-vanilla")) and "model" in preset.values
+        assert cfg.views == 2  # both teachers see the same two views
+        assert (cfg.intra.weight > 0) == name.endswith("/teacher")  # enriched / vanilla
     else:
-        assert name.endswith("/kd") and cfg.teacher_model in list_models()
-        assert cfg.teacher is None  # the checkpoint comes from --teacher
+        assert cfg.teacher_model in list_models()
+        if name.endswith("/kd"):
+            assert cfg.teacher is None  # the checkpoint comes from --teacher
+        else:  # method presets read the checkpoint of their teacher preset's default run folder
+            assert name.endswith(("-vanilla", "-enriched")) and cfg.teacher.endswith("/checkpoints/best.pt")
 
 
 def test_cifar100_pairs_and_recipe():
@@ -48,8 +52,11 @@ def test_cifar100_pairs_and_recipe():
         assert t.optim.lr == 0.05
         assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
+    from intrakd.objectives import list_distillers
+
     names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}
-    assert len(names) == 2 * len(CIFAR100_PAIRS)
+    # enriched + vanilla teacher, KD, and every method with either teacher
+    assert len(names) == (3 + 2 * len(list_distillers())) * len(CIFAR100_PAIRS)
 
 
 def test_published_accuracies_only_where_method_md_gives_them():
@@ -146,3 +153,43 @@ def test_preset_errors(captured, capsys):
     assert main(["distill", "--preset", "cifar100/vgg13-vgg8/kd", "optim.lrr=1"]) == 2
     assert "unknown config key optim.lrr" in capsys.readouterr().err
     assert "cfg" not in captured
+
+
+def test_every_method_has_a_vanilla_and_an_enriched_teacher_preset():
+    from intrakd.objectives import list_distillers
+    from intrakd.presets import PRESETS, default_run_dir
+
+    for teacher, student in CIFAR100_PAIRS:
+        base = f"cifar100/{teacher}-{student}"
+        assert PRESETS[f"{base}/teacher-vanilla"].values["intra"]["weight"] == 0.0
+        assert PRESETS[f"{base}/teacher-vanilla"].values["views"] == 2
+        for method in list_distillers():
+            vanilla = PRESETS[f"{base}/{method}-vanilla"].values
+            enriched = PRESETS[f"{base}/{method}-enriched"].values
+            assert enriched["teacher"] == f"{default_run_dir(base + '/teacher')}/checkpoints/best.pt"
+            assert vanilla["teacher"] == f"{default_run_dir(base + '/teacher-vanilla')}/checkpoints/best.pt"
+            assert {k: v for k, v in vanilla.items() if k != "teacher"} == \
+                   {k: v for k, v in enriched.items() if k != "teacher"}
+            assert vanilla["distill"]["method"] == method
+
+
+def test_dkd_preset_uses_the_dkd_recipe_not_kd_weights():
+    from intrakd.presets import get_preset
+
+    cfg = get_preset("cifar100/resnet32x4-resnet8x4/dkd-enriched").config()
+    assert (cfg.distill.method, cfg.distill.ce_weight, cfg.distill.kd_weight) == ("dkd", 1.0, 0.0)
+    assert cfg.teacher == "runs/cifar100/resnet32x4-resnet8x4/teacher/checkpoints/best.pt"
+
+
+def test_preset_run_goes_to_runs_preset_name(captured, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    seen_out = {}
+    import intrakd.train
+
+    def record(cfg, out, overwrite=False, resume=False):
+        seen_out["out"] = out
+        return {}
+
+    monkeypatch.setattr(intrakd.train, "train_teacher", record)
+    assert main(["train-teacher", "--preset", "cifar100/resnet56-resnet20/teacher-vanilla"]) == 0
+    assert seen_out["out"] == "runs/cifar100/resnet56-resnet20/teacher-vanilla"

@@ -38,7 +38,7 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="named recipe as the base configuration (`intrakd presets` lists them); "
                         "--config and overrides apply on top")
     parser.add_argument("--config", help="YAML file of settings (overrides apply on top)")
-    parser.add_argument("--out", help="run folder (default runs/<command>-<time>)")
+    parser.add_argument("--out", help="run folder (default: runs/<preset> with --preset, else runs/<command>-<time>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run in DIR from its newest intact checkpoint, with the configuration in "
@@ -64,7 +64,15 @@ def _run_config(
     """The configuration of a new run, or of the run ``--resume`` continues, and its folder."""
     if not args.resume:
         base = _preset_base(args, kind)
-        return load_config(cls, args.config, overrides, base=base), args.out or _default_out(command)
+        if args.out:
+            out = args.out
+        elif args.preset:
+            from intrakd.presets import default_run_dir
+
+            out = default_run_dir(args.preset)
+        else:
+            out = _default_out(command)
+        return load_config(cls, args.config, overrides, base=base), out
     from intrakd.train.runs import ResumeError, load_run_config
 
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from intrakd.config import StudentConfig, TeacherConfig, load_config
+from intrakd.objectives import distill_recipe, list_distillers
 
 Kind = Literal["teacher", "distill"]
 
@@ -85,10 +86,19 @@ IMAGENET_PAIRS = (("resnet34-resnet18", "imagenet_resnet34", "imagenet_resnet18"
                   ("resnet50-mobilenetv1", "imagenet_resnet50", "imagenet_mobilenet_v1"))
 
 ENRICHED_TEACHER = {"weight": 0.02, "temperature": 0.1, "delta": 0.5}
+VANILLA_TEACHER = {"weight": 0.0}
+"""Cross-entropy only, on the same two views as the enriched teacher (the comparison isolates the loss)."""
+RUNS_ROOT = "runs"
+"""Preset runs default to ``runs/<preset name>``, so a method preset finds its teacher's checkpoint."""
 
 
-def _teacher(model: str, data: dict[str, Any], optim: dict[str, Any]) -> dict[str, Any]:
-    return {"model": model, "views": 2, "data": dict(data), "optim": dict(optim), "intra": dict(ENRICHED_TEACHER)}
+def default_run_dir(preset_name: str) -> str:
+    """Where a run of ``preset_name`` goes when no ``--out`` is given."""
+    return f"{RUNS_ROOT}/{preset_name}"
+
+
+def _teacher(model: str, data: dict[str, Any], optim: dict[str, Any], intra: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "views": 2, "data": dict(data), "optim": dict(optim), "intra": dict(intra)}
 
 
 def _kd(student: str, teacher: str, data: dict[str, Any], optim: dict[str, Any], kd: dict[str, Any]) -> dict[str, Any]:
@@ -101,10 +111,24 @@ def _build() -> dict[str, Preset]:
     def pair(prefix: str, label: str, teacher: str, student: str, data: dict[str, Any], teacher_optim: dict[str, Any],
              student_optim: dict[str, Any], kd: dict[str, Any], published: Published | None) -> None:
         base = f"{prefix}/{label}"
-        presets.append(Preset(f"{base}/teacher", "teacher", _teacher(teacher, data, teacher_optim),
+        presets.append(Preset(f"{base}/teacher", "teacher", _teacher(teacher, data, teacher_optim, ENRICHED_TEACHER),
                               f"{prefix} teacher {teacher} (enriched) for {student}", published))
+        presets.append(Preset(f"{base}/teacher-vanilla", "teacher",
+                              _teacher(teacher, data, teacher_optim, VANILLA_TEACHER),
+                              f"{prefix} teacher {teacher} (vanilla: cross-entropy, same two views)", published))
         presets.append(Preset(f"{base}/kd", "distill", _kd(student, teacher, data, student_optim, kd),
                               f"{prefix} KD {teacher} -> {student}", published))
+        if prefix != "cifar100":
+            return
+        # every distillation method with either teacher: only the teacher checkpoint differs
+        for method in list_distillers():
+            recipe = distill_recipe(method, teacher, student)
+            for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
+                values = _kd(student, teacher, data, student_optim, recipe)
+                values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
+                presets.append(Preset(f"{base}/{method}-{variant}", "distill", values,
+                                      f"{prefix} {method.upper()} {teacher} -> {student}, {variant} teacher "
+                                      f"(trained by --preset {teacher_preset})", published))
 
     for teacher, student, published in CIFAR100_PAIRS:
         student_optim = dict(CIFAR100_OPTIM)
