@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import FullDisk
 
 import intrakd.train.checkpoint as checkpoint_module
 from intrakd.train.checkpoint import (
@@ -108,27 +108,6 @@ def test_keeps_the_last_n_and_the_best(tmp_path):
     assert read_checkpoint(tmp_path / "best.pt")["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".sha256")) == [
         "ckpt-e0001-s000000.pt.sha256", "ckpt-e0002-s000000.pt.sha256", "ckpt-e0002-s000003.pt.sha256"]
-
-
-class FullDisk:
-    """``os.fdopen`` whose files refuse any write beyond ``room`` bytes with ENOSPC."""
-
-    def __init__(self, room: int) -> None:
-        self.room, self.written = room, 0
-
-    def __call__(self, fd: int, mode: str = "r", *args, **kwargs) -> io.FileIO:
-        disk = self
-
-        class Limited(io.FileIO):
-            def write(self, data: bytes) -> int:
-                if len(data) > disk.room:
-                    disk.room = 0
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                disk.room -= len(data)
-                disk.written += len(data)
-                return super().write(data)
-
-        return Limited(fd, "wb")
 
 
 @pytest.mark.parametrize("room", [0, 1000, 200_000], ids=["no-room", "mid-checkpoint", "at-checksum"])

@@ -24,16 +24,8 @@ TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "fitnet
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The suite runs on shared cores: one intra-op thread is faster there, and deterministic."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory, one_thread):
+def teacher_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     base = {**COMMON, "model": "digits_cnn", "views": 1, "intra": {"weight": 0.0}}
     cfg = load_config(TeacherConfig, base=base)

@@ -4,15 +4,14 @@ already on disk is touched; NaN/Inf losses stop the run (or are skipped) without
 from __future__ import annotations
 
 import errno
-import io
 import json
 import math
-import os
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import FullDisk
 
 import intrakd.train.checkpoint as checkpoint_module
 from intrakd.cli import EXIT_BAD_INPUT, EXIT_IO_ERROR, EXIT_NONFINITE, main
@@ -26,24 +25,11 @@ TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "i
 STUDENT = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory) -> Path:
     """A finished one-epoch teacher run."""
     out = tmp_path_factory.mktemp("teacher") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train-teacher", "--out", str(out), *TEACHER]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train-teacher", "--out", str(out), *TEACHER]) == 0
     return out
 
 
@@ -166,27 +152,6 @@ def test_unreadable_dataset_file_is_refused(tmp_path, capsys):
     err = refused(cifar_args(tmp_path, tmp_path / "data"), capsys, tmp_path)
     assert f"{folder / 'train'} is not a readable CIFAR-100 pickle (UnpicklingError" in err
     assert not (tmp_path / "run").exists()
-
-
-class FullDisk:
-    """``os.fdopen`` whose files refuse any write beyond ``room`` bytes with ENOSPC."""
-
-    def __init__(self, room: int) -> None:
-        self.room, self.written = room, 0
-
-    def __call__(self, fd: int, mode: str = "r", *args, **kwargs) -> io.FileIO:
-        disk = self
-
-        class Limited(io.FileIO):
-            def write(self, data: bytes) -> int:
-                if len(data) > disk.room:
-                    disk.room = 0
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                disk.room -= len(data)
-                disk.written += len(data)
-                return super().write(data)
-
-        return Limited(fd, "wb")
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, teacher_run, monkeypatch, capsys):

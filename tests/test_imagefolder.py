@@ -13,7 +13,11 @@ from intrakd.cli import main
 from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
 from intrakd.data import ImageFolderSplit, TensorDataset, build_datasets, folder_pipeline
 from intrakd.data.imagefolder import (
-    IMAGENET_MEAN, IMAGENET_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, UnreadableImageError,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TINY_IMAGENET_MEAN,
+    TINY_IMAGENET_STD,
+    UnreadableImageError,
 )
 
 CPU = torch.device("cpu")

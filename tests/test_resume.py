@@ -29,15 +29,6 @@ TOTAL_STEPS = 3 * STEPS_PER_EPOCH
 TIMING = ("images_per_s", "train_seconds")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the subprocesses (OMP_NUM_THREADS=1): same kernels, same bits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             "OMP_NUM_THREADS": "1"}
@@ -73,12 +64,7 @@ def reference(tmp_path_factory) -> Path:
     """An uninterrupted teacher run (in this process: one thread gives the same bits as the
     subprocesses, which the kill test checks)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train-teacher", "--out", str(out), *TEACHER]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train-teacher", "--out", str(out), *TEACHER]) == 0
     assert len(metric_records(out)) == 3
     return out
 

@@ -8,11 +8,24 @@ from intrakd.data.augment import Augmentation
 from intrakd.data.cifar import load_cifar100
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.imagefolder import (
-    IMAGENET_MEAN, IMAGENET_STD, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD, ImageFolderSplit, Pipeline,
-    UnreadableImageError, load_image_folders, load_tiny_imagenet,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TINY_IMAGENET_MEAN,
+    TINY_IMAGENET_STD,
+    ImageFolderSplit,
+    Pipeline,
+    UnreadableImageError,
+    load_image_folders,
+    load_tiny_imagenet,
 )
 from intrakd.data.tensor_data import (
-    Batch, Batches, Split, TensorBatches, TensorDataset, first_per_class, split_per_class,
+    Batch,
+    Batches,
+    Split,
+    TensorBatches,
+    TensorDataset,
+    first_per_class,
+    split_per_class,
 )
 
 DATASETS = ("digits", "cifar100", "tiny_imagenet", "imagenet", "imagefolder")
@@ -70,7 +83,23 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
 
 
 __all__ = [
-    "Augmentation", "Batch", "Batches", "DATASETS", "FOLDER_DATASETS", "ImageFolderSplit", "Pipeline", "Split",
-    "TensorBatches", "TensorDataset", "UnreadableImageError", "build_datasets", "first_per_class", "folder_pipeline",
-    "load_cifar100", "load_digits_splits", "load_image_folders", "load_tiny_imagenet", "split_per_class",
+    "DATASETS",
+    "FOLDER_DATASETS",
+    "Augmentation",
+    "Batch",
+    "Batches",
+    "ImageFolderSplit",
+    "Pipeline",
+    "Split",
+    "TensorBatches",
+    "TensorDataset",
+    "UnreadableImageError",
+    "build_datasets",
+    "first_per_class",
+    "folder_pipeline",
+    "load_cifar100",
+    "load_digits_splits",
+    "load_image_folders",
+    "load_tiny_imagenet",
+    "split_per_class",
 ]

@@ -1,7 +1,14 @@
 """Model zoo behind one factory; every model returns :class:`ModelOutput`."""
 
 from intrakd.models import (  # noqa: F401  (fill the registry)
-    cifar_mobilenetv2, cifar_resnet, cifar_resnet_v2, cifar_shufflenet, cifar_vgg, cifar_wrn, digits, imagenet,
+    cifar_mobilenetv2,
+    cifar_resnet,
+    cifar_resnet_v2,
+    cifar_shufflenet,
+    cifar_vgg,
+    cifar_wrn,
+    digits,
+    imagenet,
 )
 from intrakd.models.contract import Classifier, ModelOutput
 from intrakd.models.registry import create_model, describe_model, list_models, register_model
