@@ -30,22 +30,24 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from intrakd.train import train_teacher
+    from intrakd.train import distributed, train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
     cfg = load_config(TeacherConfig, args.config, overrides)
     summary = train_teacher(cfg, args.out or _default_out("teacher"), overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from intrakd.train import distill
+    from intrakd.train import distill, distributed
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg = load_config(StudentConfig, args.config, overrides)
     summary = distill(cfg, args.out or _default_out("student"), overwrite=args.overwrite)
-    print(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -79,6 +79,40 @@ class KDConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed settings (applied by ``intrakd.train.accel``); ``"auto"`` picks the measured-best per device."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast dtype of the forward pass; "auto": bf16 on CUDA GPUs that support it, fp32 on the CPU.
+    Loss math is float32 in every case."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """Channels-last memory format for the models; "auto": on for CUDA, off on the CPU."""
+    fused_optimizer: bool | Literal["auto"] = "auto"
+    """Fused SGD kernel; "auto": on for CUDA, off (PyTorch's default implementation) on the CPU."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN pick the fastest convolution algorithms (CUDA only; inputs have fixed shapes)."""
+    compile: bool = False
+    """Compile the training step (model forward + objective) with ``torch.compile``."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    threads: int | None = None
+    """CPU threads of this process (None: PyTorch's default, divided among the processes of a node)."""
+
+
+@dataclass
+class DistConfig:
+    """Data-parallel training, active when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+
+    ``data.batch_size`` is the global batch: each of the N processes trains on ``batch_size / N``
+    images per step, so a recipe means the same thing on any number of GPUs.
+    """
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend; "auto": nccl on CUDA, gloo on the CPU."""
+    sync_batchnorm: bool = False
+    """Batch-norm statistics over the global batch (CUDA only)."""
+
+
+@dataclass
 class TeacherConfig:
     model: str = "resnet32x4"
     views: int = 2
@@ -88,6 +122,8 @@ class TeacherConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     intra: IntraConfig = field(default_factory=IntraConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
         intra = self.intra
@@ -103,7 +139,7 @@ class TeacherConfig:
             raise ConfigError(f"views must be 1 or 2, got {self.views}")
         if intra.weight > 0 and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
-        _validate_common(self.data, self.optim)
+        _validate_common(self.data, self.optim, self.perf)
 
 
 @dataclass
@@ -118,22 +154,26 @@ class StudentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: KDConfig = field(default_factory=KDConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
         if self.distill.temperature <= 0:
             raise ConfigError(f"distill.temperature must be > 0, got {self.distill.temperature}")
         if self.distill.ce_weight < 0 or self.distill.kd_weight < 0:
             raise ConfigError("distill.ce_weight and distill.kd_weight must be >= 0")
-        _validate_common(self.data, self.optim)
+        _validate_common(self.data, self.optim, self.perf)
 
 
-def _validate_common(data: DataConfig, optim: OptimConfig) -> None:
+def _validate_common(data: DataConfig, optim: OptimConfig, perf: PerfConfig) -> None:
     if data.batch_size < 1 or data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
     if optim.epochs < 1:
         raise ConfigError(f"optim.epochs must be >= 1, got {optim.epochs}")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
+    if perf.threads is not None and perf.threads < 1:
+        raise ConfigError(f"perf.threads must be >= 1 (or null for the default), got {perf.threads}")
 
 
 C = TypeVar("C")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,13 +97,27 @@ class TensorBatches:
 
     The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``: call
     :meth:`set_epoch` before iterating. Incomplete last batches are dropped (fixed shapes).
+
+    Data-parallel (``world_size > 1``; by default read from ``torch.distributed``): ``batch_size`` is
+    the global batch and this rank yields its ``batch_size / world_size`` rows of each; rank 0 augments
+    from the single-process stream, every other rank from a seed derived from ``(seed, epoch, rank)``.
     """
 
-    def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int) -> None:
+    def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int,
+                 rank: int | None = None, world_size: int | None = None) -> None:
         if len(data) < batch_size:
             raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}")
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
         self.epoch = 0
+        grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if world_size is None:
+            world_size = torch.distributed.get_world_size() if grouped else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if grouped else 0
+        self.rank, self.world_size = rank, world_size
+        if batch_size % self.world_size:
+            raise ValueError(f"data.batch_size={batch_size} (the global batch) is not divisible by the "
+                             f"{self.world_size} data-parallel processes")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -115,8 +130,14 @@ class TensorBatches:
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.data), device=device, generator=generator)
+        if self.rank > 0:
+            state = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(state))
+        shard = self.batch_size // self.world_size
         for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            start = i * self.batch_size + self.rank * shard
+            index = order[start : start + shard]
             images = self.data.images[index]
             views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
             yield Batch(views, self.data.labels[index])

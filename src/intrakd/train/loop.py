@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from intrakd.config import OptimConfig
 from intrakd.data.tensor_data import Batches, Split
+from intrakd.train import distributed
+from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from intrakd.train.evaluate import evaluate
 
@@ -31,9 +33,10 @@ class RunInfo:
     eval_split: str
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (the benchmark recipe)."""
-    return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.SGD:
+    """SGD with momentum and weight decay (the benchmark recipe); ``options`` pick its implementation."""
+    return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           **options)
 
 
 class Trainer:
@@ -51,12 +54,20 @@ class Trainer:
         info: RunInfo,
         teacher: nn.Module | None = None,
         eval_batch_size: int = 512,
+        perf: PerfSettings | None = None,
+        sync_batchnorm: bool = False,
     ) -> None:
         self.model, self.objective, self.teacher = model, objective, teacher
         self.train_batches, self.eval_set, self.eval_batch_size = train_batches, eval_set, eval_batch_size
         self.optim_cfg, self.run_dir, self.info = optim, run_dir, info
         trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-        self.optimizer = build_optimizer(trainable, optim)
+        # speed settings (train/accel.py) and data parallelism (train/distributed.py; identity in one process)
+        self.perf = perf or PerfSettings.plain(next(model.parameters()).device)
+        self.optimizer = build_optimizer(trainable, optim, **self.perf.optimizer_options())
+        self.train_model = distributed.wrap_model(model, sync_batchnorm)
+        distributed.broadcast_module(objective)
+        self.objective_params = [p for p in objective.parameters() if p.requires_grad]
+        self.step_objective = self.perf.compile_step(objective)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, optim.milestones, optim.lr_decay)
         self.best_acc = float("-inf")
 
@@ -70,12 +81,14 @@ class Trainer:
         images = steps = 0
         start = time.perf_counter()
         bar = tqdm(self.train_batches, desc=f"{self.info.kind} epoch {epoch + 1}/{self.optim_cfg.epochs}",
-                   leave=False, disable=None, dynamic_ncols=True)
+                   leave=False, disable=None if distributed.is_main() else True, dynamic_ncols=True)
         for batch in bar:
-            result = self.objective(self.model, batch, self.teacher)
+            with self.perf.autocast():
+                result = self.step_objective(self.train_model, batch, self.teacher)
             loss = torch.stack([v.float() for v in result.losses.values()]).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.objective_params)
             self.optimizer.step()
             for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
                 value = value.detach().float()
@@ -83,6 +96,8 @@ class Trainer:
             correct = correct.to(batch.labels.device) + (result.logits.argmax(1) == batch.labels).sum()
             images += batch.labels.shape[0]
             steps += 1
+        sums = distributed.mean_across_ranks({**sums, "correct": correct})
+        correct, images = sums.pop("correct") * distributed.world_size(), images * distributed.world_size()
         seconds = time.perf_counter() - start
         metrics = {name: (value / steps).item() for name, value in sums.items()}
         metrics["train_acc"] = 100.0 * correct.item() / max(images, 1)
@@ -96,6 +111,7 @@ class Trainer:
         start = time.perf_counter()
         epochs = self.optim_cfg.epochs
         final: dict[str, float] = {}
+        writer = distributed.is_main()  # rank 0 alone writes the run folder
         for epoch in range(epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             metrics = self.train_epoch(epoch)
@@ -103,20 +119,22 @@ class Trainer:
             final = evaluate(self.model, self.eval_set, self.eval_batch_size)
             record = {"epoch": epoch + 1, "lr": lr, **metrics,
                       f"{self.info.eval_split}_acc": final["acc"], f"{self.info.eval_split}_loss": final["loss"]}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
             is_best = final["acc"] > self.best_acc
             self.best_acc = max(self.best_acc, final["acc"])
-            self.save(epoch + 1, "last.pt")
-            if is_best:
-                self.save(epoch + 1, "best.pt")
-            tqdm.write(self._line(record), end="\n")
+            if writer:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                self.save(epoch + 1, "last.pt")
+                if is_best:
+                    self.save(epoch + 1, "best.pt")
+                tqdm.write(self._line(record), end="\n")
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
             "final_acc": final["acc"], "best_acc": self.best_acc, "epochs": epochs,
             "wall_seconds": time.perf_counter() - start, **(extra_summary or {}),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if writer:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _line(self, record: dict[str, Any]) -> str:

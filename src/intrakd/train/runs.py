@@ -15,6 +15,8 @@ from intrakd.config import StudentConfig, TeacherConfig, to_dict
 from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.train import distributed
+from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import classifier_from_checkpoint
 from intrakd.train.loop import RunInfo, Trainer
 
@@ -53,43 +55,56 @@ def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"command": command, **config}, sort_keys=False))
 
 
+def _start(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettings]:
+    """This process's device (joining torchrun's process group) and its applied speed settings."""
+    device = distributed.setup(cfg.dist, resolve_device(cfg.device))
+    perf = resolve_perf(cfg.perf, device, distributed.local_world_size())
+    perf.apply()
+    return device, perf
+
+
+def _run_facts(perf: PerfSettings) -> dict[str, Any]:
+    return {"perf": perf.describe(), "world_size": distributed.world_size()}
+
+
 def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``); returns the run summary."""
-    device = resolve_device(cfg.device)
+    device, perf = _start(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
-    run_dir = prepare_run_dir(out, overwrite)
-    _write_config(run_dir, "train-teacher", to_dict(cfg))
+    run_dir = Path(out)  # rank 0 creates it, the other ranks wait
+    distributed.run_on_main(lambda: _write_config(prepare_run_dir(out, overwrite), "train-teacher", to_dict(cfg)))
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split),
-        eval_batch_size=cfg.data.eval_batch_size,
+        eval_batch_size=cfg.data.eval_batch_size, perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return trainer.fit()
+    return trainer.fit(_run_facts(perf))
 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``; returns the summary."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
-    device = resolve_device(cfg.device)
+    device, perf = _start(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes)
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    run_dir = prepare_run_dir(out, overwrite)
-    _write_config(run_dir, "distill", to_dict(cfg))
+    teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
+    run_dir = Path(out)  # rank 0 creates it, the other ranks wait
+    distributed.run_on_main(lambda: _write_config(prepare_run_dir(out, overwrite), "distill", to_dict(cfg)))
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     objective = create_distiller(cfg.distill.method, cfg.distill, train_set.num_classes, model, teacher).to(device)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split),
-        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size,
+        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, perf=perf,
+        sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return trainer.fit({"teacher": str(cfg.teacher)})
+    return trainer.fit({"teacher": str(cfg.teacher), **_run_facts(perf)})

@@ -1,0 +1,177 @@
+"""Speed settings: resolution per device, float32 loss math under bf16 autocast, channels-last,
+the fused optimizer, and a training step that compiles without a graph break."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import ConfigError, IntraConfig, KDConfig, OptimConfig, PerfConfig, TeacherConfig, load_config
+from intrakd.data.tensor_data import Batch
+from intrakd.losses import intra_class_terms, kd_loss
+from intrakd.models import Classifier, create_model
+from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.train.accel import PerfSettings, resolve_perf
+from intrakd.train.loop import build_optimizer
+
+CPU = torch.device("cpu")
+
+
+class TinyNet(Classifier):
+    """Two convolutions and a linear head on 1 x 8 x 8 images (fast to trace)."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.num_classes, self.embedding_dim = num_classes, 2 * width
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        f1 = F.relu(self.conv1(x))
+        return [f1, F.relu(self.conv2(f1))]
+
+
+def test_auto_settings_on_the_cpu_are_plain_fp32():
+    perf = resolve_perf(PerfConfig(), CPU)
+    assert perf.autocast_dtype is None
+    assert (perf.channels_last, perf.fused_optimizer, perf.compile, perf.threads) == (False, False, False, None)
+    assert perf.optimizer_options() == {}
+    assert perf.describe()["precision"] == "fp32"
+
+
+def test_explicit_settings_are_honoured_and_threads_are_shared_among_processes():
+    perf = resolve_perf(PerfConfig(precision="bf16", channels_last=True, fused_optimizer=True, compile=True,
+                                   compile_mode="max-autotune"), CPU)
+    assert perf.autocast_dtype is torch.bfloat16 and perf.channels_last and perf.compile
+    assert perf.optimizer_options() == {"fused": True}
+    assert perf.describe()["compile"] == "max-autotune"
+    cores = torch.get_num_threads()
+    assert resolve_perf(PerfConfig(), CPU, processes_per_node=2).threads == max(1, cores // 2)
+    assert resolve_perf(PerfConfig(threads=3), CPU, processes_per_node=2).threads == 3
+
+
+def test_perf_and_dist_sections_load_from_overrides_and_reject_bad_values():
+    cfg = load_config(TeacherConfig, overrides=["perf.precision=bf16", "perf.channels_last=true",
+                                                "perf.compile=true", "dist.sync_batchnorm=true"])
+    assert (cfg.perf.precision, cfg.perf.channels_last, cfg.perf.compile, cfg.dist.sync_batchnorm) == (
+        "bf16", True, True, True)
+    with pytest.raises(ConfigError, match="perf.precision: 'fp16' is not one of 'auto', 'fp32', 'bf16'"):
+        load_config(TeacherConfig, overrides=["perf.precision=fp16"])
+    with pytest.raises(ConfigError, match="perf.threads must be >= 1"):
+        load_config(TeacherConfig, overrides=["perf.threads=0"])
+    with pytest.raises(ConfigError, match="unknown config key dist.nodes"):
+        load_config(TeacherConfig, overrides=["dist.nodes=2"])
+
+
+def test_loss_math_stays_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = TinyNet()
+    objective = IntraClassTeacherObjective(IntraConfig(delta=-1, cache_size=4), 4, model.embedding_dim, 2)
+    views = (torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    perf = resolve_perf(PerfConfig(precision="bf16"), CPU)
+    with perf.autocast():
+        assert model(views[0]).logits.dtype == torch.bfloat16  # the forward pass does run in bf16
+        result = objective(model, Batch(views, labels))
+        a, p = torch.randn(8, 16).bfloat16(), torch.randn(8, 16).bfloat16()
+        per_anchor, _ = intra_class_terms(a, p, labels, symmetric=True)
+        kd = kd_loss(torch.randn(8, 4).bfloat16(), torch.randn(8, 4).bfloat16(), 4.0)
+    assert {k: v.dtype for k, v in result.losses.items()} == {"ce": torch.float32, "intra": torch.float32}
+    assert per_anchor.dtype == torch.float32 and kd.dtype == torch.float32
+    # the same bf16 inputs give the float32 result computed outside autocast
+    expected, _ = intra_class_terms(a.float(), p.float(), labels, symmetric=True)
+    torch.testing.assert_close(per_anchor, expected, rtol=0, atol=0)
+
+
+def test_channels_last_model_computes_the_same_outputs():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    expected = model(x).logits
+    perf = resolve_perf(PerfConfig(channels_last=True), CPU)
+    assert perf.prepare_model(model) is model
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_sgd_takes_the_same_steps_as_the_default_implementation():
+    torch.manual_seed(0)
+    models = [TinyNet(), TinyNet()]
+    models[1].load_state_dict(models[0].state_dict())
+    options = [PerfSettings.plain(CPU).optimizer_options(),
+               resolve_perf(PerfConfig(fused_optimizer=True), CPU).optimizer_options()]
+    optimizers = [build_optimizer(m.parameters(), OptimConfig(), **o) for m, o in zip(models, options)]
+    assert optimizers[1].defaults["fused"] is True
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    for _ in range(3):
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x).logits, y).backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _teacher_batches(steps: int) -> list[Batch]:
+    generator = torch.Generator().manual_seed(1)
+    return [Batch((torch.randn(16, 1, 8, 8, generator=generator), torch.randn(16, 1, 8, 8, generator=generator)),
+                  torch.randint(0, 4, (16,), generator=generator)) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("intra", [
+    IntraConfig(margin="logit", delta=0.0, cache_size=4),
+    IntraConfig(delta=-1, cache_size=4, max_age=2, min_negatives=2, clear_after_use=True, head="linear"),
+], ids=["gate-cache", "clear-head"])
+def test_teacher_step_compiles_without_graph_break_and_matches_eager(intra):
+    """``fullgraph=True`` fails on any graph break (a host synchronisation such as ``.item()`` would
+    be one); the ``aot_eager`` backend traces forward and backward like inductor does, without the
+    minutes of CPU code generation. Recompiling between steps is an error too."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager_model = TinyNet()
+    eager_obj = IntraClassTeacherObjective(intra, 4, eager_model.embedding_dim, 2)
+    torch.manual_seed(0)
+    model = TinyNet()
+    objective = IntraClassTeacherObjective(intra, 4, model.embedding_dim, 2)
+    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch in _teacher_batches(3):
+            results = [compiled(model, batch), eager_obj(eager_model, batch)]
+            for result, m, o in zip(results, [model, eager_model], [objective, eager_obj]):
+                m.zero_grad()
+                o.zero_grad()
+                sum(result.losses.values()).backward()
+            for name in ("ce", "intra"):
+                torch.testing.assert_close(results[0].losses[name], results[1].losses[name])
+            torch.testing.assert_close(results[0].stats["anchors_used"], results[1].stats["anchors_used"])
+            for a, b in zip(model.parameters(), eager_model.parameters()):
+                torch.testing.assert_close(a.grad, b.grad)
+    assert results[1].stats["anchors_used"] > 0  # the intra-class term was active
+    for key, value in eager_obj.cache.state_dict().items():
+        torch.testing.assert_close(objective.cache.state_dict()[key], value)
+    assert int(objective.cache.step) == 3
+
+
+def test_kd_step_compiles_without_graph_break():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    student, teacher = TinyNet(), TinyNet(width=4).eval().requires_grad_(False)
+    objective = create_distiller("kd", KDConfig(), 4, student, teacher)
+    compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
+    batch = _teacher_batches(1)[0]
+    batch = Batch(batch.views[:1], batch.labels)
+    result, expected = compiled(student, batch, teacher), objective(student, batch, teacher)
+    for name in ("ce", "kd"):
+        torch.testing.assert_close(result.losses[name], expected.losses[name])
+
+
+def test_compile_step_is_opt_in_and_shares_the_objective_state():
+    objective = IntraClassTeacherObjective(IntraConfig(cache_size=4), 4, 16, 2)
+    assert PerfSettings.plain(CPU).compile_step(objective) is objective
+    compiled = resolve_perf(PerfConfig(compile=True), CPU).compile_step(objective)
+    assert compiled is not objective
+    assert compiled.state_dict().keys() == {f"_orig_mod.{k}" for k in objective.state_dict()}
+    assert compiled.cache is objective.cache
