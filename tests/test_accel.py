@@ -13,6 +13,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.losses import intra_class_terms, kd_loss
 from intrakd.models import Classifier, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.train import accel
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import build_optimizer
 
@@ -34,12 +35,17 @@ class TinyNet(Classifier):
         return [f1, F.relu(self.conv2(f1))]
 
 
-def test_auto_settings_on_the_cpu_are_plain_fp32():
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_settings_on_the_cpu_follow_its_bf16_instructions(monkeypatch, native_bf16):
+    monkeypatch.setattr(accel, "cpu_has_native_bf16", lambda: native_bf16)
     perf = resolve_perf(PerfConfig(), CPU)
-    assert perf.autocast_dtype is None
-    assert (perf.channels_last, perf.fused_optimizer, perf.compile, perf.threads) == (False, False, False, None)
+    assert perf.autocast_dtype is (torch.bfloat16 if native_bf16 else None)
+    assert perf.channels_last is native_bf16
+    assert (perf.fused_optimizer, perf.compile, perf.threads) == (False, False, None)
     assert perf.optimizer_options() == {}
-    assert perf.describe()["precision"] == "fp32"
+    assert perf.describe()["precision"] == ("bf16" if native_bf16 else "fp32")
+    explicit = resolve_perf(PerfConfig(precision="fp32", channels_last=False), CPU)
+    assert explicit.autocast_dtype is None and not explicit.channels_last
 
 
 def test_explicit_settings_are_honoured_and_threads_are_shared_among_processes():

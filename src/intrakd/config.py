@@ -83,10 +83,10 @@ class PerfConfig:
     """Speed settings (applied by ``intrakd.train.accel``); ``"auto"`` picks the measured-best per device."""
 
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Autocast dtype of the forward pass; "auto": bf16 on CUDA GPUs that support it, fp32 on the CPU.
-    Loss math is float32 in every case."""
+    """Autocast dtype of the forward pass; "auto": bf16 on CUDA GPUs and CPUs with bfloat16
+    instructions (AVX512-BF16, AMX), else fp32. Loss math is float32 in every case."""
     channels_last: bool | Literal["auto"] = "auto"
-    """Channels-last memory format for the models; "auto": on for CUDA, off on the CPU."""
+    """Channels-last memory format for the models; "auto": on where "auto" picks bf16, else off."""
     fused_optimizer: bool | Literal["auto"] = "auto"
     """Fused SGD kernel; "auto": on for CUDA, off (PyTorch's default implementation) on the CPU."""
     cudnn_benchmark: bool = True

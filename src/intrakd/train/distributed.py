@@ -39,6 +39,9 @@ from intrakd.config import DistConfig
 
 T = TypeVar("T")
 
+# the differentiable all-gather's name since torch 2.14; the older name before
+_all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+
 
 def is_distributed() -> bool:
     """Whether a process group of more than one process is active."""
@@ -157,7 +160,7 @@ def gather_rows(x: Tensor) -> Tensor:
     """
     if not is_distributed():
         return x
-    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    return _all_gather_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 def sum_across_ranks(x: Tensor) -> Tensor:
