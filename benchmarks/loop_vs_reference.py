@@ -28,6 +28,7 @@ import itertools
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from _common import (
     FirstBatches, add_common_args, cifar100_train, machine, median, perf_for, setup_device, table, time_block,
     write_json,
 )
-from intrakd.config import IntraConfig, KDConfig, OptimConfig
+from intrakd.config import IntraConfig, KDConfig, OptimConfig, PerfConfig, apply_overrides, from_dict
 from intrakd.data.tensor_data import TensorDataset
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
@@ -181,12 +182,14 @@ def build_models(student_name: str, teacher_name: str | None, device: torch.devi
 
 
 def compare(task: str, student_name: str, teacher_name: str | None, data: TensorDataset, device: torch.device,
-            batch_size: int, repeats: int, steps: int, warmup: int, compile_too: bool) -> list[dict]:
+            batch_size: int, repeats: int, steps: int, warmup: int, compile_too: bool,
+            overrides: dict[str, Any]) -> list[dict]:
     """Images/s of every variant for one task (``teacher`` or ``kd``)."""
     loops = {}
     student, teacher = build_models(student_name, teacher_name, device, None)
     loops["reference"] = (ReferenceLoop(data, device, student, teacher, batch_size), "PIL + DataLoader(2), fp32")
-    settings = [("", perf_for(device))] + ([(" compiled", perf_for(device, compile=True))] if compile_too else [])
+    settings = [("", perf_for(device, **overrides))]
+    settings += [(" compiled", perf_for(device, **{**overrides, "compile": True}))] if compile_too else []
     for suffix, perf in settings:
         student, teacher = build_models(student_name, teacher_name, device, perf)
         if task == "teacher":
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps per block (default: 100 on CUDA, 8 on the CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 30 on CUDA, 2 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="also measure intrakd compiled")
+    parser.add_argument("--perf", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="intrakd's speed settings instead of 'auto', e.g. precision=fp32 channels_last=false")
     parser.add_argument("--data-root", help="folder with cifar-100-python")
     args = parser.parse_args(argv)
     device = setup_device(args)
@@ -256,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = args.kd if args.kd is not None else (["resnet32x4:resnet8x4"] if cuda else [])
     steps = args.steps or (100 if cuda else 8)
     warmup = args.warmup if args.warmup is not None else (30 if cuda else 2)
+    overrides = apply_overrides({}, args.perf)
+    from_dict(PerfConfig, overrides, prefix="perf.")  # rejects unknown keys and wrong types
     data, source = cifar100_train(args.data_root)
     tasks = [("teacher", name, None) for name in teachers]
     tasks += [("kd", pair.partition(":")[2], pair.partition(":")[0]) for pair in pairs]
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for task, student_name, teacher_name in tasks:  # results printed and saved after each task
         new = compare(task, student_name, teacher_name, data, device, args.batch_size, args.repeats, steps, warmup,
-                      args.compile)
+                      args.compile, overrides)
         print(table(new, ["task", "model", "loop", "settings", "images_per_s", "vs_reference", "vs_bare"]) + "\n")
         rows += new
         verdicts = _verdicts(rows, cuda)

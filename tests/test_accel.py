@@ -181,3 +181,91 @@ def test_compile_step_is_opt_in_and_shares_the_objective_state():
     assert compiled is not objective
     assert compiled.state_dict().keys() == {f"_orig_mod.{k}" for k in objective.state_dict()}
     assert compiled.cache is objective.cache
+
+
+def _slow_terms(a: Tensor, p: Tensor, labels: Tensor, bank: list[tuple[Tensor, int]], tau: float,
+                symmetric: bool) -> tuple[list[float], list[int]]:
+    """l(anchor) and its number of negatives, one anchor at a time (float64)."""
+    anchors = [(a[i], p[i], i) for i in range(len(a))] + ([(p[i], a[i], i) for i in range(len(a))] if symmetric else [])
+    losses, counts = [], []
+    for x, pos, i in anchors:
+        negatives = [v for j in range(len(a)) if j != i and labels[j] == labels[i] for v in (a[j], p[j])]
+        negatives += [v for v, c in bank if c == labels[i]]
+        exps = [torch.exp((x @ n - x @ pos) / tau) for n in negatives]
+        losses.append(float(torch.log1p(sum(exps)) if exps else torch.zeros((), dtype=torch.float64)))
+        counts.append(len(negatives))
+    return losses, counts
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_per_class_memory_gives_the_flattened_memorys_terms_and_gradients(symmetric, normalize):
+    """The teacher reads its cache per class (K comparisons per anchor, not C*K): the same loss,
+    negatives and gradients as the flattened cache rows with their labels, and as a slow loop."""
+    from intrakd.losses import FeatureCache
+
+    torch.manual_seed(0)
+    classes, batch, dim, tau = 5, 12, 6, 0.2
+    cache = FeatureCache(classes, capacity=3, dim=dim, max_age=3)
+    scale = 1.0 if normalize else 0.5  # unnormalised rows where the loss normalises them
+    for _ in range(5):  # partly filled, partly aged out, class 4 never written
+        rows = torch.randn(7, dim) * (2.0 if normalize else 0.5)
+        cache.write(rows, torch.randint(0, 4, (7,)), torch.rand(7) < 0.7)
+    cache.clear(torch.tensor([False, True, False, False, False]))
+    cache.write(torch.randn(2, dim) * scale, torch.tensor([1, 1]))
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 4, 4, 0, 2, 3])
+    a0, p0 = torch.randn(batch, dim) * scale, torch.randn(batch, dim) * scale
+    gate = torch.rand(2 * batch if symmetric else batch) < 0.8
+    flat, flat_labels = cache.memory()
+    results = []
+    for kwargs in ({"memory": flat, "memory_labels": flat_labels},
+                   {"class_memory": cache.features, "class_memory_valid": cache.valid()}):
+        a, p = a0.clone().requires_grad_(), p0.clone().requires_grad_()
+        per_anchor, contributing = intra_class_terms(a, p, labels, anchor_mask=gate, temperature=tau,
+                                                     normalize=normalize, symmetric=symmetric, min_negatives=2,
+                                                     **kwargs)
+        ((per_anchor * contributing).sum()).backward()
+        results.append((per_anchor.detach(), contributing, a.grad, p.grad))
+    for flat_result, class_result in zip(*results):
+        torch.testing.assert_close(class_result, flat_result, rtol=1e-5, atol=1e-6)
+    unit = (lambda x: F.normalize(x, dim=-1)) if normalize else (lambda x: x)
+    bank = [(unit(cache.features[c, k].double()), c) for c in range(classes) for k in range(3) if cache.valid()[c, k]]
+    slow, counts = _slow_terms(unit(a0.double()), unit(p0.double()), labels, bank, tau, symmetric)
+    counted = torch.tensor(counts) >= 2
+    assert torch.equal(results[1][1], counted & gate)
+    torch.testing.assert_close(results[1][0][counted], torch.tensor(slow)[counted].float(), rtol=1e-5, atol=1e-5)
+    assert 0 < int(results[1][1].sum()) < len(counts)  # some anchors in, some out
+
+
+def test_per_class_memory_shapes_are_checked():
+    with pytest.raises(ValueError, match=r"class_memory must be \[C, K, D\] and class_memory_valid \[C, K\]"):
+        intra_class_terms(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]),
+                          class_memory=torch.randn(3, 4), class_memory_valid=torch.ones(3, dtype=torch.bool))
+
+
+def test_cache_write_matches_a_sequential_ring_buffer():
+    """The cache's B x D write (kept rows scattered, the others repeating a kept row's write) leaves
+    exactly the state of appending the gated rows one at a time, oldest out."""
+    from intrakd.losses import FeatureCache
+
+    torch.manual_seed(0)
+    classes, capacity, dim = 4, 3, 5
+    cache = FeatureCache(classes, capacity, dim)
+    features = torch.zeros(classes, capacity, dim)
+    written_at = torch.full((classes, capacity), -1)
+    pointer, count = [0] * classes, [0] * classes
+    batches = [(9, 0.5), (9, 0.0), (9, 1.0), (2, 1.0), (11, 0.8), (1, 0.0), (8, 0.6)]  # (rows, keep fraction)
+    for step, (n, fraction) in enumerate(batches):
+        rows = torch.randn(n, dim)
+        labels = torch.randint(0, 2 if step == 2 else classes, (n,))  # step 2: more than K rows of a class
+        mask = torch.rand(n) < fraction
+        cache.write(rows, labels, mask)
+        for row, label, kept in zip(rows, labels.tolist(), mask.tolist()):
+            if kept:
+                features[label, pointer[label]] = row
+                written_at[label, pointer[label]] = step
+                pointer[label] = (pointer[label] + 1) % capacity
+                count[label] = min(count[label] + 1, capacity)
+        assert torch.equal(cache.features, features), step
+        assert torch.equal(cache.written_at, written_at), step
+        assert cache.pointer.tolist() == pointer and cache.count.tolist() == count and int(cache.step) == step + 1

@@ -62,9 +62,9 @@ class IntraClassTeacherObjective(nn.Module):
         if not cfg.symmetric:
             gate = gate1
 
-        memory = memory_labels = None
+        memory = memory_labels = class_memory = class_memory_valid = None
         if self.cache is not None:
-            memory, memory_labels = self.cache.memory()
+            class_memory, class_memory_valid = self.cache.features, self.cache.valid()
         # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
         # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
         # one process; imported here because intrakd.train imports the objectives)
@@ -73,7 +73,8 @@ class IntraClassTeacherObjective(nn.Module):
         peers = distributed.PeerBatch(z1, z2, labels, gate1)
         memory, memory_labels = peers.negatives(memory, memory_labels)
         per_anchor, contributing = intra_class_terms(
-            z1, z2, labels, memory=memory, memory_labels=memory_labels, anchor_mask=gate,
+            z1, z2, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
+            class_memory_valid=class_memory_valid, anchor_mask=gate,
             temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric,
             min_negatives=cfg.min_negatives,
         )
