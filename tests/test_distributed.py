@@ -226,16 +226,22 @@ def test_helpers_are_identities_in_one_process():
 
 
 @pytest.mark.slow
-def test_torchrun_launch_trains_a_teacher_with_two_processes(tmp_path):
-    """The CLI under ``torchrun --nproc_per_node 2`` with gloo: one run folder, written by rank 0."""
-    out = tmp_path / "run"
+def test_torchrun_launch_trains_a_teacher_and_a_student_with_two_processes(tmp_path):
+    """The CLI under ``torchrun --nproc_per_node 2`` with gloo: one run folder each, written by rank 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "intrakd", "train-teacher", "--out", str(out), "data.dataset=digits", "model=digits_cnn_small",
-           "optim.epochs=1", "device=cpu"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count('"world_size": 2') == 1  # printed once, by rank 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "intrakd"]
+    common = ["data.dataset=digits", "optim.epochs=1", "device=cpu"]
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    commands = [
+        ["train-teacher", "--out", str(teacher), "model=digits_cnn_small", *common],
+        ["distill", "--teacher", str(teacher / "checkpoints" / "last.pt"), "--out", str(student),
+         "model=digits_cnn_small", *common],
+    ]
+    for command, out in zip(commands, (teacher, student)):
+        done = subprocess.run([*launch[:3], "--master_port", str(_free_port()), *launch[3:], *command], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count('"world_size": 2') == 1  # printed once, by rank 0
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json"]
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

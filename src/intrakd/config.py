@@ -83,8 +83,8 @@ class PerfConfig:
     """Speed settings (applied by ``intrakd.train.accel``); ``"auto"`` picks the measured-best per device."""
 
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Autocast dtype of the forward pass; "auto": bf16 on CUDA GPUs and CPUs with bfloat16
-    instructions (AVX512-BF16, AMX), else fp32. Loss math is float32 in every case."""
+    """Autocast dtype of the forward pass; "auto": bf16 on hardware that computes in it natively
+    (Ampere or newer GPUs, CPUs with AVX512-BF16 or AMX), else fp32. Loss math is float32 always."""
     channels_last: bool | Literal["auto"] = "auto"
     """Channels-last memory format for the models; "auto": on where "auto" picks bf16, else off."""
     fused_optimizer: bool | Literal["auto"] = "auto"

@@ -1,11 +1,10 @@
 """Device-dependent speed settings: autocast, channels-last, cuDNN autotuning, the fused optimizer,
 ``torch.compile`` and CPU threads, resolved from a :class:`~intrakd.config.PerfConfig`.
 
-The ``"auto"`` defaults are what measured fastest (``benchmarks/RESULTS.md``): on CUDA, bf16
-autocast (where the GPU has it), channels-last models and fused SGD; on a CPU with native bfloat16
-arithmetic (AVX512-BF16 or AMX), bf16 autocast and channels-last (a resnet8x4 step 2.3x faster than
-float32 on such a CPU), elsewhere float32 in the default memory format; PyTorch's default SGD on
-every CPU. Loss math stays float32 under autocast: the losses disable it internally and upcast
+The ``"auto"`` defaults are what measured fastest (``benchmarks/RESULTS.md``): where the hardware
+computes in bfloat16 natively (Ampere or newer GPUs; CPUs with AVX512-BF16 or AMX), bf16 autocast
+and channels-last models (a resnet8x4 step 2.3x faster than float32 on such a CPU), elsewhere
+float32 in the default memory format; fused SGD on CUDA, PyTorch's default SGD on the CPU. Loss math stays float32 under autocast: the losses disable it internally and upcast
 their inputs.
 """
 
@@ -90,7 +89,9 @@ def resolve_perf(cfg: PerfConfig, device: torch.device, processes_per_node: int 
     not given. Raises ``ValueError`` for a precision the device cannot run.
     """
     cuda = device.type == "cuda"
-    fast_bf16 = torch.cuda.is_bf16_supported() if cuda else device.type == "cpu" and cpu_has_native_bf16()
+    # bf16 where the hardware computes in it natively: Ampere or newer GPUs, CPUs with AVX512-BF16 or AMX
+    fast_bf16 = torch.cuda.get_device_capability(device) >= (8, 0) if cuda else (
+        device.type == "cpu" and cpu_has_native_bf16())
     if cfg.precision == "auto":
         dtype = torch.bfloat16 if fast_bf16 else None
     elif cfg.precision == "bf16":
@@ -106,7 +107,7 @@ def resolve_perf(cfg: PerfConfig, device: torch.device, processes_per_node: int 
     return PerfSettings(
         device=device,
         autocast_dtype=dtype,
-        channels_last=(cuda or fast_bf16) if cfg.channels_last == "auto" else cfg.channels_last,
+        channels_last=fast_bf16 if cfg.channels_last == "auto" else cfg.channels_last,
         fused_optimizer=cuda if cfg.fused_optimizer == "auto" else cfg.fused_optimizer,
         cudnn_benchmark=cfg.cudnn_benchmark,
         compile=cfg.compile,
