@@ -254,7 +254,7 @@ def test_cache_write_matches_a_sequential_ring_buffer():
     features = torch.zeros(classes, capacity, dim)
     written_at = torch.full((classes, capacity), -1)
     pointer, count = [0] * classes, [0] * classes
-    batches = [(9, 0.5), (9, 0.0), (9, 1.0), (2, 1.0), (11, 0.8), (1, 0.0), (8, 0.6)]  # (rows, keep fraction)
+    batches = [(9, 0.5), (9, 0.0), (9, 1.0), (2, 1.0), (0, 1.0), (11, 0.8), (1, 0.0), (8, 0.6)]  # rows, kept
     for step, (n, fraction) in enumerate(batches):
         rows = torch.randn(n, dim)
         labels = torch.randint(0, 2 if step == 2 else classes, (n,))  # step 2: more than K rows of a class

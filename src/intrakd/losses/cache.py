@@ -57,6 +57,9 @@ class FeatureCache(nn.Module):
         ``step`` by one.
         """
         n = features.shape[0]
+        if n == 0:
+            self.step += 1
+            return
         keep = torch.ones(n, dtype=torch.bool, device=features.device) if mask is None else mask.bool()
         one_hot = torch.nn.functional.one_hot(labels, self.num_classes) * keep[:, None]
         arrivals = one_hot.sum(dim=0)  # [C]
