@@ -81,22 +81,24 @@ def _run_config(
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from intrakd.train import train_teacher
+    from intrakd.train import distributed, train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
     cfg, out = _run_config(args, TeacherConfig, "train-teacher", "teacher", overrides)
     summary = train_teacher(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
-    print(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from intrakd.train import distill
+    from intrakd.train import distill, distributed
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg, out = _run_config(args, StudentConfig, "distill", "distill", overrides)
     summary = distill(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
-    print(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -195,6 +195,13 @@ class DistillConfig:
     sp: SPSettings = field(default_factory=SPSettings)
     pkt: PKTSettings = field(default_factory=PKTSettings)
 
+    @classmethod
+    def recipe(cls, method: str = "kd") -> DistillConfig:
+        """The validated default configuration of ``method`` (its standard recipe)."""
+        cfg = cls(method=method)
+        cfg.validate()
+        return cfg
+
     def validate(self) -> None:
         """Check every value and fill unset ``ce_weight`` / ``kd_weight`` with the method's recipe."""
         ce, kd = METHOD_WEIGHTS[self.method]
@@ -248,6 +255,40 @@ class TrainConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed settings (applied by ``intrakd.train.accel``); ``"auto"`` picks the measured-best per device."""
+
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast dtype of the forward pass; "auto": bf16 on hardware that computes in it natively
+    (Ampere or newer GPUs, CPUs with AVX512-BF16 or AMX), else fp32. Loss math is float32 always."""
+    channels_last: bool | Literal["auto"] = "auto"
+    """Channels-last memory format for the models; "auto": on where "auto" picks bf16, else off."""
+    fused_optimizer: bool | Literal["auto"] = "auto"
+    """Fused SGD kernel; "auto": on for CUDA, off (PyTorch's default implementation) on the CPU."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN pick the fastest convolution algorithms (CUDA only; inputs have fixed shapes)."""
+    compile: bool = False
+    """Compile the training step (model forward + objective) with ``torch.compile``."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    threads: int | None = None
+    """CPU threads of this process (None: PyTorch's default, divided among the processes of a node)."""
+
+
+@dataclass
+class DistConfig:
+    """Data-parallel training, active when launched by ``torchrun`` (``WORLD_SIZE > 1``).
+
+    ``data.batch_size`` is the global batch: each of the N processes trains on ``batch_size / N``
+    images per step, so a recipe means the same thing on any number of GPUs.
+    """
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend; "auto": nccl on CUDA, gloo on the CPU."""
+    sync_batchnorm: bool = False
+    """Batch-norm statistics over the global batch (CUDA only)."""
+
+
+@dataclass
 class TeacherConfig:
     model: str = "resnet32x4"
     views: int = 2
@@ -259,6 +300,8 @@ class TeacherConfig:
     intra: IntraConfig = field(default_factory=IntraConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting out of its range."""
@@ -283,7 +326,7 @@ class TeacherConfig:
             raise ConfigError(f"views must be 1 or 2, got {self.views}")
         if intra.weight > 0 and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
-        _validate_common(self.data, self.optim, self.checkpoint, self.train)
+        _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 
 
 @dataclass
@@ -300,11 +343,13 @@ class StudentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting out of its range."""
         self.distill.validate()
-        _validate_common(self.data, self.optim, self.checkpoint, self.train)
+        _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 
 
 def _require_finite(prefix: str, section: Any) -> None:
@@ -315,7 +360,9 @@ def _require_finite(prefix: str, section: Any) -> None:
             raise ConfigError(f"{prefix}.{item.name} must be a finite number, got {value}")
 
 
-def _validate_common(data: DataConfig, optim: OptimConfig, checkpoint: CheckpointConfig, train: TrainConfig) -> None:
+def _validate_common(
+    data: DataConfig, optim: OptimConfig, checkpoint: CheckpointConfig, train: TrainConfig, perf: PerfConfig
+) -> None:
     for name in ("batch_size", "eval_batch_size"):
         if getattr(data, name) < 1:
             raise ConfigError(f"data.{name} must be >= 1, got {getattr(data, name)}")
@@ -346,6 +393,8 @@ def _validate_common(data: DataConfig, optim: OptimConfig, checkpoint: Checkpoin
     if train.skip_nonfinite_steps < 0:
         raise ConfigError(f"train.skip_nonfinite_steps must be >= 0 (0: stop at the first), "
                           f"got {train.skip_nonfinite_steps}")
+    if perf.threads is not None and perf.threads < 1:
+        raise ConfigError(f"perf.threads must be >= 1 (or null for the default), got {perf.threads}")
 
 
 C = TypeVar("C")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,7 @@ class Augmentation:
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 ``[B, C, H, W]`` -> float32 normalised."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean, std = _channel_stats(self.mean, self.std, images.device)
         return (images.float() / 255.0 - mean) / std
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -29,6 +29,13 @@ class Augmentation:
         if self.flip:
             images = random_flip(images, generator)
         return self.normalize(images)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``mean`` and ``std`` as ``[1, C, 1, 1]`` tensors on ``device``, made once: copying them to a GPU
+    for every batch would make the host wait for the GPU each time."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:

@@ -103,13 +103,27 @@ class TensorBatches:
     The order of epoch ``e`` depends only on ``(seed, e)`` and the augmentation of its batch ``i``
     only on ``(seed, e, i)``, so a pass can start at any batch (:meth:`set_epoch`) and yield what an
     uninterrupted pass would from there. Incomplete last batches are dropped (fixed shapes).
+
+    Data-parallel (``world_size > 1``; by default read from ``torch.distributed``): ``batch_size`` is
+    the global batch and this rank yields its ``batch_size / world_size`` rows of each; rank 0 augments
+    from the single-process stream, every other rank from generators keyed by its rank too.
     """
 
-    def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int) -> None:
+    def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int,
+                 rank: int | None = None, world_size: int | None = None) -> None:
         if len(data) < batch_size:
             raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}")
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
         self.epoch = self.start = 0
+        grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if world_size is None:
+            world_size = torch.distributed.get_world_size() if grouped else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if grouped else 0
+        self.rank, self.world_size = rank, world_size
+        if batch_size % self.world_size:
+            raise ValueError(f"data.batch_size={batch_size} (the global batch) is not divisible by the "
+                             f"{self.world_size} data-parallel processes")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Iterate epoch ``epoch`` from its batch ``start`` on."""
@@ -131,9 +145,12 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Batch]:
         device = self.data.images.device
         order = torch.randperm(len(self.data), device=device, generator=self._generator(self.epoch))
+        shard = self.batch_size // self.world_size
+        rank_key = (self.rank,) if self.rank > 0 else ()
         for i in range(self.start, len(self)):
-            generator = self._generator(self.epoch, i + 1)
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            generator = self._generator(self.epoch, i + 1, *rank_key)
+            begin = i * self.batch_size + self.rank * shard
+            index = order[begin : begin + shard]
             images = self.data.images[index]
             views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
             yield Batch(views, self.data.labels[index], index)

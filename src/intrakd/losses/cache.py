@@ -58,6 +58,9 @@ class FeatureCache(nn.Module):
         ``step`` by one.
         """
         n = features.shape[0]
+        if n == 0:
+            self.step += 1
+            return
         keep = torch.ones(n, dtype=torch.bool, device=features.device) if mask is None else mask.bool()
         one_hot = torch.nn.functional.one_hot(labels, self.num_classes) * keep[:, None]
         arrivals = one_hot.sum(dim=0)  # [C]
@@ -65,15 +68,19 @@ class FeatureCache(nn.Module):
         keep = keep & (rank >= arrivals[labels] - self.capacity)
         slot = labels * self.capacity + (self.pointer[labels] + rank) % self.capacity
 
+        # Kept rows have distinct slots. Every other row writes what the first kept row writes (or, when
+        # no row is kept, slot 0's own content back), so each slot receives a single value whatever the
+        # order of the writes, and the work is B x D, not C x K x D.
         flat_features = self.features.view(-1, self.dim)
-        hit = torch.zeros(flat_features.shape[0], device=features.device)
-        hit.index_put_((slot,), keep.float(), accumulate=True)
-        hit = hit > 0
-        incoming = torch.zeros_like(flat_features)
-        incoming.index_put_((slot,), features.detach().to(flat_features.dtype) * keep[:, None], accumulate=True)
-        flat_features.copy_(torch.where(hit[:, None], incoming, flat_features))
         flat_written = self.written_at.view(-1)
-        flat_written.copy_(torch.where(hit, self.step, flat_written))
+        first = keep.int().argmax().view(1)
+        any_kept = keep.any()
+        target = torch.where(keep, slot, torch.where(any_kept, slot.index_select(0, first), 0))
+        values = features.detach().to(flat_features.dtype)
+        spare_value = torch.where(any_kept, values.index_select(0, first), flat_features[:1])
+        spare_step = torch.where(any_kept, self.step, flat_written[:1])
+        flat_features.index_put_((target,), torch.where(keep[:, None], values, spare_value))
+        flat_written.index_put_((target,), torch.where(keep, self.step, spare_step))
 
         self.pointer.copy_((self.pointer + arrivals) % self.capacity)
         self.count.copy_(torch.clamp(self.count + arrivals, max=self.capacity))

@@ -33,6 +33,8 @@ def intra_class_terms(
     *,
     memory: Tensor | None = None,
     memory_labels: Tensor | None = None,
+    class_memory: Tensor | None = None,
+    class_memory_valid: Tensor | None = None,
     anchor_mask: Tensor | None = None,
     temperature: float = 0.1,
     normalize: bool = True,
@@ -50,6 +52,10 @@ def intra_class_terms(
                          f"and {tuple(positives.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if class_memory is not None and (class_memory.ndim != 3 or (
+            class_memory_valid is not None and class_memory_valid.shape != class_memory.shape[:2])):
+        raise ValueError(f"class_memory must be [C, K, D] and class_memory_valid [C, K], got "
+                         f"{tuple(class_memory.shape)} and {tuple(getattr(class_memory_valid, 'shape', ()))}")
     batch = anchors.shape[0]
     device = anchors.device
     with torch.autocast(device_type=device.type, enabled=False):
@@ -87,10 +93,22 @@ def intra_class_terms(
         is_negative = (labels[:, None] == candidate_labels[None, :]) & (
             image_ids[:, None] != candidate_ids[None, :]
         )
-        gaps = gaps.masked_fill(~is_negative, torch.finfo(gaps.dtype).min)
-        per_anchor = F.softplus(torch.logsumexp(gaps, dim=1))  # log(1 + sum exp(gap))
+        lowest = torch.finfo(gaps.dtype).min
+        blocks = [gaps.masked_fill(~is_negative, lowest)]
+        negatives = is_negative.sum(dim=1)
+        if class_memory is not None:
+            # each anchor meets only the K entries of its own class: A x K x D work, not A x C*K x D
+            own = class_memory[labels].float()  # [A, K, D]
+            if normalize:
+                own = F.normalize(own, dim=2)
+            usable = (class_memory_valid[labels] if class_memory_valid is not None
+                      else torch.ones(own.shape[:2], dtype=torch.bool, device=device))
+            memory_gaps = torch.bmm(own, a[:, :, None]).squeeze(2) / temperature - positive_logit
+            blocks.append(memory_gaps.masked_fill(~usable, lowest))
+            negatives = negatives + usable.sum(dim=1)
+        per_anchor = F.softplus(torch.logsumexp(torch.cat(blocks, dim=1), dim=1))  # log(1 + sum exp(gap))
 
-        contributing = is_negative.sum(dim=1) >= max(1, min_negatives)
+        contributing = negatives >= max(1, min_negatives)
         if anchor_mask is not None:
             contributing = contributing & anchor_mask.bool()
     return per_anchor, contributing
@@ -103,6 +121,8 @@ def intra_class_contrastive_loss(
     *,
     memory: Tensor | None = None,
     memory_labels: Tensor | None = None,
+    class_memory: Tensor | None = None,
+    class_memory_valid: Tensor | None = None,
     anchor_mask: Tensor | None = None,
     temperature: float = 0.1,
     normalize: bool = True,
@@ -124,15 +144,20 @@ def intra_class_contrastive_loss(
         labels: ``[B]`` class indices.
         memory: optional ``[M, D]`` cached embeddings (detached) of earlier batches.
         memory_labels: ``[M]`` class of each memory row, -1 for an unused row.
+        class_memory: optional ``[C, K, D]`` memory held per class (a :class:`FeatureCache`'s
+            ``features``): an anchor of class ``y`` has the usable entries of ``class_memory[y]`` as
+            negatives. The same negatives as the flattened rows given as ``memory`` with their class
+            as label, at ``K`` instead of ``C * K`` comparisons per anchor.
+        class_memory_valid: ``[C, K]`` bool, the usable entries of ``class_memory`` (default: all).
         anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
             ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
         temperature: ``tau`` > 0.
         normalize: L2-normalise anchors, positives and memory first.
     """
     per_anchor, contributing = intra_class_terms(
-        anchors, positives, labels, memory=memory, memory_labels=memory_labels,
-        anchor_mask=anchor_mask, temperature=temperature, normalize=normalize,
-        symmetric=symmetric, min_negatives=min_negatives,
+        anchors, positives, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
+        class_memory_valid=class_memory_valid, anchor_mask=anchor_mask, temperature=temperature,
+        normalize=normalize, symmetric=symmetric, min_negatives=min_negatives,
     )
     weights = contributing.float()
     return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)

@@ -40,11 +40,13 @@ def list_distillers() -> list[str]:
     return sorted(_DISTILLERS)
 
 
-def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module, train_set: Split) -> Distiller:
+def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
+                     train_set: Split | TrainSetInfo) -> Distiller:
     """Build the student objective ``cfg.method`` for these models and training split (its
     auxiliary modules are sized from one dummy forward pass of each model)."""
     _check(cfg.method)
-    return _DISTILLERS[cfg.method](cfg, student, teacher, TrainSetInfo.from_split(train_set))
+    info = train_set if isinstance(train_set, TrainSetInfo) else TrainSetInfo.from_split(train_set)
+    return _DISTILLERS[cfg.method](cfg, student, teacher, info)
 
 
 def method_settings(name: str) -> dict[str, Any]:

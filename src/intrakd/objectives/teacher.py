@@ -62,28 +62,37 @@ class IntraClassTeacherObjective(nn.Module):
         if not cfg.symmetric:
             gate = gate1
 
-        memory = memory_labels = None
+        memory = memory_labels = class_memory = class_memory_valid = None
         if self.cache is not None:
-            memory, memory_labels = self.cache.memory()
+            class_memory, class_memory_valid = self.cache.features, self.cache.valid()
+        # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
+        # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
+        # one process; imported here because intrakd.train imports the objectives)
+        from intrakd.train import distributed
+
+        peers = distributed.PeerBatch(z1, z2, labels, gate1)
+        memory, memory_labels = peers.negatives(memory, memory_labels)
         per_anchor, contributing = intra_class_terms(
-            z1, z2, labels, memory=memory, memory_labels=memory_labels, anchor_mask=gate,
+            z1, z2, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
+            class_memory_valid=class_memory_valid, anchor_mask=gate,
             temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric,
             min_negatives=cfg.min_negatives,
         )
         used = contributing.float()
-        intra = (per_anchor * used).sum() / used.sum().clamp_min(1.0)
+        anchors_used = distributed.sum_across_ranks(used.sum())
+        intra = (per_anchor * used).sum() / anchors_used.clamp_min(1.0) * distributed.world_size()
 
         stats: dict[str, Tensor] = {
             "intra_raw": intra.detach(),
             "pass_rate": gate.float().mean(),
-            "anchors_used": used.sum(),
+            "anchors_used": anchors_used,
         }
         if self.cache is not None:
             if cfg.clear_after_use:
                 anchor_labels = labels.repeat(2) if cfg.symmetric else labels
                 used_classes = torch.zeros(self.num_classes, device=labels.device)
                 used_classes.index_add_(0, anchor_labels, used)
-                self.cache.clear(used_classes > 0)
-            self.cache.write(z1.detach(), labels, gate1)
+                self.cache.clear(distributed.sum_across_ranks(used_classes) > 0)
+            self.cache.write(*peers.cache_rows())
             stats["cache_fill"] = self.cache.fill()
         return StepResult({"ce": ce, "intra": cfg.weight * intra}, first_logits, stats)

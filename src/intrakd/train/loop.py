@@ -26,6 +26,8 @@ from tqdm import tqdm
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
+from intrakd.train import distributed
+from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -59,9 +61,10 @@ class RunInfo:
     """Facts about the inputs a resumed run must find unchanged (data size, the teacher's sha256)."""
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (the benchmark recipe)."""
-    return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.SGD:
+    """SGD with momentum and weight decay (the benchmark recipe); ``options`` pick its implementation."""
+    return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           **options)
 
 
 class EpochMeter:
@@ -87,12 +90,18 @@ class EpochMeter:
         self.steps += 1
 
     def summary(self) -> dict[str, float]:
-        """Per-step means of every value, training accuracy and throughput."""
+        """Per-step means of every value, training accuracy and throughput (over all ranks)."""
         steps = max(self.steps, 1)
-        metrics = {name: (value / steps).item() for name, value in self.sums.items()}
-        correct = 0 if self.correct is None else self.correct.item()
-        metrics["train_acc"] = 100.0 * correct / max(self.images, 1)
-        metrics["images_per_s"] = self.images / self.seconds if self.seconds > 0 else 0.0
+        sums = dict(self.sums)
+        if self.correct is not None:
+            sums["correct"] = self.correct
+        sums = distributed.mean_across_ranks(sums)  # one collective per epoch (identity in one process)
+        ranks = distributed.world_size()
+        correct = sums.pop("correct").item() * ranks if "correct" in sums else 0
+        images = self.images * ranks
+        metrics = {name: (value / steps).item() for name, value in sums.items()}
+        metrics["train_acc"] = 100.0 * correct / max(images, 1)
+        metrics["images_per_s"] = images / self.seconds if self.seconds > 0 else 0.0
         metrics["train_seconds"] = self.seconds
         return metrics
 
@@ -131,6 +140,8 @@ class Trainer:
         eval_batch_size: int = 512,
         checkpoint: CheckpointConfig | None = None,
         train: TrainConfig | None = None,
+        perf: PerfSettings | None = None,
+        sync_batchnorm: bool = False,
     ) -> None:
         self.model, self.objective, self.teacher = model, objective, teacher
         self.train_batches, self.eval_set, self.eval_batch_size = train_batches, eval_set, eval_batch_size
@@ -138,14 +149,22 @@ class Trainer:
         self.checkpoint_cfg = checkpoint or CheckpointConfig()
         self.train_cfg = train or TrainConfig()
         trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-        self.optimizer = build_optimizer(trainable, optim)
+        # speed settings (train/accel.py) and data parallelism (train/distributed.py; identity in one process)
+        self.perf = perf or PerfSettings.plain(next(model.parameters()).device)
+        self.optimizer = build_optimizer(trainable, optim, **self.perf.optimizer_options())
+        self.train_model = distributed.wrap_model(model, sync_batchnorm)
+        distributed.broadcast_module(objective)
+        self.objective_params = [p for p in objective.parameters() if p.requires_grad]
+        self.step_objective = self.perf.compile_step(objective)
+        self.writer = distributed.is_main()
+        """Rank 0 alone writes the run folder."""
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, optim.milestones, optim.lr_decay)
         self.stateful: dict[str, Any] = {
             "model": model, "objective": objective, "optimizer": self.optimizer, "scheduler": self.scheduler,
         }
         self.store = CheckpointStore(self.run_dir / "checkpoints", self.checkpoint_cfg.keep_last)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.rank = 0
+        self.rank = distributed.rank()
         self.epoch = self.step = self.global_step = 0
         self.best_acc = float("-inf")
         self.last_eval: dict[str, float] = {}
@@ -172,7 +191,8 @@ class Trainer:
         backward, update. With ``train.skip_nonfinite_steps > 0`` a step whose terms are not all
         finite is not applied (and the buffers it changed are put back)."""
         saved = [b.detach().clone() for b in self._buffers] if self.train_cfg.skip_nonfinite_steps else None
-        result = self.objective(self.model, batch, self.teacher)
+        with self.perf.autocast():
+            result = self.step_objective(self.train_model, batch, self.teacher)
         loss = torch.stack([v.float() for v in result.losses.values()]).sum()
         terms = {"loss": loss, **result.losses}
         if saved is not None and not all_finite(terms):
@@ -180,6 +200,7 @@ class Trainer:
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.objective_params)
         self.optimizer.step()
         self.watch.observe(terms, self.global_step)
         self.meter.add(loss, result, batch.labels)
@@ -225,7 +246,8 @@ class Trainer:
         """Train from the current position to the last epoch; write the run folder; return the summary
         (plus ``extra_summary``). Raises :class:`Interrupted` after saving on SIGTERM/SIGINT, and
         :class:`NonFiniteLoss` without saving when a loss term is not finite."""
-        write_atomic(self.metrics_path, "".join(line + "\n" for line in self.metrics_lines).encode())
+        if self.writer:
+            write_atomic(self.metrics_path, "".join(line + "\n" for line in self.metrics_lines).encode())
         self._mark, self._last_save = time.perf_counter(), time.monotonic()
         with self._signals:
             while self.epoch < self.optim_cfg.epochs:
@@ -240,7 +262,8 @@ class Trainer:
         }
         if self.train_cfg.skip_nonfinite_steps:
             summary["skipped_steps"] = self.skipped_steps
-        write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        if self.writer:
+            write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
     def _train_epoch(self) -> None:
@@ -251,7 +274,8 @@ class Trainer:
             self.train_batches.set_epoch(self.epoch, self.step)
             if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
                 self.objective.set_epoch(self.epoch)
-            bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False, disable=None,
+            bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False,
+                       disable=None if self.writer else True,
                        dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
             for batch in bar:
                 self.train_step(batch)
@@ -260,17 +284,22 @@ class Trainer:
                 self._dirty = True
                 if self.global_step % NONFINITE_CHECK_EVERY == 0:
                     self.check_finite()
-                if self._checkpoint_due():
-                    self.save_checkpoint()
-                self._stop_if_asked()
+                self._checkpoint_or_stop()
             bar.close()
         self._tick(training=True)
 
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_or_stop(self) -> None:
+        """Save when a checkpoint is due, stop when a signal asked to. Data-parallel ranks decide
+        together every ``NONFINITE_CHECK_EVERY`` steps (clock and signals are rank-local)."""
         cfg = self.checkpoint_cfg
-        if cfg.every_steps and self.global_step % cfg.every_steps == 0:
-            return True
-        return cfg.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * cfg.every_minutes
+        timed = cfg.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * cfg.every_minutes
+        asked = self._signals.signum is not None
+        if distributed.is_distributed():
+            timed, asked = (distributed.any_across_ranks([timed, asked])
+                            if self.global_step % NONFINITE_CHECK_EVERY == 0 else (False, False))
+        if timed or (cfg.every_steps and self.global_step % cfg.every_steps == 0):
+            self.save_checkpoint()
+        self._stop_if_asked(asked)
 
     def _end_epoch(self) -> None:
         self.check_finite()
@@ -297,6 +326,8 @@ class Trainer:
         """Append one epoch's record to ``metrics.jsonl`` (and to the lines a checkpoint keeps)."""
         line = json.dumps(record)
         self.metrics_lines.append(line)
+        if not self.writer:
+            return
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
         tqdm.write(self._line(record), end="\n")
@@ -314,10 +345,13 @@ class Trainer:
         self.wall_seconds += now - self._mark
         self._mark = now
 
-    def _stop_if_asked(self) -> None:
-        signum = self._signals.signum
-        if signum is None:
+    def _stop_if_asked(self, asked: bool | None = None) -> None:
+        """Save and raise :class:`Interrupted` if a signal came (``asked``: the ranks' joint answer)."""
+        if asked is None:
+            asked = distributed.any_across_ranks([self._signals.signum is not None])[0]
+        if not asked:
             return
+        signum = self._signals.signum or signal.SIGTERM  # a rank that got no signal stops with its peers
         if self._dirty:
             self.save_checkpoint()
         saved = f"state saved in {self.last_checkpoint}" if self.last_checkpoint else "no step was taken yet"
@@ -342,8 +376,13 @@ class Trainer:
         """
         self.check_finite()
         self._tick(training=self.step > 0)
+        state = self.state_dict()  # every rank: the random states are gathered
+        if not self.writer:
+            self._dirty, self._last_save = False, time.monotonic()
+            self._tick(training=False)
+            return self.store.folder / self.store.file_name(self.epoch, self.step)
         try:
-            path = self.store.save(self.state_dict(), self.epoch, self.step, best)
+            path = self.store.save(state, self.epoch, self.step, best)
         except CheckpointWriteError as err:
             previous = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else \
                 "no earlier checkpoint exists"
@@ -372,7 +411,7 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "skipped_steps": self.skipped_steps,
             "meter": self.meter.state_dict(),
-            "rng": [capture_rng_state()],
+            "rng": distributed.gather_objects(capture_rng_state()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -22,17 +22,20 @@ from intrakd.config import ConfigError, StudentConfig, TeacherConfig, from_dict,
 from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.train import distributed
+from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointStore,
     classifier_from_checkpoint,
     file_sha256,
+    read_checkpoint,
     write_atomic,
 )
 from intrakd.train.loop import RunInfo, Trainer
 
-RESUME_MAY_CHANGE = ("device", "data.root", "teacher", "checkpoint.", "train.skip_nonfinite_steps")
+RESUME_MAY_CHANGE = ("device", "data.root", "teacher", "checkpoint.", "train.skip_nonfinite_steps", "perf.threads")
 """Settings a resumed run may change: where it runs and finds its inputs (the teacher's content is
 checked by its sha256), how often it saves, and whether it skips non-finite steps. Any other
 difference (``optim.epochs`` included) is refused: the run would no longer be the one it continues."""
@@ -186,33 +189,54 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     return run_dir, state, path
 
 
+def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
+                  overwrite: bool, resume: bool) -> tuple[Path, dict[str, Any] | None, Path | None]:
+    """:func:`open_run` on rank 0; the other data-parallel ranks then load the checkpoint it chose."""
+    opened = distributed.run_on_main(
+        lambda: open_run(cls, cfg, out, command, provenance, overwrite=overwrite, resume=resume))
+    chosen = distributed.gather_objects(None if opened is None else opened[2])[0]
+    if opened is not None:
+        return opened
+    return Path(out), (read_checkpoint(chosen) if chosen is not None else None), chosen
+
+
+def _setup(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettings]:
+    """This process's device (joining torchrun's process group, if launched by it) and its applied
+    speed settings."""
+    device = distributed.setup(cfg.dist, resolve_device(cfg.device))
+    perf = resolve_perf(cfg.perf, device, distributed.local_world_size())
+    perf.apply()
+    return device, perf
+
+
 def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None,
-           extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
+           extra_summary: dict[str, Any]) -> dict[str, Any]:
     if state is not None:
         trainer.load_state_dict(state)
         trainer.last_checkpoint = path
-    return trainer.fit(extra_summary)
+    return trainer.fit({**extra_summary, "perf": trainer.perf.describe(), "world_size": distributed.world_size()})
 
 
 def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary."""
-    device = resolve_device(cfg.device)
+    device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
-    run_dir, state, path = open_run(TeacherConfig, cfg, out, "train-teacher", provenance,
-                                    overwrite=overwrite, resume=resume)
+    run_dir, state, path = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
+                                         overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
         eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
+        perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return _start(trainer, state, path)
+    return _start(trainer, state, path, {})
 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -220,21 +244,23 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     ``out`` (``resume``); returns the summary."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
-    device = resolve_device(cfg.device)
+    device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes)
-    teacher = teacher.to(device).eval().requires_grad_(False)
+    teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set),
                   "teacher_sha256": file_sha256(Path(cfg.teacher))}
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, num_classes=train_set.num_classes).to(device)
+    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
-    run_dir, state, path = open_run(StudentConfig, cfg, out, "distill", provenance, overwrite=overwrite, resume=resume)
+    run_dir, state, path = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
+                                         overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
+        perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
     return _start(trainer, state, path, {"teacher": str(cfg.teacher)})
