@@ -266,6 +266,24 @@ class Trainer:
             write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over ``train_batches`` as epoch ``epoch``, without checkpoints, logs, evaluation or
+        a change of the run's position (benchmarks, warm-up); returns the pass's logged means."""
+        self.model.train()
+        self.objective.train()
+        self.train_batches.set_epoch(epoch)
+        if hasattr(self.objective, "set_epoch"):
+            self.objective.set_epoch(epoch)
+        self.meter.reset()
+        start = time.perf_counter()
+        for batch in self.train_batches:
+            self.train_step(batch)
+        self.check_finite()
+        self.meter.seconds = time.perf_counter() - start
+        metrics = self.meter.summary()
+        self.meter.reset()
+        return metrics
+
     def _train_epoch(self) -> None:
         steps = len(self.train_batches)
         if self.step < steps:
