@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import OptimConfig
 from intrakd.data.tensor_data import Batches, Split
 from intrakd.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
@@ -96,6 +97,7 @@ class Trainer:
         start = time.perf_counter()
         epochs = self.optim_cfg.epochs
         final: dict[str, float] = {}
+        board = TensorBoardLog(self.run_dir)  # optional extra: event files when tensorboard is installed
         for epoch in range(epochs):
             lr = self.optimizer.param_groups[0]["lr"]
             metrics = self.train_epoch(epoch)
@@ -105,12 +107,14 @@ class Trainer:
                       f"{self.info.eval_split}_acc": final["acc"], f"{self.info.eval_split}_loss": final["loss"]}
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            board.log(record, epoch + 1)
             is_best = final["acc"] > self.best_acc
             self.best_acc = max(self.best_acc, final["acc"])
             self.save(epoch + 1, "last.pt")
             if is_best:
                 self.save(epoch + 1, "best.pt")
             tqdm.write(self._line(record), end="\n")
+        board.close()
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
             "final_acc": final["acc"], "best_acc": self.best_acc, "epochs": epochs,
