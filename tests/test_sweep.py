@@ -58,6 +58,20 @@ def test_spec_errors(tmp_path):
         plan(spec)
 
 
+def test_extends_merges_a_parent_sweep(tmp_path):
+    _spec_file(tmp_path, name="protocol.yaml")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: protocol.yaml\nseeds: [5]\ncommon: {optim: {epochs: 3}}\n"
+                     "teacher: {grid: {intra.weight: [0.2]}}\n")
+    spec = load_sweep(child)
+    assert spec.seeds == [5] and [c.name for c in spec.teacher_cells] == ["intra.weight=0.2"]
+    assert spec.common["optim"] == {"epochs": 3, "milestones": [1]} and spec.common["data"]["dataset"] == "digits"
+    assert spec.teacher_config == {"model": "digits_cnn"} and spec.student_config == {"model": "digits_cnn_small"}
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_sweep(tmp_path / "loop.yaml")
+
+
 def test_plan_folders_and_order(tmp_path):
     spec = load_sweep(_spec_file(tmp_path))
     jobs = plan(spec)

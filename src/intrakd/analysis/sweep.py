@@ -10,12 +10,14 @@ A sweep is described by a YAML file::
       grid:                                   # a mapping key -> values (the product of the lists),
         - {intra.weight: [0]}                 # or a list of such mappings (the union of their products)
         - {intra.weight: [0.02], intra.delta: [-1, 0.5]}
-    student:                                  # optional: distil a student from every teacher run
+    student:                                  # optional (null: none): a student from every teacher run
       config: {model: resnet8}
       grid: {distill.temperature: [4]}        # optional
       teachers: ["intra.weight=0", "intra.weight=0.02,intra.delta=0.5"]  # optional: which cells
     evaluate: [test]                          # optional: splits analysed after each run
     temperature: 4                            # soft-label temperature of those analyses
+    extends: protocol.yaml                    # optional: a sweep file (path relative to this one)
+                                              # whose settings this one updates (mappings merge)
 
 Every cell is a normal run folder: ``OUT/teachers/<cell>/seed<k>`` and
 ``OUT/students/<teacher cell>/<student cell>/seed<k>``, the student of seed k distilled from the
@@ -42,7 +44,7 @@ import yaml
 
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, to_dict
 
-SPEC_KEYS = {"out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
+SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
 STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers"}}
 
 
@@ -127,14 +129,27 @@ def _section(spec: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     return value
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and check a sweep file (unknown keys and malformed grids are errors)."""
-    path = Path(path)
+def _read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw settings of a sweep file, merged over those of the file it ``extends``."""
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: extends itself (through {' -> '.join(str(p) for p in chain)})")
     spec = yaml.safe_load(path.read_text()) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = spec.pop("extends", None)
+    if parent is None:
+        return spec
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be the path of a sweep file, got {parent!r}")
+    return _merge(_read_spec(path.parent / parent, (*chain, path.resolve())), spec)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file (unknown keys and malformed grids are errors)."""
+    path = Path(path)
+    spec = _read_spec(path)
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key {unknown[0]}; valid keys: {', '.join(sorted(SPEC_KEYS))}")
@@ -164,7 +179,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         common=_section(spec, "common", str(path)),
         teacher_config=_section(stages["teacher"], "config", f"{path}: teacher"),
         teacher_cells=expand_grid(stages["teacher"].get("grid"), f"{path}: teacher.grid"),
-        student_config=_section(stages["student"], "config", f"{path}: student") if "student" in spec else None,
+        student_config=(_section(stages["student"], "config", f"{path}: student")
+                        if spec.get("student") is not None else None),
         student_cells=expand_grid(stages["student"].get("grid"), f"{path}: student.grid"),
         student_teachers=teachers,
         evaluate=evaluate,
