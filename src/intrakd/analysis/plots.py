@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from intrakd.analysis.analyze import Predictions, subsample
-from intrakd.analysis.geometry import pair_distances
+from intrakd.analysis.geometry import embedding_geometry, pair_distances
 from intrakd.analysis.softlabels import soft_label_samples
 
 Named = Sequence[tuple[str, Predictions]]
@@ -63,13 +63,18 @@ def plot_embedding_map(models: Named, path: str | Path, max_classes: int = 20, m
 
 
 def plot_distance_histograms(models: Named, path: str | Path, max_pairs: int = 20000, seed: int = 0) -> Path:
-    """Histograms of same-class and different-class pair distances (normalised embeddings), per model."""
+    """Histograms of same-class and different-class pair distances (normalised embeddings), per model,
+    with the mean distance between class centres (the ``inter_class_distance`` of the analysis)."""
     fig, axes = _figure(1, len(models))
-    bins = np.linspace(0.0, 2.0, 61)  # unit vectors lie at most 2 apart
-    for ax, (name, pred) in zip(axes[0], models):
-        intra, inter = pair_distances(pred.embeddings, pred.labels, max_pairs, seed=seed)
+    pairs = [pair_distances(pred.embeddings, pred.labels, max_pairs, seed=seed) for _, pred in models]
+    top = max((float(d.max()) for pair in pairs for d in pair if d.numel()), default=2.0)
+    bins = np.linspace(0.0, top * 1.02, 61)  # the same bins for every model
+    for ax, (name, pred), (intra, inter) in zip(axes[0], models, pairs):
         ax.hist(inter.numpy(), bins=bins, density=True, alpha=0.55, label=f"different class (mean {inter.mean():.3f})")
         ax.hist(intra.numpy(), bins=bins, density=True, alpha=0.55, label=f"same class (mean {intra.mean():.3f})")
+        centres = embedding_geometry(pred.embeddings, pred.labels)["inter_class_distance"]
+        ax.axvline(centres, color="black", linestyle="--", linewidth=1,
+                   label=f"mean class-centre distance ({centres:.3f})")
         ax.set_title(f"{name}: pair distances", fontsize=9)
         ax.set_xlabel("Euclidean distance of L2-normalised embeddings")
         ax.legend(fontsize=8)
