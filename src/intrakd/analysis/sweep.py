@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, to_dict
 
 SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
@@ -166,8 +167,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
     evaluate = spec.get("evaluate") or []
-    from intrakd.analysis.analyze import SPLITS
-
     if not isinstance(evaluate, list) or any(s not in SPLITS for s in evaluate):
         raise ConfigError(f"{path}: evaluate must be a list of splits among {', '.join(SPLITS)}, got {evaluate!r}")
     teachers = stages["student"].get("teachers")
@@ -242,8 +241,6 @@ def _selected(name: str, patterns: list[str] | None) -> bool:
 
 def evaluate_run(run_dir: Path, splits: list[str], temperature: float, device: str = "auto") -> list[Path]:
     """Analyse the run's last checkpoint on each split into ``eval_<split>.json`` (existing files kept)."""
-    from intrakd.analysis.analyze import analyze_predictions, predict_checkpoint
-
     written = []
     for split in splits:
         path = run_dir / f"eval_{split}.json"
@@ -251,7 +248,9 @@ def evaluate_run(run_dir: Path, splits: list[str], temperature: float, device: s
             continue
         pred, info = predict_checkpoint(run_dir / "checkpoints" / "last.pt", split, device=device)
         result = {**info, **analyze_predictions(pred, temperature)}
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        partial = path.with_suffix(".json.partial")  # an interrupted write leaves no eval file behind
+        partial.write_text(json.dumps(result, indent=1) + "\n")
+        partial.replace(path)
         written.append(path)
     return written
 
