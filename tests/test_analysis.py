@@ -149,3 +149,33 @@ def test_subsample_keeps_classes_and_is_deterministic():
     assert torch.equal(index, subsample(labels, 20, 150, seed=0))
     assert torch.equal(index, index.sort().values)
     assert len(subsample(labels, 5, 1000)) == 50
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+    pytest.importorskip("matplotlib")
+    from intrakd.analysis import plots
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(15)
+    models = []
+    for name, spread in (("a", 0.5), ("b", 1.5)):
+        centres = torch.randn(6, 8, generator=generator) * 3
+        z = centres[labels] + spread * torch.randn(90, 8, generator=generator)
+        logits = 4 * torch.nn.functional.one_hot(labels, 6).float() + torch.randn(90, 6, generator=generator)
+        models.append((name, Predictions(logits, z, labels)))
+    results = [analyze_predictions(p) for _, p in models]
+    written = [
+        plots.plot_embedding_map(models, tmp_path / "map.png", max_classes=4, max_points=50),
+        plots.plot_distance_histograms(models, tmp_path / "dist.png", max_pairs=500),
+        plots.plot_soft_labels(models, tmp_path / "soft.png", 4.0),
+        plots.plot_reliability([(n, r["reliability"], r["ece"]) for (n, _), r in zip(models, results)],
+                               tmp_path / "rel.png"),
+        plots.plot_per_class([(n, r["per_class"]) for (n, _), r in zip(models, results)], tmp_path / "pc.png"),
+        plots.plot_training_curves([("run", [{"epoch": 1, "ce": 2.0, "val_acc": 10.0, "pass_rate": 0.1},
+                                             {"epoch": 2, "ce": 1.5, "val_acc": 20.0, "pass_rate": 0.3}])],
+                                   tmp_path / "curves.png"),
+    ]
+    for path in written:
+        assert path.is_file() and path.stat().st_size > 5_000, path
+    with pytest.raises(ValueError, match="no numeric metrics"):
+        plots.plot_training_curves([("run", [{"epoch": 1}])], tmp_path / "none.png")

@@ -82,20 +82,22 @@ def plot_distance_histograms(models: Named, path: str | Path, max_pairs: int = 2
 
 
 def plot_soft_labels(models: Named, path: str | Path, temperature: float) -> Path:
-    """Histograms (overlaid across models) of soft-label entropy and off-target mass at ``temperature``."""
+    """Histograms (overlaid across models) of soft-label entropy and off-target mass at ``temperature``.
+
+    The bins span the values of all models (weak teachers at T = 4 are close to uniform, so a fixed
+    range from 0 would squeeze them into one bar)."""
     fig, axes = _figure(1, 2)
-    num_classes = models[0][1].logits.shape[1]
-    for name, pred in models:
-        stats = soft_label_samples(pred.logits, pred.labels, temperature)
-        axes[0][0].hist(stats["entropy"].numpy(), bins=np.linspace(0, math.log(num_classes), 51), alpha=0.55,
-                        label=f"{name} (mean {stats['entropy'].mean():.3f})")
-        axes[0][1].hist(stats["off_target_mass"].numpy(), bins=np.linspace(0, 1, 51), alpha=0.55,
-                        label=f"{name} (mean {stats['off_target_mass'].mean():.3f})")
-    axes[0][0].set_xlabel(f"entropy of softmax(z / {temperature:g}) [nats]")
-    axes[0][1].set_xlabel(f"mass off the target class at T = {temperature:g}")
-    for ax in axes[0]:
+    stats = [(name, soft_label_samples(pred.logits, pred.labels, temperature)) for name, pred in models]
+    for ax, key in zip(axes[0], ("entropy", "off_target_mass")):
+        values = torch.cat([s[key] for _, s in stats])
+        low, high = float(values.min()), float(values.max())
+        bins = np.linspace(low, high + max(high - low, 1e-6) * 0.01, 51)
+        for name, s in stats:
+            ax.hist(s[key].numpy(), bins=bins, alpha=0.55, label=f"{name} (mean {s[key].mean():.3f})")
         ax.set_ylabel("images")
         ax.legend(fontsize=8)
+    axes[0][0].set_xlabel(f"entropy of softmax(z / {temperature:g}) [nats]")
+    axes[0][1].set_xlabel(f"mass off the target class at T = {temperature:g}")
     return _save(fig, path)
 
 
