@@ -11,14 +11,14 @@ geometry=(intra_class_distance inter_class_distance intra_inter_ratio soft_entro
 # Table 1: vanilla vs enriched teacher (the configuration chosen on validation), their students; test split.
 "${intrakd[@]}" report "$t/intra.weight=0" "$t/intra.weight=0.02,intra.delta=0.5" \
     "$s/intra.weight=0" "$s/intra.weight=0.02,intra.delta=0.5" --where intra.cache=true \
-    --metrics test_acc "${geometry[@]/#/test_}" last_pass_rate --compare test_acc \
+    --metrics test_acc "${geometry[@]/#/test_}" last_pass_rate peak_images_per_s --compare test_acc \
     --title "Table 1: vanilla vs enriched teacher and their KD students (test split)" --out docs/results/table1-main
 
 # Tables 2-4: tuning on the validation split, seed 0.
 ablation() {  # NAME TITLE RUN_DIR...
     local name=$1 title=$2
     shift 2
-    "${intrakd[@]}" report "$@" --metrics val_acc "${geometry[@]/#/val_}" last_pass_rate --compare val_acc \
+    "${intrakd[@]}" report "$@" --metrics val_acc "${geometry[@]/#/val_}" last_pass_rate peak_images_per_s --compare val_acc \
         --title "$title" --out "docs/results/$name"
 }
 ablation table2-delta "Table 2: margin gate delta at lambda 0.02 (validation split, seed 0)" \
@@ -32,6 +32,7 @@ ablation table4-cache "Table 4: per-class feature cache on and off (validation s
     "$t"/intra.weight=0.02,intra.delta=0.5*/seed0 "$s"/intra.weight=0.02,intra.delta=0.5*/base/seed0
 
 # Table 5: cost, from the short interleaved runs of configs/cifar100-reduced-cost.yaml.
-"${intrakd[@]}" report "$out-cost" --metrics images_per_s train_s --compare images_per_s train_s \
+"${intrakd[@]}" report "$out-cost" --metrics images_per_s peak_images_per_s train_s \
+    --compare images_per_s peak_images_per_s train_s \
     --title "Table 5: teacher training throughput, vanilla vs enriched (3 interleaved short runs each)" \
     --out docs/results/table5-cost

@@ -66,6 +66,7 @@ def test_runs_group_by_configuration_across_seeds(sweep_dir):
     teacher = groups[0].runs[0]
     assert teacher.metrics["val_acc"] == 50.0 and teacher.metrics["best_val_acc"] == 51.0
     assert teacher.metrics["train_s"] == 4.0 and teacher.metrics["images_per_s"] == 150.0
+    assert teacher.metrics["peak_images_per_s"] == 200.0
     assert teacher.metrics["last_pass_rate"] == 0.5
 
 

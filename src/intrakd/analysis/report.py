@@ -112,7 +112,8 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
 
     From ``summary.json``: ``<split>_acc`` (the last epoch's accuracy on the run's eval split),
     ``best_<split>_acc`` and ``wall_s``. From ``metrics.jsonl``: ``train_s`` (training time without
-    evaluation, summed over epochs), ``images_per_s`` (mean over epochs) and ``last_<stat>`` for the
+    evaluation, summed over epochs), ``images_per_s`` (mean over epochs), ``peak_images_per_s`` (the
+    fastest epoch: the least disturbed by other load on a shared machine) and ``last_<stat>`` for the
     last epoch's pass rate and cache fill. From every ``eval_<split>.json`` (written by ``sweep``):
     its scalars as ``<split>_<name>``, e.g. ``test_acc``, ``test_ece``, ``test_soft_entropy``.
     """
@@ -127,6 +128,7 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
         speeds = [r["images_per_s"] for r in records if "images_per_s" in r]
         if speeds:
             metrics["images_per_s"] = sum(speeds) / len(speeds)
+            metrics["peak_images_per_s"] = max(speeds)
         for stat in ("pass_rate", "cache_fill"):
             if stat in records[-1]:
                 metrics[f"last_{stat}"] = records[-1][stat]
@@ -348,7 +350,7 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 
 
 def _digits(metric: str) -> int:
-    return 2 if metric.endswith("_acc") or metric in ("train_s", "wall_s", "images_per_s") else 4
+    return 2 if metric.endswith("_acc") or metric in ("train_s", "wall_s", "images_per_s", "peak_images_per_s") else 4
 
 
 def _ci(d: Difference) -> str:
