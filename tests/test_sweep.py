@@ -151,3 +151,12 @@ def test_sweep_report_plot_and_analyze_commands(tmp_path, capsys):
                  "--no-plots", "--out", str(tmp_path / "val")]) == 0
     assert json.loads((tmp_path / "val" / "analysis.json").read_text())["models"]["seed0"]["images"] == 60
     assert main(["plot", str(tmp_path)]) == 2
+
+
+def test_short_names_tell_runs_apart():
+    from pathlib import Path
+
+    from intrakd.analysis.commands import short_names
+
+    assert short_names([Path("/r/a/seed0"), Path("/r/b/seed0")]) == ["a/seed0", "b/seed0"]
+    assert short_names([Path("/r/a/seed0"), Path("/r/a/seed1")]) == ["seed0", "seed1"]

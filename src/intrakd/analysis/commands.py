@@ -11,11 +11,10 @@ from intrakd.analysis.analyze import analyze_predictions, compare_summaries, pre
 from intrakd.analysis.report import build_report, read_metrics, to_markdown, write_report
 
 
-def _default_name(checkpoint: str) -> str:
-    """A short name for a checkpoint: its run folder's name (``.../RUN/checkpoints/last.pt`` -> RUN)."""
+def _run_folder(checkpoint: str) -> Path:
+    """The run folder of a checkpoint (``RUN/checkpoints/last.pt`` -> ``RUN``)."""
     path = Path(checkpoint)
-    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return folder.name or path.stem
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def short_names(paths: list[Path]) -> list[str]:
@@ -32,7 +31,7 @@ def short_names(paths: list[Path]) -> list[str]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse one checkpoint (or two with ``--compare``): JSON to stdout and ``--out``, PNG plots."""
     checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
-    names = args.names or [_default_name(c) for c in checkpoints]
+    names = args.names or short_names([_run_folder(c) for c in checkpoints])
     if len(names) != len(checkpoints):
         raise ValueError(f"--names needs {len(checkpoints)} names, one per checkpoint")
     if len(set(names)) != len(names):
