@@ -168,6 +168,71 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- analysis: analyze, plot, sweep, report (implemented in intrakd.analysis.commands) -------------
+
+
+def _analysis(name: str):
+    """The handler ``cmd_<name>`` of intrakd.analysis.commands, imported when the command runs."""
+    def handler(args: argparse.Namespace) -> int:
+        from intrakd.analysis import commands
+
+        return getattr(commands, f"cmd_{name}")(args)
+
+    return handler
+
+
+def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that look at checkpoints and run folders."""
+    p = sub.add_parser("analyze", help="geometry, soft labels, calibration and plots of a checkpoint "
+                                       "(two side by side with --compare)")
+    p.add_argument("--checkpoint", required=True, help="an intrakd run checkpoint (records its data settings)")
+    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint, analysed on the same images")
+    p.add_argument("--names", nargs="+", help="names of the checkpoints in tables and plots (default: run folders)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split of the run's dataset (default test; val needs data.val_per_class > 0)")
+    p.add_argument("--data-root", help="folder of the dataset, if it moved since training")
+    p.add_argument("--model", help="architecture, for checkpoints that do not name it")
+    p.add_argument("--temperature", type=float, default=4.0, help="soft-label temperature T (default 4)")
+    p.add_argument("--bins", type=int, default=15, help="confidence bins of the ECE (default 15)")
+    p.add_argument("--out", help="folder for analysis.json and the PNG plots")
+    p.add_argument("--no-plots", action="store_true", help="write analysis.json only")
+    p.add_argument("--tsne-classes", type=int, default=20, help="classes shown in the t-SNE map (default 20)")
+    p.add_argument("--tsne-points", type=int, default=2000, help="images in the t-SNE map (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples drawn for plots")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_analysis("analyze"))
+
+    p = sub.add_parser("plot", help="training curves (every logged value) of run folders as one PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG file (default RUN_DIR/curves.png of the first run)")
+    p.set_defaults(func=_analysis("plot"))
+
+    p = sub.add_parser("sweep", help="run or continue a grid of runs described by a YAML file "
+                                     "(finished cells are skipped)")
+    p.add_argument("spec", help="sweep YAML (see configs/ and intrakd.analysis.sweep)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
+    p.add_argument("--out", help="root folder of the runs (default: the file's out)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's seeds)")
+    p.add_argument("--only", metavar="GLOB", help="teacher cells whose name matches GLOB (and their students)")
+    p.add_argument("--data-root", help="shortcut for data.root=PATH")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")
+    p.set_defaults(func=_analysis("sweep"))
+
+    p = sub.add_parser("report", help="mean +- std over seeds of grouped runs, differences from the "
+                                      "vanilla-teacher baseline with 95%% CIs (markdown and CSV)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
+    p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
+    p.add_argument("--metrics", nargs="+", help="columns (default: accuracy, geometry, soft labels, ECE, cost)")
+    p.add_argument("--compare", nargs="+", help="metrics compared with the baseline (default test_acc or val_acc)")
+    p.add_argument("--baseline", default="intra.weight=0",
+                   help="condition of the baseline groups (default intra.weight=0: vanilla teachers and their "
+                        "students)")
+    p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="keep only runs with these settings (a student matches on its teacher's too)")
+    p.add_argument("--title", help="heading of the markdown table")
+    p.set_defaults(func=_analysis("report"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the distillation methods and their settings")
     p.set_defaults(func=cmd_methods)
+
+    add_analysis_commands(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
@@ -158,6 +159,7 @@ class Trainer:
         self.step_objective = self.perf.compile_step(objective)
         self.writer = distributed.is_main()
         """Rank 0 alone writes the run folder."""
+        self.board: TensorBoardLog | None = None
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, optim.milestones, optim.lr_decay)
         self.stateful: dict[str, Any] = {
             "model": model, "objective": objective, "optimizer": self.optimizer, "scheduler": self.scheduler,
@@ -248,12 +250,18 @@ class Trainer:
         :class:`NonFiniteLoss` without saving when a loss term is not finite."""
         if self.writer:
             write_atomic(self.metrics_path, "".join(line + "\n" for line in self.metrics_lines).encode())
+            # optional extra: TensorBoard event files when tensorboard is installed
+            self.board = TensorBoardLog(self.run_dir)
         self._mark, self._last_save = time.perf_counter(), time.monotonic()
-        with self._signals:
-            while self.epoch < self.optim_cfg.epochs:
-                self._train_epoch()
-                self._end_epoch()
-                self._stop_if_asked()
+        try:
+            with self._signals:
+                while self.epoch < self.optim_cfg.epochs:
+                    self._train_epoch()
+                    self._end_epoch()
+                    self._stop_if_asked()
+        finally:
+            if self.board is not None:
+                self.board.close()
         self._tick(training=False)
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
@@ -348,6 +356,8 @@ class Trainer:
             return
         with self.metrics_path.open("a") as f:
             f.write(line + "\n")
+        if self.board is not None:
+            self.board.log(record, record["epoch"])
         tqdm.write(self._line(record), end="\n")
 
     def _line(self, record: dict[str, Any]) -> str:

@@ -1,0 +1,123 @@
+"""The analysis subcommands of ``intrakd``: analyze, plot, sweep, report (parsers live in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
+from intrakd.analysis.report import build_report, read_metrics, to_markdown, write_report
+
+
+def _run_folder(checkpoint: str) -> Path:
+    """The run folder of a checkpoint (``RUN/checkpoints/last.pt`` -> ``RUN``)."""
+    path = Path(checkpoint)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def short_names(paths: list[Path]) -> list[str]:
+    """The fewest trailing path components that tell the paths apart (``a/x/seed0``, ``b/x/seed0``
+    -> ``a/x/seed0``, ``b/x/seed0``; ``a/seed0``, ``b/seed1`` -> ``seed0``, ``seed1``)."""
+    parts = [p.resolve().parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse one checkpoint (or two with ``--compare``): JSON to stdout and ``--out``, PNG plots."""
+    checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
+    names = args.names or short_names([_run_folder(c) for c in checkpoints])
+    if len(names) != len(checkpoints):
+        raise ValueError(f"--names needs {len(checkpoints)} names, one per checkpoint")
+    if len(set(names)) != len(names):
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    predictions, results = [], []
+    for checkpoint in checkpoints:
+        pred, info = predict_checkpoint(checkpoint, args.split, args.data_root, args.model, args.device)
+        predictions.append(pred)
+        results.append({**info, **analyze_predictions(pred, args.temperature, args.bins)})
+    output: dict[str, Any] = {"models": dict(zip(names, results))}
+    if args.compare:
+        output["difference"] = {"of": f"{names[1]} - {names[0]}", **compare_summaries(results[0], results[1])}
+    shown = {name: {k: v for k, v in r.items() if not isinstance(v, (dict, list))} for name, r in zip(names, results)}
+    print(json.dumps({"models": shown, **({"difference": output["difference"]} if args.compare else {})}, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "analysis.json").write_text(json.dumps(output, indent=1) + "\n")
+        written = [out / "analysis.json"]
+        if not args.no_plots:
+            written += _analysis_plots(out, list(zip(names, predictions)), results, args)
+        print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _analysis_plots(out: Path, named: list, results: list[dict[str, Any]], args: argparse.Namespace) -> list[Path]:
+    from intrakd.analysis import plots
+
+    names = [n for n, _ in named]
+    return [
+        plots.plot_embedding_map(named, out / "embedding_tsne.png", args.tsne_classes, args.tsne_points, args.seed),
+        plots.plot_distance_histograms(named, out / "distances.png", seed=args.seed),
+        plots.plot_soft_labels(named, out / "soft_labels.png", args.temperature),
+        plots.plot_reliability([(n, r["reliability"], r["ece"]) for n, r in zip(names, results)],
+                               out / "reliability.png"),
+        plots.plot_per_class([(n, r["per_class"]) for n, r in zip(names, results)], out / "per_class.png"),
+    ]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Training curves of one or more run folders (their ``metrics.jsonl``) into one PNG."""
+    from intrakd.analysis.plots import plot_training_curves
+
+    runs = []
+    for run_dir in map(Path, args.runs):
+        records = read_metrics(run_dir)
+        if not records:
+            raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'} is missing or empty: is {run_dir} a run folder?")
+        runs.append(records)
+    named = list(zip(short_names([Path(r) for r in args.runs]), runs))
+    out = Path(args.out or Path(args.runs[0]) / "curves.png")
+    print(f"written: {plot_training_curves(named, out)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run (or continue, or list with ``--dry-run``) the sweep of a YAML file."""
+    from intrakd.analysis.sweep import describe, load_sweep, plan, record_spec, run_sweep
+
+    spec = load_sweep(args.spec)
+    if args.out:
+        spec.out = Path(args.out)
+    extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
+    jobs = plan(spec, args.seeds, args.only, extra)
+    if not jobs:
+        raise ValueError(f"no cell of {args.spec} matches --only {args.only!r}")
+    if args.dry_run:
+        print(describe(jobs))
+        return 0
+    record_spec(args.spec, spec)
+    counts = run_sweep(spec, jobs)
+    print(f"sweep {args.spec}: {counts['ran']} run, {counts['restarted']} restarted, "
+          f"{counts['skipped']} already finished; runs in {spec.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Group the runs under the given folders; print and write a markdown and CSV table."""
+    report = build_report(args.runs, args.metrics, args.compare, args.baseline, args.where)
+    text = to_markdown(report)
+    if args.title:
+        text = f"## {args.title}\n\n{text}"
+    print(text)
+    if args.out:
+        md, table = write_report(report, args.out)
+        if args.title:
+            md.write_text(text)
+        print(f"written: {md}, {table}")
+    return 0

@@ -1,0 +1,293 @@
+"""Sweeps: a grid of teacher configurations x seeds, optionally a student distilled from each.
+
+A sweep is described by a YAML file::
+
+    out: /path/to/experiments        # root of the run folders (``--out`` replaces it)
+    seeds: [0, 1, 2]
+    common: {data: {...}, optim: {...}}       # settings for teachers and students alike
+    teacher:
+      config: {model: resnet20}               # teacher settings (on top of common)
+      grid:                                   # a mapping key -> values (the product of the lists),
+        - {intra.weight: [0]}                 # or a list of such mappings (the union of their products)
+        - {intra.weight: [0.02], intra.delta: [-1, 0.5]}
+    student:                                  # optional (null: none): a student from every teacher run
+      config: {model: resnet8}
+      grid: {distill.temperature: [4]}        # optional
+      teachers: ["intra.weight=0", "intra.weight=0.02,intra.delta=0.5"]  # optional: which cells
+    evaluate: [test]                          # optional: splits analysed after each run
+    temperature: 4                            # soft-label temperature of those analyses
+    extends: protocol.yaml                    # optional: a sweep file (path relative to this one)
+                                              # whose settings this one updates (mappings merge)
+
+Every cell is a normal run folder: ``OUT/teachers/<cell>/seed<k>`` and
+``OUT/students/<teacher cell>/<student cell>/seed<k>``, the student of seed k distilled from the
+teacher of seed k. Cell names list the cell's overrides (``base`` for none). A cell whose folder
+holds ``summary.json`` is finished and skipped, so rerunning the same command continues an
+interrupted sweep; a started but unfinished cell is started again from scratch. After each run,
+each split in ``evaluate`` is analysed (its last checkpoint) into ``eval_<split>.json`` unless that
+file exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, to_dict
+
+SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
+STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers"}}
+
+
+@dataclass
+class Cell:
+    """One configuration of a stage: its name and overrides (seed not included)."""
+
+    name: str
+    overrides: list[tuple[str, Any]]
+
+
+@dataclass
+class Job:
+    """One run of a sweep."""
+
+    kind: str
+    """'teacher' or 'student'."""
+    name: str
+    """Cell name (for students ``<teacher cell>/<student cell>``)."""
+    seed: int
+    out: Path
+    config: TeacherConfig | StudentConfig
+
+    @property
+    def finished(self) -> bool:
+        return (self.out / "summary.json").is_file()
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file."""
+
+    out: Path
+    seeds: list[int]
+    common: dict[str, Any]
+    teacher_config: dict[str, Any]
+    teacher_cells: list[Cell]
+    student_config: dict[str, Any] | None
+    student_cells: list[Cell]
+    student_teachers: list[str] | None
+    evaluate: list[str]
+    temperature: float
+
+
+def _format(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text.replace("/", "_")
+
+
+def cell_name(overrides: list[tuple[str, Any]]) -> str:
+    """Folder name of a cell: ``key=value`` joined by commas, ``base`` for no overrides."""
+    return ",".join(f"{k}={_format(v)}" for k, v in overrides) or "base"
+
+
+def expand_grid(grid: Any, where: str) -> list[Cell]:
+    """Cells of a grid: a mapping ``key -> list of values`` (their product) or a list of mappings."""
+    if grid is None:
+        return [Cell("base", [])]
+    parts = grid if isinstance(grid, list) else [grid]
+    cells: list[Cell] = []
+    for part in parts:
+        if not isinstance(part, dict) or not part:
+            raise ConfigError(f"{where}: each grid entry must be a non-empty mapping key -> list of values, got {part!r}")
+        keys = list(part)
+        for key in keys:
+            if not isinstance(part[key], list) or not part[key]:
+                raise ConfigError(f"{where}: values of {key} must be a non-empty list, got {part[key]!r}")
+        for combination in itertools.product(*(part[k] for k in keys)):
+            overrides = list(zip(keys, combination))
+            cells.append(Cell(cell_name(overrides), overrides))
+    names = [c.name for c in cells]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: cell {duplicates[0]} is listed twice")
+    return cells
+
+
+def _section(spec: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = spec.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {name} must be a mapping, got {value!r}")
+    return value
+
+
+def _read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw settings of a sweep file, merged over those of the file it ``extends``."""
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: extends itself (through {' -> '.join(str(p) for p in chain)})")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = spec.pop("extends", None)
+    if parent is None:
+        return spec
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be the path of a sweep file, got {parent!r}")
+    return _merge(_read_spec(path.parent / parent, (*chain, path.resolve())), spec)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file (unknown keys and malformed grids are errors)."""
+    path = Path(path)
+    spec = _read_spec(path)
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]}; valid keys: {', '.join(sorted(SPEC_KEYS))}")
+    if "teacher" not in spec:
+        raise ConfigError(f"{path}: a sweep needs a teacher section")
+    stages = {}
+    for stage in ("teacher", "student"):
+        section = _section(spec, stage, str(path))
+        bad = sorted(set(section) - STAGE_KEYS[stage])
+        if bad:
+            raise ConfigError(f"{path}: unknown key {stage}.{bad[0]}; valid: {', '.join(sorted(STAGE_KEYS[stage]))}")
+        stages[stage] = section
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    evaluate = spec.get("evaluate") or []
+    if not isinstance(evaluate, list) or any(s not in SPLITS for s in evaluate):
+        raise ConfigError(f"{path}: evaluate must be a list of splits among {', '.join(SPLITS)}, got {evaluate!r}")
+    teachers = stages["student"].get("teachers")
+    if teachers is not None and (not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers)):
+        raise ConfigError(f"{path}: student.teachers must be a list of teacher cell names (patterns allowed)")
+    return SweepSpec(
+        out=Path(spec.get("out") or "runs/sweep"),
+        seeds=seeds,
+        common=_section(spec, "common", str(path)),
+        teacher_config=_section(stages["teacher"], "config", f"{path}: teacher"),
+        teacher_cells=expand_grid(stages["teacher"].get("grid"), f"{path}: teacher.grid"),
+        student_config=(_section(stages["student"], "config", f"{path}: student")
+                        if spec.get("student") is not None else None),
+        student_cells=expand_grid(stages["student"].get("grid"), f"{path}: student.grid"),
+        student_teachers=teachers,
+        evaluate=evaluate,
+        temperature=float(spec.get("temperature", 4.0)),
+    )
+
+
+def _override_strings(overrides: list[tuple[str, Any]]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in overrides]
+
+
+def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested settings, later parts winning."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = _merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = None,
+         extra: list[str] | None = None) -> list[Job]:
+    """Every run of the sweep in execution order: per seed, each teacher cell then its students.
+
+    ``only`` (a glob on teacher cell names) selects cells; ``extra`` overrides (``key=value``)
+    apply to every run, after the cell's own.
+    """
+    jobs: list[Job] = []
+    seen: dict[str, str] = {}
+    for seed in seeds or spec.seeds:
+        for cell in spec.teacher_cells:
+            if only and not fnmatch.fnmatch(cell.name, only):
+                continue
+            overrides = _override_strings(cell.overrides) + list(extra or []) + [f"seed={seed}"]
+            cfg = load_config(TeacherConfig, base=_merge(spec.common, spec.teacher_config), overrides=overrides)
+            identity = json.dumps({k: v for k, v in to_dict(cfg).items() if k != "seed"}, sort_keys=True)
+            if seen.setdefault(identity, cell.name) != cell.name:
+                raise ConfigError(f"teacher cells {seen[identity]} and {cell.name} are the same configuration")
+            teacher = Job("teacher", cell.name, seed, spec.out / "teachers" / cell.name / f"seed{seed}", cfg)
+            jobs.append(teacher)
+            if spec.student_config is None or not _selected(cell.name, spec.student_teachers):
+                continue
+            checkpoint = teacher.out / "checkpoints" / "last.pt"
+            for student in spec.student_cells:
+                s_overrides = _override_strings(student.overrides) + list(extra or []) + [f"seed={seed}"]
+                s_cfg = load_config(StudentConfig, base=_merge(spec.common, spec.student_config,
+                                                               {"teacher": str(checkpoint)}), overrides=s_overrides)
+                jobs.append(Job("student", f"{cell.name}/{student.name}", seed,
+                                spec.out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
+    return jobs
+
+
+def _selected(name: str, patterns: list[str] | None) -> bool:
+    return patterns is None or any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def evaluate_run(run_dir: Path, splits: list[str], temperature: float, device: str = "auto") -> list[Path]:
+    """Analyse the run's last checkpoint on each split into ``eval_<split>.json`` (existing files kept)."""
+    written = []
+    for split in splits:
+        path = run_dir / f"eval_{split}.json"
+        if path.is_file():
+            continue
+        pred, info = predict_checkpoint(run_dir / "checkpoints" / "last.pt", split, device=device)
+        result = {**info, **analyze_predictions(pred, temperature)}
+        partial = path.with_suffix(".json.partial")  # an interrupted write leaves no eval file behind
+        partial.write_text(json.dumps(result, indent=1) + "\n")
+        partial.replace(path)
+        written.append(path)
+    return written
+
+
+def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened."""
+    from intrakd.train import distill, train_teacher
+
+    counts = {"skipped": 0, "ran": 0, "restarted": 0}
+    for i, job in enumerate(jobs, 1):
+        where = f"[{i}/{len(jobs)}] {job.kind} {job.name} seed {job.seed}"
+        if job.finished:
+            counts["skipped"] += 1
+        else:
+            if job.kind == "student" and not Path(job.config.teacher).is_file():
+                raise FileNotFoundError(f"{where}: teacher checkpoint {job.config.teacher} is missing")
+            restart = (job.out / "config.yaml").exists()
+            counts["restarted" if restart else "ran"] += 1
+            log(f"{where}: {'restarting (unfinished)' if restart else 'running'} in {job.out}")
+            start = time.perf_counter()
+            run = train_teacher if job.kind == "teacher" else distill
+            run(job.config, job.out, overwrite=restart)
+            log(f"{where}: done in {time.perf_counter() - start:.0f} s")
+        evaluate_run(job.out, spec.evaluate, spec.temperature, job.config.device)
+    return counts
+
+
+def describe(jobs: list[Job]) -> str:
+    """A listing of the jobs and whether each is finished (for ``--dry-run``)."""
+    done = sum(j.finished for j in jobs)
+    lines = [f"{'done' if j.finished else 'todo'}  {j.kind:<7} seed {j.seed}  {j.out}" for j in jobs]
+    return "\n".join(lines + [f"{done}/{len(jobs)} finished"])
+
+
+def record_spec(spec_path: str | Path, spec: SweepSpec) -> Path:
+    """Record the sweep file next to its runs (``OUT/sweep-<name>.yaml``) for traceability."""
+    spec.out.mkdir(parents=True, exist_ok=True)
+    target = spec.out / f"sweep-{Path(spec_path).stem}.yaml"
+    target.write_text(Path(spec_path).read_text())
+    return target
