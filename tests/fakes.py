@@ -6,6 +6,11 @@ import errno
 import io
 import os
 
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.models import Classifier
+
 
 class FullDisk:
     """``os.fdopen`` whose files refuse any write beyond ``room`` bytes with ENOSPC."""
@@ -26,3 +31,19 @@ class FullDisk:
                 return super().write(data)
 
         return Limited(fd, "wb")
+
+
+class TinyNet(Classifier):
+    """Two convolutions and a linear head on 1 x 8 x 8 images; no batch norm (fast to trace; the same
+    in one process and in several)."""
+
+    def __init__(self, num_classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.num_classes, self.embedding_dim = num_classes, 2 * width
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def stages(self, x: Tensor) -> list[Tensor]:
+        f1 = F.relu(self.conv1(x))
+        return [f1, F.relu(self.conv2(f1))]

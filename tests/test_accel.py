@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from fakes import TinyNet
+from torch import Tensor
 
 from intrakd.config import (
     ConfigError,
@@ -19,28 +20,13 @@ from intrakd.config import (
 )
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import intra_class_terms, kd_loss
-from intrakd.models import Classifier, create_model
+from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.train import accel
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import build_optimizer
 
 CPU = torch.device("cpu")
-
-
-class TinyNet(Classifier):
-    """Two convolutions and a linear head on 1 x 8 x 8 images (fast to trace)."""
-
-    def __init__(self, num_classes: int = 4, width: int = 8) -> None:
-        super().__init__()
-        self.num_classes, self.embedding_dim = num_classes, 2 * width
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def stages(self, x: Tensor) -> list[Tensor]:
-        f1 = F.relu(self.conv1(x))
-        return [f1, F.relu(self.conv2(f1))]
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])

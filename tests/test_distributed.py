@@ -18,34 +18,18 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
+from fakes import TinyNet
 from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
-from intrakd.models import Classifier
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.train import distributed
 from intrakd.train.loop import RunInfo, Trainer
 
 GLOBAL_BATCH = 16
 EPOCHS = 2  # 4 steps each
-
-
-class TinyNet(Classifier):
-    """Two convolutions and a linear head, no batch norm."""
-
-    def __init__(self, num_classes: int = 4, width: int = 8) -> None:
-        super().__init__()
-        self.num_classes, self.embedding_dim = num_classes, 2 * width
-        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
-        self.fc = nn.Linear(2 * width, num_classes)
-
-    def stages(self, x: Tensor) -> list[Tensor]:
-        f1 = F.relu(self.conv1(x))
-        return [f1, F.relu(self.conv2(f1))]
 
 
 def tiny_dataset(augment: bool = False) -> TensorDataset:
