@@ -11,7 +11,8 @@ geometry=(intra_class_distance inter_class_distance intra_inter_ratio soft_entro
 # Table 1: vanilla vs enriched teacher (the configuration chosen on validation), their students; test split.
 "${intrakd[@]}" report "$t/intra.weight=0" "$t/intra.weight=0.02,intra.delta=0.5" \
     "$s/intra.weight=0" "$s/intra.weight=0.02,intra.delta=0.5" --where intra.cache=true \
-    --metrics test_acc "${geometry[@]/#/test_}" last_pass_rate peak_images_per_s --compare test_acc \
+    --metrics test_acc "${geometry[@]/#/test_}" last_pass_rate peak_images_per_s \
+    --compare test_acc test_intra_class_distance test_inter_class_distance test_soft_entropy \
     --title "Table 1: vanilla vs enriched teacher and their KD students (test split)" --out docs/results/table1-main
 
 # Tables 2-4: tuning on the validation split, seed 0.
