@@ -103,7 +103,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from intrakd.analysis import embedding_geometry, soft_label_entropy
+    from intrakd.analysis import embedding_geometry, soft_label_stats
     from intrakd.config import DataConfig, from_dict
     from intrakd.data import build_datasets
     from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
@@ -119,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     logits, embeddings, labels = predict(model.to(device), eval_set, data_cfg.eval_batch_size)
     result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
-              "soft_label_entropy_T4": soft_label_entropy(logits, 4.0)}
+              "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
     print(json.dumps(result, indent=2))
     return 0
 

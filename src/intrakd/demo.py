@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from intrakd.analysis import embedding_geometry, soft_label_entropy
+from intrakd.analysis import embedding_geometry, soft_label_stats
 from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.train import classifier_from_checkpoint, distill, predict, resolve_device, train_teacher
@@ -82,7 +82,7 @@ def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[
     model, _ = classifier_from_checkpoint(checkpoint)
     logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set)
     return {**embedding_geometry(embeddings, labels),
-            "soft_label_entropy_T4": soft_label_entropy(logits, 4.0)}
+            "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
 
 
 def results_table(results: dict[str, Any]) -> str:

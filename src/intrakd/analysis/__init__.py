@@ -6,11 +6,10 @@ from intrakd.analysis.geometry import (
     embedding_geometry,
     pair_distances,
     per_class_geometry,
-    soft_label_entropy,
 )
 from intrakd.analysis.softlabels import soft_label_samples, soft_label_stats
 
 __all__ = [
     "embedding_geometry", "expected_calibration_error", "pair_distances", "per_class_geometry",
-    "reliability_bins", "soft_label_entropy", "soft_label_samples", "soft_label_stats",
+    "reliability_bins", "soft_label_samples", "soft_label_stats",
 ]

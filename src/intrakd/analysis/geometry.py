@@ -1,4 +1,4 @@
-"""Geometry of embeddings (intra- vs inter-class distances) and statistics of soft labels."""
+"""Geometry of embeddings: intra- vs inter-class distances, overall and per class."""
 
 from __future__ import annotations
 
@@ -94,9 +94,3 @@ def pair_distances(
     different = labels[a] != labels[b]
     inter = (z[a[different]] - z[b[different]]).norm(dim=1)
     return intra, inter
-
-
-def soft_label_entropy(logits: Tensor, temperature: float = 1.0) -> float:
-    """Mean entropy (nats) of ``softmax(logits / T)`` over the samples."""
-    log_p = F.log_softmax(logits.double() / temperature, dim=1)
-    return -(log_p.exp() * log_p).sum(1).mean().item()
