@@ -107,6 +107,12 @@ def test_sweep_runs_skips_and_restarts(tmp_path):
     assert (jobs[1].out / "summary.json").is_file() and (jobs[0].out / "eval_test.json").is_file()
     lines = (jobs[1].out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # restarted from scratch, not appended
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ConfigError, match=r"other settings \(optim.lr: 0.05 -> 0.1\).*another --out"):
+        run_sweep(spec, plan(spec, only="intra.weight=0", extra=["optim.lr=0.1"]), log=lambda _: None)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == before
+    neutral = plan(spec, only="intra.weight=0", extra=["data.eval_batch_size=7", "checkpoint.keep_last=1"])
+    assert run_sweep(spec, neutral, log=lambda _: None)["skipped"] == 2
     try:
         import tensorboard  # noqa: F401  (an optional extra)
     except ImportError:

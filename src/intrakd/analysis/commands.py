@@ -89,7 +89,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or continue, or list with ``--dry-run``) the sweep of a YAML file."""
-    from intrakd.analysis.sweep import describe, load_sweep, plan, record_spec, run_sweep
+    from intrakd.analysis.sweep import check_finished, describe, load_sweep, plan, record_spec, run_sweep
 
     spec = load_sweep(args.spec)
     if args.out:
@@ -98,6 +98,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = plan(spec, args.seeds, args.only, extra)
     if not jobs:
         raise ValueError(f"no cell of {args.spec} matches --only {args.only!r}")
+    check_finished(jobs)  # before anything is written
     if args.dry_run:
         print(describe(jobs))
         return 0

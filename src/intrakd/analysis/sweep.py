@@ -23,7 +23,9 @@ Every cell is a normal run folder: ``OUT/teachers/<cell>/seed<k>`` and
 ``OUT/students/<teacher cell>/<student cell>/seed<k>``, the student of seed k distilled from the
 teacher of seed k. Cell names list the cell's overrides (``base`` for none). A cell whose folder
 holds ``summary.json`` is finished and skipped, so rerunning the same command continues an
-interrupted sweep; a started but unfinished cell is started again from scratch. After each run,
+interrupted sweep; a started but unfinished cell is started again from scratch. A finished cell
+whose stored configuration differs from the sweep's (another protocol written to the same ``--out``)
+is an error before anything runs, so runs of two protocols never mix in one table. After each run,
 each split in ``evaluate`` is analysed (its last checkpoint) into ``eval_<split>.json`` unless that
 file exists.
 """
@@ -43,8 +45,12 @@ from typing import Any
 import yaml
 
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
+from intrakd.analysis.report import flatten
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, to_dict
 
+# Settings that do not change what a run computes: a finished run may differ from the sweep in these.
+RESULT_NEUTRAL = ("command", "device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
+                  "perf.", "checkpoint.", "dist.", "train.")
 SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
 STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers"}}
 
@@ -255,10 +261,36 @@ def evaluate_run(run_dir: Path, splits: list[str], temperature: float, device: s
     return written
 
 
+def stored_differences(job: Job) -> list[str]:
+    """``key: stored -> sweep`` for each setting in which the run already in ``job.out`` differs from
+    the job (settings in :data:`RESULT_NEUTRAL` and keys missing on either side ignored)."""
+    path = job.out / "config.yaml"
+    if not path.is_file():
+        return []
+    stored = flatten(yaml.safe_load(path.read_text()) or {})
+    wanted = flatten(to_dict(job.config))
+    return [f"{key}: {stored[key]!r} -> {wanted[key]!r}" for key in sorted(stored.keys() & wanted.keys())
+            if not key.startswith(RESULT_NEUTRAL) and stored[key] != wanted[key]]
+
+
+def check_finished(jobs: list[Job]) -> None:
+    """Refuse a sweep whose finished runs were made with other settings (they would be skipped and
+    reported as if they were this sweep's)."""
+    for job in jobs:
+        differences = stored_differences(job) if job.finished else []
+        if differences:
+            raise ConfigError(
+                f"{job.out} holds a finished run with other settings ({'; '.join(differences[:3])}"
+                f"{'; ...' if len(differences) > 3 else ''}): write this sweep to another --out, "
+                "or delete that folder to run it again")
+
+
 def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = print) -> dict[str, int]:
-    """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened."""
+    """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened.
+    Nothing runs if a finished run was made with other settings (:func:`check_finished`)."""
     from intrakd.train import distill, train_teacher
 
+    check_finished(jobs)
     counts = {"skipped": 0, "ran": 0, "restarted": 0}
     for i, job in enumerate(jobs, 1):
         where = f"[{i}/{len(jobs)}] {job.kind} {job.name} seed {job.seed}"
