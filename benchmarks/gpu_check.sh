@@ -5,7 +5,8 @@
 #
 # Writes to OUT_DIR: gpu_check.log (the GPU, every table and verdict, each part's exit status and
 # time) and step_checks.json, overhead.json, input_pipeline.json, loop_vs_reference.json (eager) and
-# loop_compiled.json (eager and compiled, measured again side by side after compiling).
+# loop_compiled.json (eager and compiled with CUDA graphs, compile_mode=reduce-overhead, measured again
+# side by side after compiling).
 # CIFAR-100 is read from $INTRAKD_DATA_ROOT or the usual places; without it the benchmarks use
 # random CIFAR-shaped images (throughput does not depend on pixel values) and say so.
 # Each part has its own time limit; a part that fails or runs out of time does not stop the others,
@@ -40,7 +41,7 @@ part step_checks 45 benchmarks/step_checks.py --full-step-model ''
 part overhead 40 benchmarks/overhead.py --batch-sizes 64 256 --repeats 5 --steps 20 --warmup 10
 part input_pipeline 30 benchmarks/input_pipeline.py --repeats 3 --steps 40 --warmup 20
 part loop_vs_reference 35 benchmarks/loop_vs_reference.py --repeats 3 --steps 60 --warmup 30
-part loop_compiled 130 benchmarks/loop_vs_reference.py --compile --repeats 3 --steps 60 --warmup 30
+part loop_compiled 130 benchmarks/loop_vs_reference.py --compile --perf compile_mode=reduce-overhead --repeats 3 --steps 60 --warmup 30
 
 echo "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}" | tee -a "$log"
 [ ${#failed[@]} -eq 0 ]

@@ -3,7 +3,9 @@ cache, against the same step without them (cross-entropy over the same two views
 batch). Both run through intrakd's Trainer; blocks of steps alternate, the median ratio is reported.
 
 Also timed in isolation: the method's own part (loss, gate and cache, forward and backward) on
-embeddings and logits of the step's shape, and the ratio it implies. Target: ratio <= 1.05.
+embeddings and logits of the step's shape, and the ratio it implies; and counted: the ATen
+operations that part dispatches per step (views excluded), which in eager mode on a GPU is the number
+of kernel launches it adds, the cost that dominates at small batches. Target: ratio <= 1.05.
 
     PYTHONPATH=src python benchmarks/overhead.py                      # resnet8x4 on the CPU, resnet32x4 on CUDA
     PYTHONPATH=src python benchmarks/overhead.py --models resnet32x4 --batch-sizes 64 256 --json out.json
@@ -31,6 +33,7 @@ from _common import (
     write_json,
 )
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from intrakd.config import IntraConfig, OptimConfig
 from intrakd.data.tensor_data import TensorBatches
@@ -58,6 +61,28 @@ def fill_cache(objective: IntraClassTeacherObjective, device: torch.device) -> N
     cache = objective.cache
     rows = F.normalize(torch.randn(cache.num_classes * cache.capacity, cache.dim, device=device), dim=1)
     cache.write(rows, torch.arange(cache.num_classes, device=device).repeat_interleave(cache.capacity))
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active, views (which launch nothing) excluded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def operations_per_step(objective: nn.Module, stub: nn.Module, batch, perf: PerfSettings) -> int:
+    """ATen operations of one step of ``objective`` on ``stub``: forward, backward and its statistics."""
+    with OpCounter() as counter:
+        with perf.autocast():
+            result = objective(stub, batch)
+        sum(result.losses.values()).backward()
+        _ = [value.detach() for value in result.stats.values()]
+    return counter.count
 
 
 def measure(model_name: str, batch_size: int, device: torch.device, perf: PerfSettings, data, repeats: int,
@@ -109,6 +134,7 @@ def measure(model_name: str, batch_size: int, device: torch.device, perf: PerfSe
     for _ in range(repeats):
         for name, objective in objectives.items():
             part[name].append(time_block(lambda o=objective: stub_steps(o), device) / (steps * 4))
+    ops = {name: operations_per_step(objective, stub, batch, perf) for name, objective in objectives.items()}
     vanilla_s = median(seconds["vanilla"])
     method_s = max(median(part["enriched"]) - median(part["vanilla"]), 0.0)
     return {
@@ -116,6 +142,7 @@ def measure(model_name: str, batch_size: int, device: torch.device, perf: PerfSe
         "vanilla_ms": 1e3 * vanilla_s, "enriched_ms": 1e3 * median(seconds["enriched"]),
         "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
         "method_ms": 1e3 * method_s, "implied_ratio": (vanilla_s + method_s) / vanilla_s,
+        "method_ops": ops["enriched"] - ops["vanilla"],
         "images_per_s_vanilla": batch_size / vanilla_s, "repeats": repeats, "steps_per_block": steps,
         "ratios": ratios,
     }
@@ -144,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Method overhead: teacher step with intra-class loss + gate + cache vs without (two views both)\n"
           f"machine: {machine(device)}\nsettings: {perf.describe()}\ndata: {source}\n")
     print(table(rows, ["model", "batch", "vanilla_ms", "enriched_ms", "ratio", "ratio_min", "ratio_max",
-                       "method_ms", "implied_ratio", "images_per_s_vanilla"]))
+                       "method_ms", "implied_ratio", "method_ops", "images_per_s_vanilla"]))
     worst = max(r["ratio"] for r in rows)
     print(f"\ntarget: median ratio <= 1.05; worst measured {worst:.3f} -> {'met' if worst <= 1.05 else 'NOT met'}")
     write_json(args.json, {"benchmark": "overhead", "machine": machine(device), "settings": perf.describe(),

@@ -62,7 +62,8 @@ class FeatureCache(nn.Module):
             self.step += 1
             return
         keep = torch.ones(n, dtype=torch.bool, device=features.device) if mask is None else mask.bool()
-        one_hot = torch.nn.functional.one_hot(labels, self.num_classes) * keep[:, None]
+        one_hot = torch.zeros(n, self.num_classes, dtype=torch.long, device=features.device)
+        one_hot.scatter_(1, labels[:, None], keep[:, None].long())  # [B, C]: 1 where a kept row's class
         arrivals = one_hot.sum(dim=0)  # [C]
         rank = (one_hot.cumsum(dim=0) - 1).gather(1, labels[:, None]).squeeze(1)  # order within class
         keep = keep & (rank >= arrivals[labels] - self.capacity)

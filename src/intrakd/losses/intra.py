@@ -65,31 +65,28 @@ def intra_class_terms(
             a = F.normalize(a, dim=1)
             p = F.normalize(p, dim=1)
         image_ids = torch.arange(batch, device=device)
-        cand = [a, p]
-        cand_labels = [labels, labels]
-        cand_ids = [image_ids, image_ids]
+        # the batch's candidates are both views; with symmetric=True they are the anchors too
+        candidates = torch.cat([a, p])
+        candidate_labels = torch.cat([labels, labels])
+        candidate_ids = torch.cat([image_ids, image_ids])
+        if symmetric:
+            a, p = candidates, torch.cat([p, a])
+            labels, image_ids = candidate_labels, candidate_ids
+            if anchor_mask is not None and anchor_mask.shape[0] == batch:
+                anchor_mask = torch.cat([anchor_mask, anchor_mask])
         if memory is not None and memory.shape[0] > 0:
             if memory_labels is None:
                 raise ValueError("memory given without memory_labels")
             m = memory.float()
-            cand.append(F.normalize(m, dim=1) if normalize else m)
-            cand_labels.append(memory_labels)
-            cand_ids.append(torch.full_like(memory_labels, -1))
-        candidates = torch.cat(cand)
-        candidate_labels = torch.cat(cand_labels)
-        candidate_ids = torch.cat(cand_ids)
+            candidates = torch.cat([candidates, F.normalize(m, dim=1) if normalize else m])
+            candidate_labels = torch.cat([candidate_labels, memory_labels])
+            candidate_ids = torch.cat([candidate_ids, torch.full_like(memory_labels, -1)])
 
-        if symmetric:
-            a, p = torch.cat([a, p]), torch.cat([p, a])
-            labels = torch.cat([labels, labels])
-            image_ids = torch.cat([image_ids, image_ids])
-            if anchor_mask is not None and anchor_mask.shape[0] == batch:
-                anchor_mask = torch.cat([anchor_mask, anchor_mask])
-
-        positive_logit = (a * p).sum(dim=1, keepdim=True) / temperature
+        scaled = a * (1.0 / temperature)  # a / tau, so every similarity below is already divided by tau
+        positive_logit = (scaled * p).sum(dim=1, keepdim=True)
         # (a.n - a.p) / tau for every candidate n; non-negatives get the lowest finite value, so
         # they add exactly nothing and an anchor without negatives stays finite (and gets l = 0)
-        gaps = a @ candidates.T / temperature - positive_logit
+        gaps = scaled @ candidates.T - positive_logit
         is_negative = (labels[:, None] == candidate_labels[None, :]) & (
             image_ids[:, None] != candidate_ids[None, :]
         )
@@ -103,7 +100,7 @@ def intra_class_terms(
                 own = F.normalize(own, dim=2)
             usable = (class_memory_valid[labels] if class_memory_valid is not None
                       else torch.ones(own.shape[:2], dtype=torch.bool, device=device))
-            memory_gaps = torch.bmm(own, a[:, :, None]).squeeze(2) / temperature - positive_logit
+            memory_gaps = torch.bmm(own, scaled[:, :, None]).squeeze(2) - positive_logit
             blocks.append(memory_gaps.masked_fill(~usable, lowest))
             negatives = negatives + usable.sum(dim=1)
         per_anchor = F.softplus(torch.logsumexp(torch.cat(blocks, dim=1), dim=1))  # log(1 + sum exp(gap))

@@ -52,10 +52,8 @@ class IntraClassTeacherObjective(nn.Module):
             return StepResult({"ce": ce}, first_logits)
 
         cfg = self.cfg
-        z = self.head(out.embedding)
-        z1, z2 = z.float().chunk(2)
-        if cfg.normalize:
-            z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        z = self.head(out.embedding).float()
+        z1, z2 = (F.normalize(z, dim=1) if cfg.normalize else z).chunk(2)
         margin = classification_margin(out.logits, all_labels, cfg.margin)
         gate = margin > cfg.delta if cfg.delta > -1 else torch.ones_like(margin, dtype=torch.bool)
         gate1 = gate[: labels.shape[0]]
@@ -80,7 +78,9 @@ class IntraClassTeacherObjective(nn.Module):
         )
         used = contributing.float()
         anchors_used = distributed.sum_across_ranks(used.sum())
-        intra = (per_anchor * used).sum() / anchors_used.clamp_min(1.0) * distributed.world_size()
+        intra = (per_anchor * used).sum() / anchors_used.clamp_min(1.0)
+        if distributed.world_size() > 1:  # DDP averages gradients over ranks: undo it for a global mean
+            intra = intra * distributed.world_size()
 
         stats: dict[str, Tensor] = {
             "intra_raw": intra.detach(),

@@ -193,6 +193,8 @@ class Trainer:
         backward, update. With ``train.skip_nonfinite_steps > 0`` a step whose terms are not all
         finite is not applied (and the buffers it changed are put back)."""
         saved = [b.detach().clone() for b in self._buffers] if self.train_cfg.skip_nonfinite_steps else None
+        if self.perf.compile and self.perf.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous step's outputs are done with
         with self.perf.autocast():
             result = self.step_objective(self.train_model, batch, self.teacher)
         loss = torch.stack([v.float() for v in result.losses.values()]).sum()
