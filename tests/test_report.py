@@ -146,3 +146,12 @@ def test_report_command_writes_files(sweep_dir, tmp_path, capsys):
     assert (tmp_path / "out" / "table.csv").read_text().startswith("kind,configuration,seeds,runs,")
     assert main(["report", str(sweep_dir / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_differences_follow_the_order_asked(sweep_dir):
+    report = build_report([sweep_dir], metrics=["test_acc", "val_acc"], compare=["val_acc", "test_acc"])
+    headers = [line for line in to_markdown(report).splitlines() if line.startswith("| configuration")]
+    header = headers[-1]  # the students', evaluated on both splits
+    assert header.index("Δ val_acc") < header.index("Δ test_acc")
+    columns = to_csv(report).splitlines()[0].split(",")
+    assert columns.index("diff_val_acc") < columns.index("diff_test_acc")

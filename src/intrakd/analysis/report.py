@@ -366,7 +366,7 @@ def to_markdown(report: Report) -> str:
     lines: list[str] = []
     for kind, metrics in report.metrics.items():
         rows = [(i, g) for i, g in enumerate(report.groups) if g.kind == kind]
-        compared = sorted({d.metric for i, _ in rows for d in report.differences.get(i, [])})
+        compared = list(dict.fromkeys(d.metric for i, _ in rows for d in report.differences.get(i, [])))  # as asked
         header = ["configuration", "seeds", *metrics, *[f"Δ {m} vs {key}={_format_value(value)} [95% CI]"
                                                        for m in compared]]
         lines += [f"### {kind}s ({len(rows)} configurations, {sum(len(g.runs) for _, g in rows)} runs)", "",
@@ -392,7 +392,7 @@ def to_markdown(report: Report) -> str:
 def to_csv(report: Report) -> str:
     """One row per group: its configuration label, seeds, every metric's mean/std/n, differences."""
     metrics = list(dict.fromkeys(m for ms in report.metrics.values() for m in ms))
-    compared = sorted({d.metric for ds in report.differences.values() for d in ds})
+    compared = list(dict.fromkeys(d.metric for ds in report.differences.values() for d in ds))
     out = io.StringIO()
     writer = csv.writer(out)
     header = ["kind", "configuration", "seeds", "runs"]
