@@ -366,7 +366,7 @@ def to_markdown(report: Report) -> str:
     lines: list[str] = []
     for kind, metrics in report.metrics.items():
         rows = [(i, g) for i, g in enumerate(report.groups) if g.kind == kind]
-        compared = list(dict.fromkeys(d.metric for i, _ in rows for d in report.differences.get(i, [])))  # as asked
+        compared = list(dict.fromkeys(d.metric for i, _ in rows for d in report.differences.get(i, [])))
         header = ["configuration", "seeds", *metrics, *[f"Δ {m} vs {key}={_format_value(value)} [95% CI]"
                                                        for m in compared]]
         lines += [f"### {kind}s ({len(rows)} configurations, {sum(len(g.runs) for _, g in rows)} runs)", "",
