@@ -22,9 +22,10 @@ from intrakd.data.tensor_data import Batch
 from intrakd.losses import intra_class_terms, kd_loss
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
+from intrakd.objectives.base import StepResult
 from intrakd.train import accel
 from intrakd.train.accel import PerfSettings, resolve_perf
-from intrakd.train.loop import build_optimizer
+from intrakd.train.loop import EpochMeter, build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -175,6 +176,28 @@ def test_compile_step_is_opt_in_and_shares_the_objective_state():
     assert compiled is not objective
     assert compiled.state_dict().keys() == {f"_orig_mod.{k}" for k in objective.state_dict()}
     assert compiled.cache is objective.cache
+
+
+@pytest.mark.parametrize(("compile_mode", "cuda_graphs"), [
+    ("default", False), ("reduce-overhead", True), ("max-autotune", True), ("max-autotune-no-cudagraphs", False)])
+def test_the_compile_modes_that_replay_cuda_graphs_are_known(compile_mode, cuda_graphs):
+    assert resolve_perf(PerfConfig(compile=True, compile_mode=compile_mode), CPU).cuda_graphs is cuda_graphs
+    assert resolve_perf(PerfConfig(compile=False, compile_mode=compile_mode), CPU).cuda_graphs is False
+
+
+def test_epoch_meter_keeps_its_own_copies_of_the_step_outputs():
+    """With CUDA graphs (compile_mode=reduce-overhead) the next step writes over this step's outputs:
+    the epoch's sums must not share their memory."""
+    meter = EpochMeter()
+    labels = torch.tensor([0, 1])
+    for value in (1.0, 3.0):
+        result = StepResult({"ce": torch.tensor(value)}, torch.eye(2), {"pass_rate": torch.tensor(value / 4)})
+        loss = torch.tensor(value)
+        meter.add(loss, result, labels)
+        for out in (loss, result.logits, *result.losses.values(), *result.stats.values()):
+            out.fill_(float("nan"))  # what a replay of the captured step does to its outputs
+    summary = meter.summary()
+    assert (summary["loss"], summary["ce"], summary["pass_rate"], summary["train_acc"]) == (2.0, 2.0, 0.5, 100.0)
 
 
 def _slow_terms(a: Tensor, p: Tensor, labels: Tensor, bank: list[tuple[Tensor, int]], tau: float,

@@ -69,6 +69,12 @@ class PerfSettings:
             return objective
         return torch.compile(objective, mode=None if self.compile_mode == "default" else self.compile_mode)
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled step replays CUDA graphs (the compile modes that turn them on), so
+        that each step's outputs live only until the next step begins."""
+        return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+
     def describe(self) -> dict[str, Any]:
         """The settings as plain values (for logs and benchmark tables)."""
         return {

@@ -84,7 +84,8 @@ class EpochMeter:
         """Add one applied step: the total loss, every term and statistic, the training hits."""
         for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
             value = value.detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            # A copy, not the step's tensor: with CUDA graphs the next step writes over its outputs.
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
         hits = (result.logits.argmax(1) == labels).sum()
         self.correct = hits if self.correct is None else self.correct + hits
         self.images += labels.shape[0]
@@ -193,7 +194,7 @@ class Trainer:
         backward, update. With ``train.skip_nonfinite_steps > 0`` a step whose terms are not all
         finite is not applied (and the buffers it changed are put back)."""
         saved = [b.detach().clone() for b in self._buffers] if self.train_cfg.skip_nonfinite_steps else None
-        if self.perf.compile and self.perf.compile_mode == "reduce-overhead":
+        if self.perf.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous step's outputs are done with
         with self.perf.autocast():
             result = self.step_objective(self.train_model, batch, self.teacher)
