@@ -74,7 +74,7 @@ def test_vanilla_flag_trains_plain_cross_entropy(tmp_path):
 
 def test_existing_run_is_refused_and_kept(teacher_run, capsys):
     before = (teacher_run / "metrics.jsonl").read_bytes()
-    assert main(["train-teacher", "--out", str(teacher_run), *DIGITS]) == 2
+    assert main(["train-teacher", "--out", str(teacher_run), "model=digits_cnn_small", *DIGITS]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (teacher_run / "metrics.jsonl").read_bytes() == before
 
@@ -84,6 +84,8 @@ def test_existing_run_is_refused_and_kept(teacher_run, capsys):
     (["train-teacher", "data.dataset=cifar100", "data.root=/nonexistent/cifar"], "CIFAR-100 not found at /nonexistent/cifar"),
     (["distill", "data.dataset=digits"], "no teacher given"),
     (["distill", "--teacher", "/nonexistent.pt", "data.dataset=digits"], "checkpoint /nonexistent.pt does not exist"),
+    (["train-teacher", "data.dataset=digits", "model=resnet8"],
+     "model 'resnet8' cannot read this dataset's 1-channel 8x8 images"),
 ])
 def test_bad_input_exits_2_with_message(args, message, tmp_path, capsys):
     assert main([*args[:1], "--out", str(tmp_path / "run"), *args[1:]]) == 2
@@ -99,6 +101,14 @@ def test_teacher_with_other_class_count_is_refused(teacher_run, tmp_path, capsys
     write_fake_cifar(tmp_path / "fake")
     assert main(args) == 2
     assert "is a 10-class model but the data has 100 classes" in capsys.readouterr().err
+
+
+def test_student_that_cannot_read_the_images_is_refused(teacher_run, tmp_path, capsys):
+    ckpt = teacher_run / "checkpoints" / "last.pt"
+    out = tmp_path / "s"
+    assert main(["distill", "--teacher", str(ckpt), "--out", str(out), "model=resnet8", *DIGITS]) == 2
+    assert "model 'resnet8' cannot read this dataset's 1-channel 8x8 images" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_demo_writes_table(tmp_path, capsys):

@@ -162,6 +162,11 @@ def test_checkpoint_that_does_not_fit_names_the_keys(reference, tmp_path):
         classifier_from_checkpoint(tmp_path / "ok.pth", "wrn_16_2", num_classes=10)
     with pytest.raises(ValueError, match=r"does not fit model 'wrn_40_2'"):
         classifier_from_checkpoint(tmp_path / "ok.pth", "wrn_40_2", num_classes=100)
+    with pytest.raises(ValueError, match=r"the wrn_16_2 in checkpoint .*ok.pth cannot read this dataset's "
+                                         r"1-channel 8x8 images \(.*channels.*\): use a checkpoint trained on"):
+        classifier_from_checkpoint(tmp_path / "ok.pth", "wrn_16_2", num_classes=100, image_shape=(1, 8, 8))
+    model, _ = classifier_from_checkpoint(tmp_path / "ok.pth", "wrn_16_2", num_classes=100, image_shape=(3, 32, 32))
+    assert model.training
 
 
 def make_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 4) -> Path:

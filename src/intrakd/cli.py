@@ -114,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data_values["in_memory"] = False  # the same eval images either way; don't decode the training split
     data_cfg = from_dict(DataConfig, data_values, prefix="data.")
     _, eval_set, split = build_datasets(data_cfg)
-    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes)
+    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
     device = resolve_device(args.device)
     logits, embeddings, labels = predict(model.to(device), eval_set, data_cfg.eval_batch_size)
     result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),

@@ -91,7 +91,7 @@ def predict_checkpoint(
     if not data:
         raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint)")
     eval_set = load_split(data, split, data_root)
-    model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes)
+    model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape)
     logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set, batch_size)
     info = {"checkpoint": str(checkpoint), "model": state.get("model_name") or model_name,
             "kind": state.get("kind"), "epoch": state.get("epoch"), "split": split,

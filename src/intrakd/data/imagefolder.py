@@ -140,6 +140,10 @@ class ImageFolderSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return 3, self.pipeline.image_size, self.pipeline.image_size
+
     def subset(self, index: Tensor) -> ImageFolderSplit:
         return ImageFolderSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.num_classes,
                                 self.pipeline, self.workers)

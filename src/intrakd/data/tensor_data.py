@@ -40,6 +40,11 @@ class Split(Protocol):
     num_classes: int
     labels: Tensor
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the model is fed."""
+        ...
+
     def __len__(self) -> int: ...
     def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> Batches: ...
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]: ...
@@ -62,6 +67,10 @@ class TensorDataset:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
 
     def to(self, device: torch.device | str) -> TensorDataset:
         return TensorDataset(self.images.to(device), self.labels.to(device), self.num_classes, self.augmentation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -43,3 +44,24 @@ class Classifier(nn.Module):
         embedding = self.pool(features[-1])
         logits = getattr(self, self.head_name)(embedding)
         return ModelOutput(logits, embedding, tuple(features))
+
+
+@torch.no_grad()
+def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: str, fix: str) -> None:
+    """Raise ``ValueError`` when ``model`` cannot read images of ``image_shape`` ``(C, H, W)`` (another
+    number of channels, or too small for its stages); the message names the model as ``described``
+    and ends with ``fix``.
+    One zero image goes through in eval mode; the model's state is unchanged."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        channels, *size = image_shape
+        raise ValueError(
+            f"{described} cannot read this dataset's {channels}-channel {'x'.join(map(str, size))} images "
+            f"({reason}): {fix}"
+        ) from None
+    finally:
+        model.train(was_training)

@@ -21,7 +21,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from intrakd.models import Classifier, create_model
+from intrakd.models import Classifier, check_reads_images, create_model
 
 CHECKPOINT_FORMAT = "intrakd-2"
 """Version of the training-state layout written by :class:`intrakd.train.loop.Trainer`."""
@@ -347,12 +347,13 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 
 
 def classifier_from_checkpoint(
-    path: str | Path, model_name: str | None = None, num_classes: int | None = None
+    path: str | Path, model_name: str | None = None, num_classes: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint (intrakd's own or a ``{"model": state_dict}`` file).
 
     ``model_name`` is needed when the file does not name its architecture; ``num_classes`` when
-    given must agree with the checkpoint.
+    given must agree with the checkpoint; the model must read images of ``image_shape`` when given.
     """
     state = read_checkpoint(path)
     name = state.get("model_name") or model_name
@@ -370,6 +371,9 @@ def classifier_from_checkpoint(
         raise ValueError(f"cannot tell how many classes the model in {path} has")
     model = create_model(name, num_classes=classes)
     load_weights(model, state["model"], f"checkpoint {path}", name)
+    if image_shape is not None:
+        check_reads_images(model, image_shape, f"the {name} in checkpoint {path}",
+                           "use a checkpoint trained on images like these")
     return model, state
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, from_dict, load_config, to_dict
 from intrakd.data import build_datasets
-from intrakd.models import create_model
+from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.train import distributed
 from intrakd.train.accel import PerfSettings, resolve_perf
@@ -42,6 +42,9 @@ difference (``optim.epochs`` included) is refused: the run would no longer be th
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
 """What makes a folder a run folder."""
+
+MODEL_FOR_THE_IMAGES = "choose a model made for such images with model=NAME (`intrakd models` lists them)"
+"""The fix named when the configured model cannot read the dataset's images."""
 
 C = TypeVar("C", TeacherConfig, StudentConfig)
 
@@ -225,6 +228,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
     seed_everything(cfg.seed)
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
+    check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
     run_dir, state, path = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
                                          overwrite=overwrite, resume=resume)
@@ -246,12 +250,14 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
-    teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes)
+    teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
+                                            train_set.image_shape)
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set),
                   "teacher_sha256": file_sha256(Path(cfg.teacher))}
     seed_everything(cfg.seed)
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
+    check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
     run_dir, state, path = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
                                          overwrite=overwrite, resume=resume)
