@@ -86,6 +86,8 @@ def test_existing_run_is_refused_and_kept(teacher_run, capsys):
     (["distill", "--teacher", "/nonexistent.pt", "data.dataset=digits"], "checkpoint /nonexistent.pt does not exist"),
     (["train-teacher", "data.dataset=digits", "model=resnet8"],
      "model 'resnet8' cannot read this dataset's 1-channel 8x8 images"),
+    (["train-teacher", "data.dataset=digits", "model=digits_cnn_small", "data.batch_size=100000"],
+     "1347 training images is fewer than one batch of 100000: lower data.batch_size"),
 ])
 def test_bad_input_exits_2_with_message(args, message, tmp_path, capsys):
     assert main([*args[:1], "--out", str(tmp_path / "run"), *args[1:]]) == 2

@@ -194,7 +194,8 @@ class FolderBatches:
 
     def __init__(self, split: ImageFolderSplit, batch_size: int, views: int, seed: int, device: torch.device) -> None:
         if len(split) < batch_size:
-            raise ValueError(f"{len(split)} training images is fewer than one batch of {batch_size}")
+            raise ValueError(f"{len(split)} training images is fewer than one batch of {batch_size}: "
+                             "lower data.batch_size")
         self.split, self.batch_size, self.views, self.seed, self.device = split, batch_size, views, seed, device
         self.epoch = self.start = 0
 

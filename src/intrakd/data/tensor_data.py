@@ -121,7 +121,8 @@ class TensorBatches:
     def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int,
                  rank: int | None = None, world_size: int | None = None) -> None:
         if len(data) < batch_size:
-            raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}")
+            raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}: "
+                             "lower data.batch_size")
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
         self.epoch = self.start = 0
         grouped = torch.distributed.is_available() and torch.distributed.is_initialized()

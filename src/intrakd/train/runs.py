@@ -230,11 +230,12 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
+    train_batches = train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device)
     run_dir, state, path = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
                                          overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
-        train_batches=train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device),
+        train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
         eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
@@ -259,11 +260,12 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
+    train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device)
     run_dir, state, path = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
                                          overwrite=overwrite, resume=resume)
     trainer = Trainer(
         model=model, objective=objective,
-        train_batches=train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device),
+        train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
         info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
