@@ -3,6 +3,7 @@ the last N and the best kept."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import hashlib
 import os
@@ -80,6 +81,16 @@ def test_truncated_file_without_checksum_is_reported_as_unreadable(tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint .*foreign.pt cannot be read .*it may be truncated"):
         read_checkpoint(path)
     assert verify_checkpoint(path) is False  # nothing to check it against
+
+
+def test_a_file_of_other_objects_is_refused_in_one_short_line(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "Unsupported global: GLOBAL argparse.Namespace; only tensors and plain data are loaded" in message
+    assert "\n" not in message and "weights_only` set to `False`" not in message
 
 
 def test_flipped_byte_and_damaged_checksum_file_are_detected(store):

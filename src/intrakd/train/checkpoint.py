@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -198,8 +199,20 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip and storage errors alike: the file cannot be used
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_load_failure(err)}); "
                               "it may be truncated or not a PyTorch checkpoint") from err
+
+
+def _load_failure(err: Exception) -> str:
+    """The part of a ``torch.load`` error that says what is wrong, in one short line. (Its
+    weights-only error is a page that ends by advising an unsafe load.)"""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    unsupported = re.search(r"Unsupported global: (.*?) was not an allowed global", text)
+    if unsupported is not None:
+        reason = f"Unsupported global: {unsupported[1]}; only tensors and plain data are loaded"
+    else:
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+    return f"{type(err).__name__}: {textwrap.shorten(reason, 240)}"
 
 
 def _earlier_hint(path: Path) -> str:
