@@ -34,6 +34,8 @@ def test_yaml_then_overrides(tmp_path):
     (["views=1"], r"the intra-class loss needs two views"),
     (["optim.milestones=5"], r"optim.milestones: expected a list"),
     (["optim"], r"not of the form key=value"),
+    (["optim.milestones=[60, 75"], r"override 'optim.milestones=\[60, 75': '\[60, 75' is not a valid YAML value: "
+                                   r"expected ',' or '\]', but got '<stream end>' \(line 1, column 8\)"),
 ])
 def test_bad_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -43,3 +45,11 @@ def test_bad_settings_are_named(override, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(TeacherConfig, tmp_path / "missing.yaml")
+
+
+def test_config_file_that_is_not_yaml_is_named_with_the_place(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  milestones: [60, 75\n")
+    with pytest.raises(ConfigError, match=r"t.yaml is not valid YAML: expected ',' or '\]', but got '<stream end>' "
+                                          r"\(line 4, column 1\)"):
+        load_config(TeacherConfig, path)

@@ -49,6 +49,9 @@ def test_spec_errors(tmp_path):
         load_sweep(_spec_file(tmp_path, {**SPEC, "evaluate": ["dev"]}))
     with pytest.raises(ConfigError, match="does not exist"):
         load_sweep(tmp_path / "none.yaml")
+    (tmp_path / "broken.yaml").write_text("seeds: [0, 1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML: .* \(line 2, column 1\)"):
+        load_sweep(tmp_path / "broken.yaml")
     spec = load_sweep(_spec_file(tmp_path, {**SPEC, "teacher": {"grid": {"intra.bogus": [1]}}}))
     with pytest.raises(ConfigError, match="unknown config key intra.bogus"):
         plan(spec)

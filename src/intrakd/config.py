@@ -456,6 +456,30 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; a :class:`ConfigError` naming the file, the problem and where
+    it is when the text is not valid YAML."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+
+
+def parse_yaml_value(raw: str, what: str) -> Any:
+    """``raw`` read as YAML (``"0.1"`` -> 0.1, ``"[60, 75]"`` -> a list); a :class:`ConfigError`
+    naming ``what`` when it is not valid YAML."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: {raw!r} is not a valid YAML value: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, returning a copy."""
     result = yaml.safe_load(yaml.safe_dump(values)) or {}
@@ -469,7 +493,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        node[parts[-1]] = parse_yaml_value(raw, f"override {item!r}") if raw != "" else None
     return result
 
 
@@ -481,7 +505,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         values = _merge(values, loaded)

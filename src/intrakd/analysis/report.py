@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from intrakd.config import parse_yaml_value, read_yaml
 
 IGNORED_KEYS = frozenset({"seed", "device", "command", "data.root", "data.eval_batch_size"})
 DEFAULT_METRICS = (
@@ -93,7 +93,7 @@ def _teacher_run_dir(checkpoint: str) -> Path | None:
 
 def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
     """(kind, seed, flattened configuration without ignored keys) of a run folder."""
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    raw = read_yaml(run_dir / "config.yaml") or {}
     kind = {"train-teacher": "teacher", "distill": "student"}.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
     config = {k: v for k, v in flatten(raw).items() if k not in IGNORED_KEYS}
@@ -252,7 +252,7 @@ def parse_condition(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ValueError(f"{text!r} is not of the form key=value (e.g. intra.weight=0)")
-    value = yaml.safe_load(raw)
+    value = parse_yaml_value(raw, f"condition {text!r}")
     return key, tuple(value) if isinstance(value, list) else value
 
 

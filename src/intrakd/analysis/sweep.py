@@ -42,11 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
 from intrakd.analysis.report import flatten
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, to_dict
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, read_yaml, to_dict
 
 # Settings that do not change what a run computes: a finished run may differ from the sweep in these.
 RESULT_NEUTRAL = ("command", "device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
@@ -142,7 +140,7 @@ def _read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"sweep file {path} does not exist")
     if path.resolve() in chain:
         raise ConfigError(f"{path}: extends itself (through {' -> '.join(str(p) for p in chain)})")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = spec.pop("extends", None)
@@ -267,7 +265,7 @@ def stored_differences(job: Job) -> list[str]:
     path = job.out / "config.yaml"
     if not path.is_file():
         return []
-    stored = flatten(yaml.safe_load(path.read_text()) or {})
+    stored = flatten(read_yaml(path) or {})
     wanted = flatten(to_dict(job.config))
     return [f"{key}: {stored[key]!r} -> {wanted[key]!r}" for key in sorted(stored.keys() & wanted.keys())
             if not key.startswith(RESULT_NEUTRAL) and stored[key] != wanted[key]]

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 import yaml
 
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, from_dict, load_config, to_dict
+from intrakd.config import (
+    ConfigError,
+    StudentConfig,
+    TeacherConfig,
+    from_dict,
+    load_config,
+    read_yaml,
+    to_dict,
+)
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
@@ -102,10 +110,7 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ResumeError(f"{run_dir} holds no run to resume (no config.yaml): start one with --out {run_dir}")
-    try:
-        stored = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as err:
-        raise ResumeError(f"{config_path} cannot be read: {err}") from err
+    stored = read_yaml(config_path)
     if not isinstance(stored, dict):
         raise ResumeError(f"{config_path} does not hold a run configuration")
     stored = dict(stored)
