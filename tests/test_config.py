@@ -34,8 +34,8 @@ def test_yaml_then_overrides(tmp_path):
     (["views=1"], r"the intra-class loss needs two views"),
     (["optim.milestones=5"], r"optim.milestones: expected a list"),
     (["optim"], r"not of the form key=value"),
-    (["optim.milestones=[60, 75"], r"override 'optim.milestones=\[60, 75': '\[60, 75' is not a valid YAML value: "
-                                   r"expected ',' or '\]', but got '<stream end>' \(line 1, column 8\)"),
+    (["optim.milestones=[60, 75"], (r"override 'optim.milestones=\[60, 75': '\[60, 75' is not a valid YAML value: "
+                                   r"expected ',' or '\]', but got '<stream end>' \(line 1, column 8\)")),
 ])
 def test_bad_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
