@@ -13,4 +13,5 @@ from intrakd.models import (  # noqa: F401  (fill the registry)
 from intrakd.models.contract import Classifier, ModelOutput, check_reads_images
 from intrakd.models.registry import create_model, describe_model, list_models, register_model
 
-__all__ = ["Classifier", "ModelOutput", "check_reads_images", "create_model", "describe_model", "list_models", "register_model"]
+__all__ = ["Classifier", "ModelOutput", "check_reads_images", "create_model", "describe_model", "list_models",
+           "register_model"]
