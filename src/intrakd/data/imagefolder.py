@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from intrakd.data.augment import Augmentation
-from intrakd.data.tensor_data import Batch, TensorDataset
+from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -193,9 +193,7 @@ class FolderBatches:
     depend only on ``(seed, e)``. Incomplete last batches are dropped."""
 
     def __init__(self, split: ImageFolderSplit, batch_size: int, views: int, seed: int, device: torch.device) -> None:
-        if len(split) < batch_size:
-            raise ValueError(f"{len(split)} training images is fewer than one batch of {batch_size}: "
-                             "lower data.batch_size")
+        check_fills_a_batch(len(split), batch_size)
         self.split, self.batch_size, self.views, self.seed, self.device = split, batch_size, views, seed, device
         self.epoch = self.start = 0
 

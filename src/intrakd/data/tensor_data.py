@@ -90,6 +90,12 @@ class TensorDataset:
             yield self.augmentation.normalize(images), labels
 
 
+def check_fills_a_batch(images: int, batch_size: int) -> None:
+    """Raise ``ValueError`` naming the fix when ``images`` training images make no full batch."""
+    if images < batch_size:
+        raise ValueError(f"{images} training images is fewer than one batch of {batch_size}: lower data.batch_size")
+
+
 def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor, Tensor]:
     """Indices (first, rest) where ``rest`` holds the last ``last`` samples of every class."""
     held = torch.zeros(labels.shape[0], dtype=torch.bool)
@@ -120,9 +126,7 @@ class TensorBatches:
 
     def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int,
                  rank: int | None = None, world_size: int | None = None) -> None:
-        if len(data) < batch_size:
-            raise ValueError(f"{len(data)} training images is fewer than one batch of {batch_size}: "
-                             "lower data.batch_size")
+        check_fills_a_batch(len(data), batch_size)
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
         self.epoch = self.start = 0
         grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
