@@ -110,7 +110,7 @@ def test_state_dict_round_trip_restores_everything():
     restored.load_state_dict(cache.state_dict())
     for name, buf in cache.state_dict().items():
         assert torch.equal(buf, restored.state_dict()[name]), name
-    assert set(cache.state_dict()) == {"features", "pointer", "count", "written_at", "step"}
+    assert set(cache.state_dict()) == {"features", "ids", "pointer", "count", "written_at", "step"}
 
 
 def test_memory_is_fixed_size_c_times_k():
@@ -125,3 +125,33 @@ def test_invalid_settings_are_refused():
         FeatureCache(10, 0, 4)
     with pytest.raises(ValueError, match="max_age"):
         FeatureCache(10, 4, 4, max_age=-1)
+
+
+def test_ids_follow_their_entries_through_wrap_around():
+    """Each entry keeps the sample index it was written with, as a slow list model does, over many
+    wrap-arounds of the ring buffers and with more arrivals of one class than the capacity."""
+    g = torch.Generator().manual_seed(11)
+    cache, slow = FeatureCache(3, 4, 1), SlowCache(3, 4)
+    next_id = 0
+    for _ in range(15):
+        n = int(torch.randint(1, 9, (1,), generator=g))
+        ids = torch.arange(next_id, next_id + n)
+        next_id += n
+        labels = torch.randint(0, 3, (n,), generator=g)
+        mask = torch.rand(n, generator=g) > 0.3
+        cache.write(ids[:, None].float(), labels, mask, ids)  # the feature is the id: entries can be matched
+        slow.write(ids[:, None].float(), labels, mask)
+        valid = cache.valid()
+        for c in range(3):
+            got = sorted(cache.ids[c][valid[c]].tolist())
+            assert got == sorted(int(f) for f in slow.usable(c))
+            assert torch.equal(cache.ids[c][valid[c]], cache.features[c][valid[c]][:, 0].long())
+
+
+def test_state_dict_without_ids_loads_with_ids_unknown():
+    cache = FeatureCache(2, 3, 2)
+    cache.write(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), ids=torch.tensor([5, 6, 7, 8]))
+    old = {k: v for k, v in cache.state_dict().items() if k != "ids"}  # a checkpoint from before ids
+    restored = FeatureCache(2, 3, 2)
+    restored.load_state_dict(old)
+    assert torch.equal(restored.features, cache.features) and (restored.ids == -1).all()

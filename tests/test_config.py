@@ -2,7 +2,7 @@
 
 import pytest
 
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, upgrade_stored
 
 
 def test_defaults_are_the_benchmark_recipe():
@@ -28,7 +28,8 @@ def test_yaml_then_overrides(tmp_path):
     (["optim.epochs=ten"], r"optim.epochs: expected int, got str 'ten'"),
     (["intra.margin=ratio"], r"intra.margin: 'ratio' is not one of 'probability', 'logit'"),
     (["intra.weight=-0.1"], r"intra.weight \(lambda\) must be >= 0"),
-    (["intra.delta=1.5"], r"intra.delta must lie in \[-1, 1\]"),
+    (["intra.delta=1.5"], r"intra.delta must lie in \[-1, 1\) for the probability margin"),
+    (["intra.delta=1"], r"the gate would pass nothing"),
     (["intra.temperature=0"], r"intra.temperature must be > 0"),
     (["intra.cache_size=0"], r"intra.cache_size \(the cache capacity\) must be >= 1"),
     (["views=1"], r"the intra-class loss needs two views"),
@@ -53,3 +54,22 @@ def test_config_file_that_is_not_yaml_is_named_with_the_place(tmp_path):
     with pytest.raises(ConfigError, match=r"t.yaml is not valid YAML: expected ',' or '\]', but got '<stream end>' "
                                           r"\(line 4, column 1\)"):
         load_config(TeacherConfig, path)
+
+
+def test_gate_settings_mean_what_they_say():
+    assert load_config(TeacherConfig, overrides=["intra.delta=null"]).intra.delta is None
+    assert load_config(TeacherConfig, overrides=["intra.margin=logit", "intra.delta=7.5"]).intra.delta == 7.5
+    assert load_config(TeacherConfig, overrides=["intra.margin=logit", "intra.delta=-3"]).intra.delta == -3
+    with pytest.raises(ConfigError, match="finite"):
+        load_config(TeacherConfig, overrides=["intra.margin=logit", "intra.delta=.inf"])
+
+
+def test_runs_stored_before_self_exclusion_are_read_as_they_were_made():
+    old = {"model": "resnet20", "intra": {"weight": 0.02, "delta": -1.0, "margin": "logit"}}
+    upgraded = upgrade_stored(old)
+    assert upgraded["intra"]["exclude_self"] is False and upgraded["intra"]["delta"] is None
+    assert old["intra"]["delta"] == -1.0  # the input is not changed
+    assert upgrade_stored({"intra": {"delta": 0.5}})["intra"] == {"delta": 0.5, "exclude_self": False}
+    new = {"intra": {"delta": -1.0, "exclude_self": True}}
+    assert upgrade_stored(new) == new  # a run of this version: -1 is a threshold
+    assert upgrade_stored({"model": "resnet8", "distill": {}}) == {"model": "resnet8", "distill": {}}

@@ -119,3 +119,60 @@ def test_real_cifar100_loads_with_published_statistics():
     assert torch.bincount(train.labels).tolist() == [500] * 100
     mean = train.images.float().mean(dim=(0, 2, 3)) / 255
     torch.testing.assert_close(mean, torch.tensor([0.5071, 0.4865, 0.4409]), atol=1e-3, rtol=0)
+
+
+def test_a_subset_of_classes_is_relabelled_in_the_order_given():
+    full_train, full_test, _ = build_datasets(DataConfig(dataset="digits"))
+    train, test, _ = build_datasets(DataConfig(dataset="digits", classes=[7, 2, 5]))
+    assert train.num_classes == test.num_classes == 3
+    for new, old in enumerate([7, 2, 5]):
+        assert torch.equal(train.images[train.labels == new], full_train.images[full_train.labels == old])
+        assert torch.equal(test.images[test.labels == new], full_test.images[full_test.labels == old])
+    assert len(train) == sum(int((full_train.labels == c).sum()) for c in (7, 2, 5))
+
+
+@pytest.mark.parametrize("classes, message", [
+    ([3, 3], "names a class twice"), ([4, 10], "10 is not a class index"), ([4], "at least 2 classes"),
+    (["seven", 3], "class names are known for cifar100 only"),
+])
+def test_bad_class_subsets_are_named(classes, message):
+    with pytest.raises(ValueError, match=message):
+        build_datasets(DataConfig(dataset="digits", classes=classes))
+
+
+def test_cifar_classes_by_fine_name_and_superclass(tmp_path):
+    folder = write_fake_cifar(tmp_path)
+    entry = pickle.loads((folder / "train").read_bytes())
+    entry["coarse_labels"] = [c // 5 for c in entry["fine_labels"]]
+    (folder / "train").write_bytes(pickle.dumps(entry))
+    fine = [f"class{c}" for c in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": fine,
+                                                "coarse_label_names": [f"super{g}" for g in range(20)]}))
+    train, test, _ = build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path),
+                                               classes=["super3", "class99", 0]))
+    assert train.num_classes == 7 and len(train) == 14 and len(test) == 14
+    original, _ = load_cifar100(tmp_path)
+    for new, old in enumerate([15, 16, 17, 18, 19, 99, 0]):
+        assert torch.equal(train.images[train.labels == new], original.images[original.labels == old])
+    with pytest.raises(ValueError, match="neither a CIFAR-100 class nor a superclass; superclasses: super0"):
+        build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), classes=["vehicles"]))
+
+
+def test_tensor_images_resized_once_at_load_time():
+    train, test, _ = build_datasets(DataConfig(dataset="digits", image_size=16))
+    native, _, _ = build_datasets(DataConfig(dataset="digits"))
+    assert train.images.shape[1:] == (1, 16, 16) and test.images.shape[1:] == (1, 16, 16)
+    assert train.images.dtype == torch.uint8
+    assert train.augmentation.padding == 2 * native.augmentation.padding  # the padding scales with the side
+    batch = next(iter(train.train_batches(8, 2, seed=0, device=torch.device("cpu"))))
+    assert batch.views[0].shape == (8, 1, 16, 16) and batch.indices is not None
+
+
+@needs_cifar
+def test_real_cifar_superclasses_at_16_pixels():
+    cfg = DataConfig(dataset="cifar100", root=str(SHARED_CIFAR), classes=["aquatic_mammals", "fish"],
+                     image_size=16, val_per_class=50)
+    train, val, split = build_datasets(cfg)
+    assert split == "val" and train.num_classes == 10
+    assert len(train) == 10 * 450 and len(val) == 10 * 50 and train.images.shape[1:] == (3, 16, 16)
+    assert train.augmentation.padding == 2

@@ -206,9 +206,10 @@ def test_helpers_are_identities_in_one_process():
     assert distributed.wrap_model(model, sync_batchnorm=True) is model
     peers = distributed.PeerBatch(x, x, torch.tensor([0, 1, 0]), torch.tensor([True, False, True]))
     memory, labels = torch.randn(2, 2), torch.tensor([0, -1])
-    assert peers.negatives(memory, labels) == (memory, labels)
-    z, y, gate = peers.cache_rows()
+    assert peers.negatives(memory, labels) == (memory, labels, None)
+    z, y, gate, ids = peers.cache_rows()
     assert torch.equal(z, x) and not z.requires_grad and y.tolist() == [0, 1, 0] and gate.tolist() == [True, False, True]
+    assert ids.tolist() == [-1, -1, -1]
     assert distributed.run_on_main(lambda: 7) == 7
 
 

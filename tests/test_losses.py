@@ -10,8 +10,10 @@ from intrakd.losses import classification_margin, intra_class_contrastive_loss, 
 
 
 def slow_intra_loss(anchors, positives, labels, memory=None, memory_labels=None, anchor_mask=None,
-                    temperature=0.1, normalize=True, symmetric=False, min_negatives=1):
-    """METHOD.md's definition, one anchor at a time, in float64."""
+                    temperature=0.1, normalize=True, symmetric=False, min_negatives=1, anchor_ids=None,
+                    memory_ids=None):
+    """METHOD.md's definition, one anchor at a time, in float64. A memory row whose id is the
+    anchor's (both known, >= 0) is an older embedding of the anchor's own image: not a negative."""
     a_all, p_all = anchors.double(), positives.double()
     mem = None if memory is None else memory.double()
     if normalize:
@@ -30,7 +32,9 @@ def slow_intra_loss(anchors, positives, labels, memory=None, memory_labels=None,
             if j != i and labels[j] == labels[i]:
                 negatives += [a_all[j], p_all[j]]
         if mem is not None:
-            negatives += [mem[m] for m in range(mem.shape[0]) if memory_labels[m] == labels[i]]
+            own = int(anchor_ids[i]) if anchor_ids is not None else -1
+            negatives += [mem[m] for m in range(mem.shape[0]) if memory_labels[m] == labels[i]
+                          and not (own >= 0 and memory_ids is not None and int(memory_ids[m]) == own)]
         if len(negatives) < max(1, min_negatives):
             continue
         total = sum(math.exp((float(a @ n) - float(a @ p)) / temperature) for n in negatives)
@@ -206,3 +210,41 @@ def test_kd_loss_by_hand():
     assert kd_loss(t, t, 2.0).item() == pytest.approx(0.0, abs=1e-7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert kd_loss(s.bfloat16(), t.bfloat16(), temperature).dtype == torch.float32
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_memory_rows_of_the_anchors_own_image_are_not_negatives(symmetric):
+    for seed in range(4):
+        a, p, y, mem, mem_y, mask = random_case(seed, batch=12, memory=16)
+        g = torch.Generator().manual_seed(100 + seed)
+        ids = torch.randperm(40, generator=g)[:12]
+        ids[0] = -1  # an anchor of unknown identity excludes nothing
+        # memory rows: some are older embeddings of this batch's images (same id), some of others
+        mem_ids = torch.where(torch.rand(16, generator=g) < 0.5, ids[torch.randint(0, 12, (16,), generator=g)],
+                              torch.randint(40, 60, (16,), generator=g))
+        mem_ids[-1] = -1
+        kwargs = {"memory": mem, "memory_labels": mem_y, "anchor_mask": mask, "symmetric": symmetric}
+        got = intra_class_contrastive_loss(a, p, y, anchor_ids=ids, memory_ids=mem_ids, **kwargs)
+        want = slow_intra_loss(a, p, y, anchor_ids=ids, memory_ids=mem_ids, **kwargs)
+        assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+        # the exclusion matters in this case: without ids the loss differs
+        assert intra_class_contrastive_loss(a, p, y, **kwargs).item() != pytest.approx(want, rel=1e-5)
+
+
+def test_class_memory_ids_exclude_like_flat_memory_ids():
+    g = torch.Generator().manual_seed(5)
+    classes, capacity, dim, batch = 3, 5, 6, 10
+    a = torch.randn(batch, dim, generator=g)
+    p = a + 0.3 * torch.randn(batch, dim, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    ids = torch.arange(batch) + 100
+    class_memory = torch.randn(classes, capacity, dim, generator=g)
+    valid = torch.rand(classes, capacity, generator=g) < 0.8
+    class_ids = torch.randint(95, 112, (classes, capacity), generator=g)  # some equal anchors' ids
+    flat_labels = torch.where(valid, torch.arange(classes)[:, None], -1).reshape(-1)
+    for symmetric in (False, True):
+        got = intra_class_contrastive_loss(a, p, y, class_memory=class_memory, class_memory_valid=valid,
+                                           class_memory_ids=class_ids, anchor_ids=ids, symmetric=symmetric)
+        want = slow_intra_loss(a, p, y, memory=class_memory.reshape(-1, dim), memory_labels=flat_labels,
+                               anchor_ids=ids, memory_ids=class_ids.reshape(-1), symmetric=symmetric)
+        assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)

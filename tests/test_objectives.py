@@ -27,7 +27,8 @@ class Fixed(nn.Module):
 def batch(seed=0, n=8, dim=4, classes=3):
     g = torch.Generator().manual_seed(seed)
     x1 = torch.randn(n, dim, generator=g)
-    return Batch((x1, x1 + 0.1 * torch.randn(n, dim, generator=g)), torch.randint(0, classes, (n,), generator=g))
+    x2 = x1 + 0.1 * torch.randn(n, dim, generator=g)
+    return Batch((x1, x2), torch.randint(0, classes, (n,), generator=g), torch.arange(n) + seed * n)
 
 
 def test_vanilla_teacher_is_cross_entropy_over_views():
@@ -110,3 +111,46 @@ def test_kd_student_objective_terms():
     sum(result.losses.values()).backward()
     assert teacher.fc.weight.grad is None and student.fc.weight.grad is not None
 
+
+
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_the_cache_never_gives_an_anchor_its_own_older_embedding(exclude_self):
+    """Two steps over the same images: the second step's cache holds older embeddings of exactly
+    those images. With intra.exclude_self they are no one's negatives (only other images' are)."""
+    model = Fixed()
+    cfg = IntraConfig(weight=1.0, delta=None, cache_size=8, exclude_self=exclude_self)
+    objective = IntraClassTeacherObjective(cfg, 3, 4)
+    first = batch(6, n=6)
+    objective(model, first)
+    cached, cached_labels = (t.clone() for t in objective.cache.memory())
+    cached_ids = objective.cache.ids.reshape(-1).clone()
+    again = Batch(tuple(v + 0.05 for v in first.views), first.labels, first.indices)  # same images, later step
+    result = objective(model, again)
+    z1, z2 = (F.normalize(v, dim=1) for v in again.views)
+    assert torch.isin(cached_ids, first.indices).any()
+    # the reference: the flat-memory form (checked against a slow loop in test_losses), each anchor
+    # skipping the cached rows of its own image when exclude_self
+    want = intra_class_contrastive_loss(z1, z2, first.labels, memory=cached, memory_labels=cached_labels,
+                                        anchor_ids=first.indices if exclude_self else None,
+                                        memory_ids=cached_ids, symmetric=True)
+    torch.testing.assert_close(result.losses["intra"], want)
+    with_own = intra_class_contrastive_loss(z1, z2, first.labels, memory=cached, memory_labels=cached_labels,
+                                            symmetric=True)
+    assert (result.losses["intra"].item() == pytest.approx(with_own.item())) is not exclude_self
+    assert result.stats["cache_own_entries"].item() > 0
+    assert result.stats["self_negatives"].item() == (0 if exclude_self else result.stats["cache_own_entries"].item())
+
+
+def test_no_gate_is_an_explicit_choice_and_the_logit_margin_takes_any_delta():
+    model = Fixed()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([9.0, 0.0, 0.0]))  # logit margin 9 for class 0, -9 for the others
+    b = batch(8)
+    no_gate = IntraClassTeacherObjective(IntraConfig(weight=1.0, delta=None), 3, 4)(model, b)
+    assert no_gate.stats["pass_rate"].item() == 1.0
+    logit = IntraClassTeacherObjective(IntraConfig(weight=1.0, delta=5.0, margin="logit"), 3, 4)(model, b)
+    assert logit.stats["pass_rate"].item() == pytest.approx((b.labels == 0).float().mean().item())
+    # -1 is a real threshold for the logit margin: the samples at -9 do not pass
+    below = IntraClassTeacherObjective(IntraConfig(weight=1.0, delta=-1.0, margin="logit"), 3, 4)(model, b)
+    assert below.stats["pass_rate"].item() == pytest.approx((b.labels == 0).float().mean().item())

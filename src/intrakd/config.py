@@ -42,7 +42,13 @@ class DataConfig:
     workers: int = 8
     """Folder datasets: worker processes decoding and augmenting images (0: in the main process)."""
     image_size: int | None = None
-    """Folder datasets: side of the training and eval crops (None: 64 for tiny_imagenet, 224 otherwise)."""
+    """Folder datasets: side of the training and eval crops (None: 64 for tiny_imagenet, 224 otherwise).
+    Tensor datasets (digits, cifar100): resize every image to this side once at load time (antialiased;
+    the crop padding scales with it), e.g. 16 for a cheaper CIFAR protocol (None: native size)."""
+    classes: list[int | str] | None = None
+    """Train and evaluate on these classes only, relabelled 0..k-1 in the order given: class indices,
+    or for cifar100 also fine class names and superclass names (a superclass stands for its 5 fine
+    classes, e.g. [aquatic_mammals, fish]). None: every class."""
     augment: Literal["auto", "pad_crop", "resized_crop"] = "auto"
     """Folder datasets: 'pad_crop' (resize to image_size, random crop with image_size/8 zero padding,
     flip), 'resized_crop' (RandomResizedCrop + flip; eval resize to image_size/0.875, centre crop), or
@@ -69,9 +75,11 @@ class IntraConfig:
     weight: float = 0.02
     """lambda."""
     temperature: float = 0.1
-    delta: float = 0.5
-    """Margin gate: anchors with margin > delta contribute; -1 disables the gate."""
+    delta: float | None = 0.5
+    """Margin gate: anchors with margin > delta contribute; null: no gate (every anchor contributes).
+    In [-1, 1) for the probability margin, any finite number for the logit margin."""
     margin: Literal["probability", "logit"] = "probability"
+    """'probability': p_y - max_{j != y} p_j; 'logit': the same on the raw logits (unbounded)."""
     normalize: bool = True
     head: Literal["none", "linear", "mlp"] = "none"
     head_dim: int = 128
@@ -82,6 +90,9 @@ class IntraConfig:
     max_age: int | None = None
     min_negatives: int = 1
     clear_after_use: bool = False
+    exclude_self: bool = True
+    """A cached, older embedding of the anchor's own image is never its negative (the cache keeps every
+    entry's sample index); false reproduces runs made before the cache knew them."""
 
 
 DistillMethod = Literal["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt"]
@@ -309,8 +320,10 @@ class TeacherConfig:
         _require_finite("intra", intra)
         if intra.weight < 0:
             raise ConfigError(f"intra.weight (lambda) must be >= 0, got {intra.weight}")
-        if not -1 <= intra.delta <= 1:
-            raise ConfigError(f"intra.delta must lie in [-1, 1] (-1: no gate), got {intra.delta}")
+        if intra.delta is not None and intra.margin == "probability" and not -1 <= intra.delta < 1:
+            raise ConfigError(f"intra.delta must lie in [-1, 1) for the probability margin (a margin never "
+                              f"exceeds 1, so the gate would pass nothing), got {intra.delta}; "
+                              "intra.delta=null turns the gate off")
         if intra.temperature <= 0:
             raise ConfigError(f"intra.temperature must be > 0, got {intra.temperature}")
         if intra.cache_size < 1:
@@ -350,6 +363,20 @@ class StudentConfig:
         """Raise :class:`ConfigError` naming the first setting out of its range."""
         self.distill.validate()
         _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored run configuration (config.yaml, a checkpoint's) read the way it was written.
+
+    Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
+    -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin)."""
+    intra = values.get("intra")
+    if not isinstance(intra, dict) or "exclude_self" in intra:
+        return values
+    intra = {**intra, "exclude_self": False}
+    if intra.get("delta") == -1:
+        intra["delta"] = None
+    return {**values, "intra": intra}
 
 
 def _require_finite(prefix: str, section: Any) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intrakd.config import parse_yaml_value, read_yaml
+from intrakd.config import parse_yaml_value, read_yaml, upgrade_stored
 
 IGNORED_KEYS = frozenset({"seed", "device", "command", "data.root", "data.eval_batch_size"})
 DEFAULT_METRICS = (
@@ -93,7 +93,7 @@ def _teacher_run_dir(checkpoint: str) -> Path | None:
 
 def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
     """(kind, seed, flattened configuration without ignored keys) of a run folder."""
-    raw = read_yaml(run_dir / "config.yaml") or {}
+    raw = upgrade_stored(read_yaml(run_dir / "config.yaml") or {})
     kind = {"train-teacher": "teacher", "distill": "student"}.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
     config = {k: v for k, v in flatten(raw).items() if k not in IGNORED_KEYS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from intrakd.config import DataConfig
 from intrakd.data.augment import Augmentation
-from intrakd.data.cifar import load_cifar100
+from intrakd.data.cifar import cifar100_classes, load_cifar100, resolve_cifar100_classes
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.imagefolder import (
     IMAGENET_MEAN,
@@ -25,6 +25,7 @@ from intrakd.data.tensor_data import (
     TensorBatches,
     TensorDataset,
     first_per_class,
+    select_classes,
     split_per_class,
 )
 
@@ -69,6 +70,17 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train, test = _load_folders(cfg)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+    if cfg.classes is not None:
+        if cfg.dataset == "cifar100":
+            classes = resolve_cifar100_classes(cfg.root, cfg.classes)
+        elif all(isinstance(c, int) for c in cfg.classes):
+            classes = list(cfg.classes)
+        else:
+            raise ValueError(f"data.classes: class names are known for cifar100 only; give {cfg.dataset}'s "
+                             "classes as indices")
+        train, test = select_classes(train, classes), select_classes(test, classes)
+    if cfg.image_size is not None and isinstance(train, TensorDataset):
+        train, test = train.resized(cfg.image_size), test.resized(cfg.image_size)
     eval_set, split = test, "val" if cfg.dataset in FOLDER_DATASETS else "test"
     if cfg.val_per_class:
         train_idx, val_idx = split_per_class(train.labels, train.num_classes, cfg.val_per_class)
@@ -95,11 +107,14 @@ __all__ = [
     "TensorDataset",
     "UnreadableImageError",
     "build_datasets",
+    "cifar100_classes",
     "first_per_class",
     "folder_pipeline",
     "load_cifar100",
     "load_digits_splits",
     "load_image_folders",
     "load_tiny_imagenet",
+    "resolve_cifar100_classes",
+    "select_classes",
     "split_per_class",
 ]

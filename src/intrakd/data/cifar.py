@@ -51,6 +51,41 @@ def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels)
 
 
+def cifar100_classes(root: str | Path) -> tuple[list[str], list[str], list[int]]:
+    """(fine class names, superclass names, superclass index of every fine class) from the ``meta``
+    file and the training labels of the dataset under ``root``."""
+    folder = resolve_cifar100_dir(root)
+    try:
+        with (folder / "meta").open("rb") as f:
+            meta = pickle.load(f, encoding="latin1")
+        with (folder / "train").open("rb") as f:
+            train = pickle.load(f, encoding="latin1")
+        fine_names, coarse_names = list(meta["fine_label_names"]), list(meta["coarse_label_names"])
+        pairs = dict(zip(train["fine_labels"], train["coarse_labels"]))
+    except (OSError, KeyError, pickle.UnpicklingError, TypeError) as err:
+        raise ValueError(f"{folder}: cannot read the class names and superclasses from 'meta' and 'train' "
+                         f"({type(err).__name__}: {err})") from err
+    return fine_names, coarse_names, [int(pairs[c]) for c in range(len(fine_names))]
+
+
+def resolve_cifar100_classes(root: str | Path, classes: list[int | str]) -> list[int]:
+    """Fine class indices of ``classes``: indices kept, fine class names looked up, and a superclass
+    name replaced by its fine classes (in index order)."""
+    fine_names, coarse_names, coarse_of = cifar100_classes(root)
+    resolved: list[int] = []
+    for item in classes:
+        if isinstance(item, int):
+            resolved.append(item)
+        elif item in fine_names:
+            resolved.append(fine_names.index(item))
+        elif item in coarse_names:
+            resolved.extend(c for c, g in enumerate(coarse_of) if g == coarse_names.index(item))
+        else:
+            raise ValueError(f"data.classes: {item!r} is neither a CIFAR-100 class nor a superclass; "
+                             f"superclasses: {', '.join(coarse_names)}")
+    return resolved
+
+
 def load_cifar100(root: str | Path) -> tuple[TensorDataset, TensorDataset]:
     """(train, test) of CIFAR-100 as uint8 tensors, with the standard augmentation."""
     folder = resolve_cifar100_dir(root)

@@ -95,8 +95,9 @@ def _augmentation_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class _Files(Dataset):
-    """``(views, label)`` per image: ``views`` augmented copies when ``seed`` is given (each image's
-    random draws seeded by ``(seed, epoch, index)``), otherwise one deterministic tensor."""
+    """``(views, label, index)`` per image with ``views`` augmented copies when ``seed`` is given (each
+    image's random draws seeded by ``(seed, epoch, index)``), otherwise ``(tensor, label)`` with one
+    deterministic tensor."""
 
     def __init__(self, paths: list[str], labels: list[int], transform: v2.Compose, views: int = 1,
                  seed: int | None = None, epoch: int = 0) -> None:
@@ -106,14 +107,14 @@ class _Files(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor | tuple[Tensor, ...], int]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int] | tuple[tuple[Tensor, ...], int, int]:
         image = read_image(self.paths[index])
         if self.seed is None:
             return self.transform(image), self.labels[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_augmentation_seed(self.seed, self.epoch, index))
             views = tuple(self.transform(image) for _ in range(self.views))
-        return views, self.labels[index]
+        return views, self.labels[index], index
 
 
 def _worker_error(err: UnreadableImageError) -> UnreadableImageError:
@@ -214,9 +215,9 @@ class FolderBatches:
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
                          self.seed, self.epoch)
         augmentation = split.pipeline.augmentation
-        for views, labels in split._loader(dataset, self.batch_size, device, order, drop_last=True):
+        for views, labels, indices in split._loader(dataset, self.batch_size, device, order, drop_last=True):
             yield Batch(tuple(augmentation.normalize(v.to(device, non_blocking=True)) for v in views),
-                        labels.to(device, non_blocking=True))
+                        labels.to(device, non_blocking=True), indices.to(device, non_blocking=True))
 
 
 def _image_files(folder: Path) -> list[str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 from torch import Tensor
+from torchvision.transforms.v2.functional import resize
 
 from intrakd.data.augment import Augmentation
 
@@ -78,6 +80,16 @@ class TensorDataset:
     def subset(self, index: Tensor) -> TensorDataset:
         return TensorDataset(self.images[index], self.labels[index], self.num_classes, self.augmentation)
 
+    def resized(self, size: int) -> TensorDataset:
+        """Every image resized (antialiased) to ``size`` x ``size`` once, the crop padding scaled alike."""
+        h = self.images.shape[-1]
+        if size == h:
+            return self
+        images = resize(self.images, [size, size], antialias=True)
+        padding = max(1, round(self.augmentation.padding * size / h)) if self.augmentation.padding else 0
+        return TensorDataset(images.contiguous(), self.labels, self.num_classes,
+                             dataclasses.replace(self.augmentation, padding=padding))
+
     def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> TensorBatches:
         """Shuffled, augmented training batches, with the whole split moved to ``device`` once."""
         return TensorBatches(self.to(device), batch_size, views, seed)
@@ -107,9 +119,29 @@ def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor
     return (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
 
 
+def select_classes(split: S, classes: list[int]) -> S:
+    """The images of ``classes`` only (a dataclass split: tensors or files), relabelled ``0..k-1`` in
+    the order given."""
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"data.classes names a class twice: {classes}")
+    bad = [c for c in classes if not 0 <= c < split.num_classes]
+    if bad:
+        raise ValueError(f"data.classes: {bad[0]} is not a class index of this dataset (0..{split.num_classes - 1})")
+    if len(classes) < 2:
+        raise ValueError("data.classes must name at least 2 classes (with one, cross-entropy is zero)")
+    mapping = torch.full((split.num_classes,), -1, dtype=torch.long)
+    mapping[torch.tensor(classes)] = torch.arange(len(classes))
+    new_labels = mapping[split.labels.cpu()]
+    kept = (new_labels >= 0).nonzero().squeeze(1)
+    return dataclasses.replace(split.subset(kept), labels=new_labels[kept], num_classes=len(classes))
+
+
 def first_per_class(labels: Tensor, num_classes: int, count: int) -> Tensor:
     """Indices of the first ``count`` samples of every class (a reduced training set)."""
     return torch.cat([(labels == c).nonzero().squeeze(1)[:count] for c in range(num_classes)]).sort().values
+
+
+S = TypeVar("S", bound="Split")
 
 
 class TensorBatches:

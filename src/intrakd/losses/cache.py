@@ -9,8 +9,10 @@ from torch import Tensor, nn
 class FeatureCache(nn.Module):
     """One ring buffer of ``capacity`` embeddings per class, held as module buffers.
 
-    All state (``features [C, K, D]``, write ``pointer [C]``, fill ``count [C]``, ``written_at
-    [C, K]`` and the ``step`` counter) is saved and restored with the module's state dict. Reads and
+    All state (``features [C, K, D]``, the sample index of every entry ``ids [C, K]`` (-1 where
+    unknown), write ``pointer [C]``, fill ``count [C]``, ``written_at [C, K]`` and the ``step``
+    counter) is saved and restored with the module's state dict. A state dict saved before ``ids``
+    existed loads with every id unknown. Reads and
     writes use fixed shapes and no host synchronisation, so a training step that uses the cache can
     be captured or compiled.
 
@@ -33,7 +35,13 @@ class FeatureCache(nn.Module):
         self.register_buffer("pointer", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("written_at", torch.full((num_classes, capacity), -1, dtype=torch.long))
+        self.register_buffer("ids", torch.full((num_classes, capacity), -1, dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # checkpoints written before the cache kept sample ids: every entry's id is unknown
+        state_dict.setdefault(prefix + "ids", torch.full_like(self.ids, -1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def valid(self) -> Tensor:
         """``[C, K]`` bool: slots that hold an entry young enough to use."""
@@ -51,11 +59,12 @@ class FeatureCache(nn.Module):
         return self.features.reshape(-1, self.dim), labels.reshape(-1)
 
     @torch.no_grad()
-    def write(self, features: Tensor, labels: Tensor, mask: Tensor | None = None) -> None:
+    def write(self, features: Tensor, labels: Tensor, mask: Tensor | None = None, ids: Tensor | None = None) -> None:
         """Append the rows of ``features`` with ``mask`` true to their class buffers, oldest out.
 
-        When more than ``K`` rows of one class arrive at once, the last ``K`` are kept. Advances
-        ``step`` by one.
+        ``ids`` (``[B]``, default unknown: -1) are the rows' sample indices, kept with the entries so
+        that an anchor never meets a cached embedding of its own image as a negative. When more than
+        ``K`` rows of one class arrive at once, the last ``K`` are kept. Advances ``step`` by one.
         """
         n = features.shape[0]
         if n == 0:
@@ -74,6 +83,7 @@ class FeatureCache(nn.Module):
         # order of the writes, and the work is B x D, not C x K x D.
         flat_features = self.features.view(-1, self.dim)
         flat_written = self.written_at.view(-1)
+        flat_ids = self.ids.view(-1)
         first = keep.int().argmax().view(1)
         any_kept = keep.any()
         target = torch.where(keep, slot, torch.where(any_kept, slot.index_select(0, first), 0))
@@ -82,6 +92,9 @@ class FeatureCache(nn.Module):
         spare_step = torch.where(any_kept, self.step, flat_written[:1])
         flat_features.index_put_((target,), torch.where(keep[:, None], values, spare_value))
         flat_written.index_put_((target,), torch.where(keep, self.step, spare_step))
+        row_ids = torch.full_like(labels, -1) if ids is None else ids.to(flat_ids.dtype)
+        spare_id = torch.where(any_kept, row_ids.index_select(0, first), flat_ids[:1])
+        flat_ids.index_put_((target,), torch.where(keep, row_ids, spare_id))
 
         self.pointer.copy_((self.pointer + arrivals) % self.capacity)
         self.count.copy_(torch.clamp(self.count + arrivals, max=self.capacity))

@@ -26,6 +26,11 @@ def classification_margin(logits: Tensor, labels: Tensor, kind: MarginKind = "pr
     return target - others.max(dim=1).values
 
 
+def _same_sample(ids: Tensor, other: Tensor) -> Tensor:
+    """Where two (broadcast) sample-id tensors name the same known sample (-1: unknown)."""
+    return (ids == other) & (ids >= 0)
+
+
 def intra_class_terms(
     anchors: Tensor,
     positives: Tensor,
@@ -35,6 +40,9 @@ def intra_class_terms(
     memory_labels: Tensor | None = None,
     class_memory: Tensor | None = None,
     class_memory_valid: Tensor | None = None,
+    anchor_ids: Tensor | None = None,
+    memory_ids: Tensor | None = None,
+    class_memory_ids: Tensor | None = None,
     anchor_mask: Tensor | None = None,
     temperature: float = 0.1,
     normalize: bool = True,
@@ -64,14 +72,16 @@ def intra_class_terms(
         if normalize:
             a = F.normalize(a, dim=1)
             p = F.normalize(p, dim=1)
-        image_ids = torch.arange(batch, device=device)
+        positions = torch.arange(batch, device=device)
+        samples = torch.full_like(labels, -1) if anchor_ids is None else anchor_ids.long()
         # the batch's candidates are both views; with symmetric=True they are the anchors too
         candidates = torch.cat([a, p])
         candidate_labels = torch.cat([labels, labels])
-        candidate_ids = torch.cat([image_ids, image_ids])
+        candidate_positions = torch.cat([positions, positions])
+        candidate_samples = torch.cat([samples, samples])
         if symmetric:
             a, p = candidates, torch.cat([p, a])
-            labels, image_ids = candidate_labels, candidate_ids
+            labels, positions, samples = candidate_labels, candidate_positions, candidate_samples
             if anchor_mask is not None and anchor_mask.shape[0] == batch:
                 anchor_mask = torch.cat([anchor_mask, anchor_mask])
         if memory is not None and memory.shape[0] > 0:
@@ -80,15 +90,21 @@ def intra_class_terms(
             m = memory.float()
             candidates = torch.cat([candidates, F.normalize(m, dim=1) if normalize else m])
             candidate_labels = torch.cat([candidate_labels, memory_labels])
-            candidate_ids = torch.cat([candidate_ids, torch.full_like(memory_labels, -1)])
+            candidate_positions = torch.cat([candidate_positions, torch.full_like(memory_labels, -1)])
+            candidate_samples = torch.cat([candidate_samples, torch.full_like(memory_labels, -1)
+                                           if memory_ids is None else memory_ids.long()])
 
         scaled = a * (1.0 / temperature)  # a / tau, so every similarity below is already divided by tau
         positive_logit = (scaled * p).sum(dim=1, keepdim=True)
         # (a.n - a.p) / tau for every candidate n; non-negatives get the lowest finite value, so
         # they add exactly nothing and an anchor without negatives stays finite (and gets l = 0)
         gaps = scaled @ candidates.T - positive_logit
-        is_negative = (labels[:, None] == candidate_labels[None, :]) & (
-            image_ids[:, None] != candidate_ids[None, :]
+        # a negative is of the anchor's class and another image: not the same batch row, and not a
+        # memory row of the same sample (an id of -1 is unknown and matches nothing)
+        is_negative = (
+            (labels[:, None] == candidate_labels[None, :])
+            & (positions[:, None] != candidate_positions[None, :])
+            & ~_same_sample(samples[:, None], candidate_samples[None, :])
         )
         lowest = torch.finfo(gaps.dtype).min
         blocks = [gaps.masked_fill(~is_negative, lowest)]
@@ -100,6 +116,8 @@ def intra_class_terms(
                 own = F.normalize(own, dim=2)
             usable = (class_memory_valid[labels] if class_memory_valid is not None
                       else torch.ones(own.shape[:2], dtype=torch.bool, device=device))
+            if class_memory_ids is not None:
+                usable = usable & ~_same_sample(samples[:, None], class_memory_ids[labels])
             memory_gaps = torch.bmm(own, scaled[:, :, None]).squeeze(2) - positive_logit
             blocks.append(memory_gaps.masked_fill(~usable, lowest))
             negatives = negatives + usable.sum(dim=1)
@@ -120,6 +138,9 @@ def intra_class_contrastive_loss(
     memory_labels: Tensor | None = None,
     class_memory: Tensor | None = None,
     class_memory_valid: Tensor | None = None,
+    anchor_ids: Tensor | None = None,
+    memory_ids: Tensor | None = None,
+    class_memory_ids: Tensor | None = None,
     anchor_mask: Tensor | None = None,
     temperature: float = 0.1,
     normalize: bool = True,
@@ -146,6 +167,12 @@ def intra_class_contrastive_loss(
             negatives. The same negatives as the flattened rows given as ``memory`` with their class
             as label, at ``K`` instead of ``C * K`` comparisons per anchor.
         class_memory_valid: ``[C, K]`` bool, the usable entries of ``class_memory`` (default: all).
+        anchor_ids: optional ``[B]`` sample indices of the batch's images (-1: unknown). A memory
+            row or ``class_memory`` entry with the same id is a cached embedding of the anchor's own
+            image and never its negative (it is nearly the positive).
+        memory_ids: ``[M]`` sample index of each ``memory`` row (default: all unknown, -1).
+        class_memory_ids: ``[C, K]`` sample index of each ``class_memory`` entry (a
+            :class:`FeatureCache`'s ``ids``; default: all unknown).
         anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
             ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
         temperature: ``tau`` > 0.
@@ -153,7 +180,8 @@ def intra_class_contrastive_loss(
     """
     per_anchor, contributing = intra_class_terms(
         anchors, positives, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
-        class_memory_valid=class_memory_valid, anchor_mask=anchor_mask, temperature=temperature,
+        class_memory_valid=class_memory_valid, anchor_ids=anchor_ids, memory_ids=memory_ids,
+        class_memory_ids=class_memory_ids, anchor_mask=anchor_mask, temperature=temperature,
         normalize=normalize, symmetric=symmetric, min_negatives=min_negatives,
     )
     weights = contributing.float()

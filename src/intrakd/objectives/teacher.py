@@ -43,6 +43,9 @@ class IntraClassTeacherObjective(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         labels = batch.labels
+        if self.enabled and self.cfg.exclude_self and batch.indices is None:
+            raise ValueError("intra.exclude_self needs the sample index of every training image, which "
+                             "these batches do not carry: set intra.exclude_self=false")
         n_views = len(batch.views)
         out = model(torch.cat(batch.views) if n_views > 1 else batch.views[0])
         all_labels = labels.repeat(n_views)
@@ -55,24 +58,26 @@ class IntraClassTeacherObjective(nn.Module):
         z = self.head(out.embedding).float()
         z1, z2 = (F.normalize(z, dim=1) if cfg.normalize else z).chunk(2)
         margin = classification_margin(out.logits, all_labels, cfg.margin)
-        gate = margin > cfg.delta if cfg.delta > -1 else torch.ones_like(margin, dtype=torch.bool)
+        gate = margin > cfg.delta if cfg.delta is not None else torch.ones_like(margin, dtype=torch.bool)
         gate1 = gate[: labels.shape[0]]
         if not cfg.symmetric:
             gate = gate1
 
-        memory = memory_labels = class_memory = class_memory_valid = None
+        memory = memory_labels = memory_ids = class_memory = class_memory_valid = class_memory_ids = None
         if self.cache is not None:
             class_memory, class_memory_valid = self.cache.features, self.cache.valid()
+            class_memory_ids = self.cache.ids if cfg.exclude_self else None
         # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
         # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
         # one process; imported here because intrakd.train imports the objectives)
         from intrakd.train import distributed
 
-        peers = distributed.PeerBatch(z1, z2, labels, gate1)
-        memory, memory_labels = peers.negatives(memory, memory_labels)
+        peers = distributed.PeerBatch(z1, z2, labels, gate1, batch.indices)
+        memory, memory_labels, memory_ids = peers.negatives(memory, memory_labels, memory_ids)
         per_anchor, contributing = intra_class_terms(
             z1, z2, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
-            class_memory_valid=class_memory_valid, anchor_mask=gate,
+            class_memory_valid=class_memory_valid, anchor_ids=peers.ids if cfg.exclude_self else None,
+            memory_ids=memory_ids, class_memory_ids=class_memory_ids, anchor_mask=gate,
             temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric,
             min_negatives=cfg.min_negatives,
         )
@@ -88,6 +93,13 @@ class IntraClassTeacherObjective(nn.Module):
             "anchors_used": anchors_used,
         }
         if self.cache is not None:
+            # entries of the cache holding an older embedding of the anchor's own image, per anchor:
+            # all of them, and those that served as negatives (none with intra.exclude_self)
+            own = self.cache.ids[labels] == peers.ids[:, None]
+            own = own & class_memory_valid[labels] & (peers.ids[:, None] >= 0)
+            stats["cache_own_entries"] = own.float().sum(dim=1).mean()
+            stats["self_negatives"] = (stats["cache_own_entries"] if not cfg.exclude_self
+                                       else torch.zeros((), device=labels.device))
             if cfg.clear_after_use:
                 anchor_labels = labels.repeat(2) if cfg.symmetric else labels
                 used_classes = torch.zeros(self.num_classes, device=labels.device)

@@ -26,6 +26,7 @@ from intrakd.config import (
     load_config,
     read_yaml,
     to_dict,
+    upgrade_stored,
 )
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
@@ -117,7 +118,7 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
     found = stored.pop("command", None)
     if found != command:
         raise ResumeError(f"{run_dir} holds a {found!r} run: resume it with intrakd {found} --resume {run_dir}")
-    return stored
+    return upgrade_stored(stored)
 
 
 def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -176,7 +177,7 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")
-    reference = state["config"] if state is not None else stored
+    reference = upgrade_stored(state["config"]) if state is not None else stored
     refused = [d for d in config_differences(cls, reference, to_dict(cfg)) if not _may_change(d)]
     if refused:
         raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
