@@ -109,7 +109,7 @@ def test_headline_holds_the_documented_fields(comparison):
 
 
 def test_report_command_writes_the_summary(comparison, tmp_path, monkeypatch):
-    import intrakd.analysis.evidence as evidence
+    from intrakd.analysis import evidence
 
     monkeypatch.setattr(evidence, "teacher_diagnostics", lambda table, seeds: {"stub": True})
     out = tmp_path / "summary.json"

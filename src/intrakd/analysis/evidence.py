@@ -165,7 +165,7 @@ def teacher_diagnostics(table: dict[str, dict[int, RunRecord]], seeds: Sequence[
     kl_enriched = [soft_label_kl(logits["vanilla", s], logits["enriched", s], temperature).mean().item()
                    for s in seeds]
     kl_seeds = [soft_label_kl(logits["vanilla", a], logits["vanilla", b], temperature).mean().item()
-                for a, b in zip(seeds, seeds[1:])]
+                for a, b in itertools.pairwise(seeds)]
     result: dict[str, Any] = {
         "split": split, "temperature": temperature,
         "kl_vanilla_to_enriched_same_seed": kl_enriched,
