@@ -44,7 +44,15 @@ from typing import Any
 
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
 from intrakd.analysis.report import flatten
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, read_yaml, to_dict
+from intrakd.config import (
+    ConfigError,
+    StudentConfig,
+    TeacherConfig,
+    load_config,
+    read_yaml,
+    to_dict,
+    upgrade_stored,
+)
 
 # Settings that do not change what a run computes: a finished run may differ from the sweep in these.
 RESULT_NEUTRAL = ("command", "device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
@@ -265,7 +273,7 @@ def stored_differences(job: Job) -> list[str]:
     path = job.out / "config.yaml"
     if not path.is_file():
         return []
-    stored = flatten(read_yaml(path) or {})
+    stored = flatten(upgrade_stored(read_yaml(path) or {}))
     wanted = flatten(to_dict(job.config))
     return [f"{key}: {stored[key]!r} -> {wanted[key]!r}" for key in sorted(stored.keys() & wanted.keys())
             if not key.startswith(RESULT_NEUTRAL) and stored[key] != wanted[key]]

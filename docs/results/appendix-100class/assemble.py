@@ -1,5 +1,5 @@
 """Rebuild docs/results.md from docs/results/results.in.md and the tables written by
-configs/cifar100-reduced-report.sh: each line ``{{tableN-name}}`` is replaced by that table."""
+configs/appendix-100class/cifar100-reduced-report.sh: each line ``{{tableN-name}}`` is replaced by that table."""
 
 from pathlib import Path
 
@@ -17,4 +17,4 @@ for line in (here / "results.in.md").read_text().splitlines():
     body = table.read_text().splitlines()
     body = body[1:] if body and body[0].startswith("## ") else body  # the title is in the template
     lines += ["#" + b if b.startswith("### ") else b for b in body]
-(here.parent / "results.md").write_text("\n".join(lines).rstrip() + "\n")
+(here / "results.md").write_text("\n".join(lines).rstrip() + "\n")
