@@ -25,7 +25,7 @@ from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
-from intrakd.train import distributed
+from intrakd import distributed
 from intrakd.train.loop import RunInfo, Trainer
 
 GLOBAL_BATCH = 16

@@ -81,7 +81,8 @@ def _run_config(
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from intrakd.train import distributed, train_teacher
+    from intrakd import distributed
+    from intrakd.train import train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
     cfg, out = _run_config(args, TeacherConfig, "train-teacher", "teacher", overrides)
@@ -92,7 +93,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from intrakd.train import distill, distributed
+    from intrakd import distributed
+    from intrakd.train import distill
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg, out = _run_config(args, StudentConfig, "distill", "distill", overrides)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from intrakd import distributed
 from intrakd.config import IntraConfig
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import FeatureCache, classification_margin, intra_class_terms
@@ -65,9 +66,7 @@ class IntraClassTeacherObjective(nn.Module):
             class_memory, class_memory_valid = self.cache.features, self.cache.valid()
         # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
         # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
-        # one process; imported here because intrakd.train imports the objectives)
-        from intrakd.train import distributed
-
+        # one process)
         peers = distributed.PeerBatch(z1, z2, labels, gate1)
         memory, memory_labels = peers.negatives(memory, memory_labels)
         per_anchor, contributing = intra_class_terms(

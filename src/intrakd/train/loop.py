@@ -27,7 +27,7 @@ from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
-from intrakd.train import distributed
+from intrakd import distributed
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -151,7 +151,7 @@ class Trainer:
         self.checkpoint_cfg = checkpoint or CheckpointConfig()
         self.train_cfg = train or TrainConfig()
         trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-        # speed settings (train/accel.py) and data parallelism (train/distributed.py; identity in one process)
+        # speed settings (train/accel.py) and data parallelism (intrakd/distributed.py; identity in one process)
         self.perf = perf or PerfSettings.plain(next(model.parameters()).device)
         self.optimizer = build_optimizer(trainable, optim, **self.perf.optimizer_options())
         self.train_model = distributed.wrap_model(model, sync_batchnorm)

@@ -30,7 +30,7 @@ from intrakd.config import (
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.train import distributed
+from intrakd import distributed
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
