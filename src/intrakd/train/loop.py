@@ -23,11 +23,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from intrakd import distributed
 from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
-from intrakd import distributed
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import yaml
 
+from intrakd import distributed
 from intrakd.config import (
     ConfigError,
     StudentConfig,
@@ -30,7 +31,6 @@ from intrakd.config import (
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd import distributed
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
