@@ -34,6 +34,7 @@ from intrakd.train.checkpoint import (
     CheckpointError,
     CheckpointStore,
     CheckpointWriteError,
+    check_format,
     write_atomic,
 )
 from intrakd.train.evaluate import evaluate
@@ -447,9 +448,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (a checkpoint of a run with the same configuration)."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}: "
-                                  "it was written by another version of intrakd and cannot be resumed")
+        check_format(state)
         if state["steps_per_epoch"] != len(self.train_batches):
             raise CheckpointError(f"the checkpoint was taken with {state['steps_per_epoch']} steps per epoch, the "
                                   f"data now gives {len(self.train_batches)}: the training data changed")

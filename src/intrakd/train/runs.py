@@ -33,9 +33,9 @@ from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
-    CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointStore,
+    check_format,
     classifier_from_checkpoint,
     file_sha256,
     read_checkpoint,
@@ -170,9 +170,8 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
             continue
         state, path = loaded, candidate
         break
-    if state is not None and state.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeError(f"{path} was written by another version of intrakd (format {state.get('format')!r}, "
-                          f"this one reads {CHECKPOINT_FORMAT!r}): it cannot be resumed")
+    if state is not None:
+        check_format(state, path)
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")
