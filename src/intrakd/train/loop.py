@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from intrakd import distributed
-from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
@@ -41,6 +40,7 @@ from intrakd.train.evaluate import evaluate
 from intrakd.train.guards import NonFiniteLoss, NonFiniteWatch, all_finite
 from intrakd.train.rng import capture_rng_state, restore_rng_state
 from intrakd.train.signals import Interrupted, StopSignals
+from intrakd.train.sinks import TensorBoardLog, console_line
 
 NONFINITE_CHECK_EVERY = 50
 """Steps between reads of the non-finite record (besides the reads before every checkpoint)."""
@@ -362,12 +362,7 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        tqdm.write(self._line(record), end="\n")
-
-    def _line(self, record: dict[str, Any]) -> str:
-        keys = ["loss", "ce", "intra", "kd", "pass_rate", "train_acc", f"{self.info.eval_split}_acc", "images_per_s"]
-        shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
-        return f"[{self.info.kind}] epoch {record['epoch']}/{self.optim_cfg.epochs} {shown}"
+        tqdm.write(console_line(self.info.kind, record, self.optim_cfg.epochs, self.info.eval_split), end="\n")
 
     def _tick(self, training: bool) -> None:
         """Add the time since the last tick to the wall clock (and to the epoch's training time)."""
