@@ -1,5 +1,7 @@
-"""Whole runs from a configuration: ``train_teacher`` and ``distill`` write a run folder each, and
-continue one (``resume=True``) from its newest intact checkpoint.
+"""The wiring of whole runs: data, models, objective and engine built from a configuration.
+
+``train_teacher`` and ``distill`` write a run folder each, and continue one (``resume=True``) from
+its newest intact checkpoint.
 
 Nothing on disk is touched before every input has been checked: the configuration, the data, the
 teacher checkpoint, the run folder (one that already holds a run is refused unless resumed or
