@@ -3,24 +3,25 @@
 
 from intrakd.config.parse import apply_overrides, from_dict, load_config, parse_yaml_value, read_yaml, to_dict
 from intrakd.config.schema import (
-    METHOD_WEIGHTS,
     CheckpointConfig,
     ConfigError,
     DataConfig,
     DistConfig,
     DistillConfig,
-    DistillMethod,
+    DistillMethodSpec,
     IntraConfig,
     OptimConfig,
     PerfConfig,
     StudentConfig,
     TeacherConfig,
     TrainConfig,
+    register_distill_method,
+    setting,
 )
 
 __all__ = [
-    "METHOD_WEIGHTS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
-    "DistillConfig", "DistillMethod", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
+    "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply_overrides", "from_dict", "load_config", "parse_yaml_value",
-    "read_yaml", "to_dict",
+    "read_yaml", "register_distill_method", "setting", "to_dict",
 ]

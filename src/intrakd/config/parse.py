@@ -5,6 +5,7 @@ Unknown keys and wrong types are errors that name the key and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -59,7 +60,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
+    hints = config_fields(cls)
     unknown = sorted(set(values) - hints.keys())
     if unknown:
         raise ConfigError(
@@ -69,9 +70,28 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     return cls(**kwargs)
 
 
+def config_fields(cls: type) -> dict[str, Any]:
+    """The keys of a section and their types: its ``config_fields()`` when it has open-ended keys
+    (the distillation methods' sections), else its dataclass fields."""
+    custom = getattr(cls, "config_fields", None)
+    return custom() if custom is not None else typing.get_type_hints(cls)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
-    """A plain nested dict of a configuration (what is written to a run folder)."""
-    return dataclasses.asdict(config)
+    """A plain nested dict of a configuration (what is written to a run folder); a field marked
+    ``inline`` (a mapping of sections) contributes its sections as keys of its own."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.metadata.get("inline"):
+            values.update({name: _plain(section) for name, section in value.items()})
+        else:
+            values[item.name] = _plain(value)
+    return values
+
+
+def _plain(value: Any) -> Any:
+    return to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -9,11 +9,13 @@ over all ``B^2`` ordered pairs, respectively ``B^3`` ordered triplets (the refer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -48,9 +50,20 @@ def rkd_losses(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     return distance, angle
 
 
+@dataclass
+class RKDSettings:
+    """Relational KD (Park et al., CVPR 2019): distance and angle relations of the embeddings."""
+
+    distance_weight: float = setting(25.0, "weight of the pairwise-distance term", ">= 0")
+    angle_weight: float = setting(50.0, "weight of the triplet-angle term", ">= 0")
+
+
 @register_distiller("rkd")
 class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
+
+    settings_class = RKDSettings
+    recipe = (1.0, 0.0)
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -30,9 +32,19 @@ def sp_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return difference.pow(2).sum() / student_feature.shape[0] ** 2
 
 
+@dataclass
+class SPSettings:
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019) on the last stage feature."""
+
+    weight: float = setting(3000.0, "weight of the similarity-preserving term", ">= 0")
+
+
 @register_distiller("sp")
 class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
+
+    settings_class = SPSettings
+    recipe = (1.0, 0.0)
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
