@@ -55,7 +55,6 @@ class ATObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.at
         s_stages = len(probe(student, data.input_shape).features)
         t_stages = len(probe(teacher, data.input_shape).features)
         if s_stages != t_stages:

@@ -78,7 +78,7 @@ class CRDObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = s = cfg.crd
+        s = self.settings
         self.num_data = data.labels.shape[0]
         self.embed_student = nn.Linear(probe(student, data.input_shape).embedding.shape[1], s.feat_dim)
         self.embed_teacher = nn.Linear(probe(teacher, data.input_shape).embedding.shape[1], s.feat_dim)

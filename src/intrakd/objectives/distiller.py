@@ -70,6 +70,8 @@ class Distiller(nn.Module):
             raise ValueError("distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
         self.ce_weight, self.kd_weight, self.temperature = cfg.ce_weight, cfg.kd_weight, cfg.temperature
         self.num_classes = data.num_classes
+        self.settings: Any = getattr(cfg, self.method) if self.settings_class is not None else None
+        """The method's section of ``cfg`` (``cfg.<method>``), None without settings of its own."""
 
     @classmethod
     def pair_settings(cls, teacher_model: str, student_model: str) -> dict[str, Any]:

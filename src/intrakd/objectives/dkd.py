@@ -75,7 +75,6 @@ class DKDObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.dkd
         self.warmup = 0.0
         self.set_epoch(0)
 

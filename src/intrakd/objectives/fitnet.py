@@ -51,7 +51,6 @@ class FitNetObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.fitnet
         layer = self.settings.hint_layer
         s_features = probe(student, data.input_shape).features
         t_features = probe(teacher, data.input_shape).features

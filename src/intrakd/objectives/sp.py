@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import register_distiller
 
 
@@ -45,10 +45,6 @@ class SPObjective(Distiller):
 
     settings_class = SPSettings
     recipe = (1.0, 0.0)
-
-    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
-        super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.sp
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
