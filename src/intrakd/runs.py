@@ -25,6 +25,7 @@ from intrakd.config import (
     ConfigError,
     StudentConfig,
     TeacherConfig,
+    flatten,
     from_dict,
     load_config,
     read_yaml,
@@ -125,22 +126,12 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
 def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting (dotted key) that differs, defaults filled in on both sides."""
     try:
-        old_flat = _flatten(to_dict(from_dict(cls, old)))
+        old_flat = flatten(to_dict(from_dict(cls, old)))
     except ConfigError as err:
         raise ResumeError(f"the run's configuration cannot be read by this version of intrakd: {err}") from err
-    new_flat = _flatten(to_dict(from_dict(cls, new)))
+    new_flat = flatten(to_dict(from_dict(cls, new)))
     return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
             for key in sorted(old_flat.keys() | new_flat.keys()) if old_flat.get(key) != new_flat.get(key)]
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _may_change(difference: str) -> bool:

@@ -1,8 +1,17 @@
 """Typed run configuration: the schema (:mod:`~intrakd.config.schema`) and its reading from YAML and
 ``key.sub=value`` overrides (:mod:`~intrakd.config.parse`). Imports nothing else of intrakd."""
 
-from intrakd.config.parse import apply_overrides, from_dict, load_config, parse_yaml_value, read_yaml, to_dict
+from intrakd.config.parse import (
+    apply_overrides,
+    flatten,
+    from_dict,
+    load_config,
+    parse_yaml_value,
+    read_yaml,
+    to_dict,
+)
 from intrakd.config.schema import (
+    RUN_COMMANDS,
     CheckpointConfig,
     ConfigError,
     DataConfig,
@@ -20,8 +29,8 @@ from intrakd.config.schema import (
 )
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
     "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
-    "TeacherConfig", "TrainConfig", "apply_overrides", "from_dict", "load_config", "parse_yaml_value",
+    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "load_config", "parse_yaml_value",
     "read_yaml", "register_distill_method", "setting", "to_dict",
 ]

@@ -70,6 +70,17 @@ def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
     return cls(**kwargs)
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested configuration by dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def config_fields(cls: type) -> dict[str, Any]:
     """The keys of a section and their types: its ``config_fields()`` when it has open-ended keys
     (the distillation methods' sections), else its dataclass fields."""

@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
 
+RUN_COMMANDS = {"teacher": "train-teacher", "student": "distill"}
+"""The command that starts and resumes a run of each kind ('teacher': :class:`TeacherConfig`,
+'student': :class:`StudentConfig`); the kind is what checkpoints and reports record."""
+
+
 @dataclass
 class DataConfig:
     dataset: str = "cifar100"

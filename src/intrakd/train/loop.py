@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from intrakd import distributed
-from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
+from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
@@ -42,9 +42,6 @@ from intrakd.train.policies import NONFINITE_CHECK_EVERY, CheckpointSchedule
 from intrakd.train.rng import capture_rng_state, restore_rng_state
 from intrakd.train.signals import Interrupted, StopSignals
 from intrakd.train.sinks import TensorBoardLog, console_line
-
-COMMANDS = {"teacher": "train-teacher", "student": "distill"}
-"""The command that resumes a run of each kind."""
 
 
 @dataclass
@@ -190,7 +187,7 @@ class Trainer:
         raise NonFiniteLoss(
             f"non-finite loss at {self._where(step)}: {_show(values)}. The run stopped without saving the "
             f"state this produced; its last good checkpoint is {self.last_checkpoint or 'none (nothing was saved)'}. "
-            f"To skip such steps, resume with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir} "
+            f"To skip such steps, resume with: intrakd {RUN_COMMANDS[self.info.kind]} --resume {self.run_dir} "
             "train.skip_nonfinite_steps=N"
         )
 
@@ -332,7 +329,7 @@ class Trainer:
         raise Interrupted(
             signum,
             f"stopped by {signal.Signals(signum).name} {self.position_text()}; {saved}. "
-            f"Continue with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir}",
+            f"Continue with: intrakd {RUN_COMMANDS[self.info.kind]} --resume {self.run_dir}",
         )
 
     def position_text(self) -> str:
