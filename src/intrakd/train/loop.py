@@ -260,7 +260,10 @@ class Trainer:
         """Training mode, and the data order and objective schedule of ``epoch`` from ``step`` on."""
         self.model.train()
         self.objective.train()
-        self.train_batches.set_epoch(epoch, step)
+        if step:
+            self.train_batches.set_epoch(epoch, step)
+        else:  # the start of an epoch: the protocol's default start (benchmarks' Batches take only the epoch)
+            self.train_batches.set_epoch(epoch)
         if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
             self.objective.set_epoch(epoch)
 
