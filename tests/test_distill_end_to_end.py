@@ -14,7 +14,7 @@ from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.models import create_model
 from intrakd.objectives import create_distiller
-from intrakd.train import distill, train_teacher
+from intrakd.runs import distill, train_teacher
 from intrakd.train.checkpoint import read_checkpoint
 
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},

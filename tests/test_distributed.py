@@ -21,11 +21,11 @@ import torch.multiprocessing as mp
 from fakes import TinyNet
 from torch import Tensor, nn
 
+from intrakd import distributed
 from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
-from intrakd.train import distributed
 from intrakd.train.loop import RunInfo, Trainer
 
 GLOBAL_BATCH = 16

@@ -119,8 +119,8 @@ def captured(monkeypatch):
         seen["cfg"] = cfg
         return {}
 
-    monkeypatch.setattr("intrakd.train.train_teacher", record)
-    monkeypatch.setattr("intrakd.train.distill", record)
+    monkeypatch.setattr("intrakd.runs.train_teacher", record)
+    monkeypatch.setattr("intrakd.runs.distill", record)
     return seen
 
 
@@ -184,12 +184,12 @@ def test_dkd_preset_uses_the_dkd_recipe_not_kd_weights():
 def test_preset_run_goes_to_runs_preset_name(captured, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     seen_out = {}
-    import intrakd.train
+    import intrakd.runs
 
     def record(cfg, out, overwrite=False, resume=False):
         seen_out["out"] = out
         return {}
 
-    monkeypatch.setattr(intrakd.train, "train_teacher", record)
+    monkeypatch.setattr(intrakd.runs, "train_teacher", record)
     assert main(["train-teacher", "--preset", "cifar100/resnet56-resnet20/teacher-vanilla"]) == 0
     assert seen_out["out"] == "runs/cifar100/resnet56-resnet20/teacher-vanilla"

@@ -73,7 +73,7 @@ def _run_config(
         else:
             out = _default_out(command)
         return load_config(cls, args.config, overrides, base=base), out
-    from intrakd.train.runs import ResumeError, load_run_config
+    from intrakd.runs import ResumeError, load_run_config
 
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ResumeError(f"--resume {args.resume} continues the run in that folder: drop --out {args.out}")
@@ -81,7 +81,8 @@ def _run_config(
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from intrakd.train import distributed, train_teacher
+    from intrakd import distributed
+    from intrakd.runs import train_teacher
 
     overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
     cfg, out = _run_config(args, TeacherConfig, "train-teacher", "teacher", overrides)
@@ -92,7 +93,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from intrakd.train import distill, distributed
+    from intrakd import distributed
+    from intrakd.runs import distill
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg, out = _run_config(args, StudentConfig, "distill", "distill", overrides)
@@ -106,7 +108,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
     from intrakd.config import DataConfig, from_dict
     from intrakd.data import build_datasets
-    from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
+    from intrakd.runs import resolve_device
+    from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint
 
     stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
     data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}),

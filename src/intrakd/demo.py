@@ -9,7 +9,8 @@ from typing import Any
 from intrakd.analysis import embedding_geometry, soft_label_stats
 from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
-from intrakd.train import classifier_from_checkpoint, distill, predict, resolve_device, train_teacher
+from intrakd.runs import distill, resolve_device, train_teacher
+from intrakd.train import classifier_from_checkpoint, predict
 
 # The recipe for each dataset: the same for both teachers except the intra-class weight.
 DEMO_RECIPES: dict[str, dict[str, Any]] = {

@@ -14,7 +14,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from intrakd.config import StudentConfig, TeacherConfig, load_config
+from intrakd.config import RUN_COMMANDS, StudentConfig, TeacherConfig, load_config
 from intrakd.objectives import distill_recipe, list_distillers
 
 Kind = Literal["teacher", "distill"]
@@ -159,7 +159,7 @@ def get_preset(name: str, kind: Kind | None = None) -> Preset:
                          f"{', '.join(p.name for p in list_presets(kind)[:2])}")
     preset = PRESETS[name]
     if kind is not None and preset.kind != kind:
-        command = "train-teacher" if preset.kind == "teacher" else "distill"
+        command = RUN_COMMANDS["teacher" if preset.kind == "teacher" else "student"]
         raise ValueError(f"preset {name!r} is a {preset.kind} recipe: use it with `intrakd {command} --preset {name}`")
     return preset
 

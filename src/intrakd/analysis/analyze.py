@@ -84,7 +84,8 @@ def predict_checkpoint(
     device: str = "auto", batch_size: int = 512,
 ) -> tuple[Predictions, dict[str, Any]]:
     """Run a checkpoint over ``split`` of the data it was trained on; returns predictions and info."""
-    from intrakd.train import classifier_from_checkpoint, predict, read_checkpoint, resolve_device
+    from intrakd.runs import resolve_device
+    from intrakd.train import classifier_from_checkpoint, predict, read_checkpoint
 
     state = read_checkpoint(checkpoint)
     data = state.get("config", {}).get("data")

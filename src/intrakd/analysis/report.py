@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intrakd.config import parse_yaml_value, read_yaml, upgrade_stored
+from intrakd.config import RUN_COMMANDS, parse_yaml_value, read_yaml, upgrade_stored
+from intrakd.config import flatten as flatten_config
 
 IGNORED_KEYS = frozenset({"seed", "device", "command", "data.root", "data.eval_batch_size"})
 DEFAULT_METRICS = (
@@ -71,16 +72,10 @@ class Difference:
     n: int
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become tuples (hashable)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"a": {"b": [1]}}`` -> ``{"a.b": (1,)}``: dotted keys, lists as tuples (hashable)."""
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in flatten_config(values).items()}
 
 
 def _teacher_run_dir(checkpoint: str) -> Path | None:
@@ -94,7 +89,8 @@ def _teacher_run_dir(checkpoint: str) -> Path | None:
 def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
     """(kind, seed, flattened configuration without ignored keys) of a run folder."""
     raw = upgrade_stored(read_yaml(run_dir / "config.yaml") or {})
-    kind = {"train-teacher": "teacher", "distill": "student"}.get(raw.get("command"), raw.get("command") or "run")
+    kinds = {command: kind for kind, command in RUN_COMMANDS.items()}
+    kind = kinds.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
     config = {k: v for k, v in flatten(raw).items() if k not in IGNORED_KEYS}
     teacher = raw.get("teacher")

@@ -294,7 +294,7 @@ def check_finished(jobs: list[Job]) -> None:
 def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = print) -> dict[str, int]:
     """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened.
     Nothing runs if a finished run was made with other settings (:func:`check_finished`)."""
-    from intrakd.train import distill, train_teacher
+    from intrakd.runs import distill, train_teacher
 
     check_finished(jobs)
     counts = {"skipped": 0, "ran": 0, "restarted": 0}

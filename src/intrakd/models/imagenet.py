@@ -17,6 +17,7 @@ from pathlib import Path
 import torchvision
 from torch import Tensor, nn
 
+from intrakd.models.checkpoint import load_weights, read_checkpoint
 from intrakd.models.contract import Classifier
 from intrakd.models.layers import init_conv_bn
 from intrakd.models.registry import register_model
@@ -25,8 +26,6 @@ from intrakd.models.registry import register_model
 def load_local_weights(model: Classifier, weights: str | Path, name: str) -> Classifier:
     """Load a local weights file (a bare state_dict, or a dict with a ``model`` state_dict) into
     ``model``, or raise naming the missing, unexpected and mis-shaped keys."""
-    from intrakd.train.checkpoint import load_weights, read_checkpoint
-
     load_weights(model, read_checkpoint(weights)["model"], f"weights file {weights}", name)
     return model
 

@@ -1,6 +1,16 @@
 """Objectives: the teacher's (intra-class contrastive) and the students' (distillation methods)."""
 
-from intrakd.objectives import at, crd, dkd, fitnet, kd, pkt, rkd, sp  # noqa: F401  (fill the registry)
+# The registry of distillation methods: one line a method, in the order `intrakd methods` lists them.
+# isort: off
+from intrakd.objectives import kd  # noqa: F401
+from intrakd.objectives import dkd  # noqa: F401
+from intrakd.objectives import crd  # noqa: F401
+from intrakd.objectives import rkd  # noqa: F401
+from intrakd.objectives import fitnet  # noqa: F401
+from intrakd.objectives import at  # noqa: F401
+from intrakd.objectives import sp  # noqa: F401
+from intrakd.objectives import pkt  # noqa: F401
+# isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import (

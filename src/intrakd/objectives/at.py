@@ -8,11 +8,13 @@ smaller size first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
@@ -35,13 +37,24 @@ def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float) -> Tenso
         return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
 
 
+@dataclass
+class ATSettings:
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on the stage features."""
+
+    weight: float = setting(1000.0, "weight of the attention term (summed over stages)", ">= 0")
+    p: float = setting(2.0, "attention map = mean over channels of |feature|^p", "> 0")
+    first_stage: int = setting(1, "first stage feature used (the standard skips the stem at index 0)", ">= 0")
+
+
 @register_distiller("at")
 class ATObjective(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
 
+    settings_class = ATSettings
+    recipe = (1.0, 0.0)
+
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.at
         s_stages = len(probe(student, data.input_shape).features)
         t_stages = len(probe(teacher, data.input_shape).features)
         if s_stages != t_stages:

@@ -16,12 +16,14 @@ among all samples (``crd.negatives=uniform``, the memory's own sampler in the re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
@@ -52,13 +54,31 @@ def sample_other_class(labels: Tensor, num_samples: int, class_order: Tensor, cl
     return class_order[r + (r >= start) * count]
 
 
+@dataclass
+class CRDSettings:
+    """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory of embeddings."""
+
+    weight: float = setting(0.8, "weight of the CRD term (student and teacher anchors summed)", ">= 0")
+    feat_dim: int = setting(128, "dimension of the learned, L2-normalised embeddings", ">= 1")
+    num_negatives: int = setting(16384, "negatives per anchor, drawn from the memory on the device", ">= 1")
+    temperature: float = setting(0.07, "temperature of the exponential scores", "> 0")
+    momentum: float = setting(0.5, "memory update: new = normalise(momentum * old + (1 - momentum) * current)",
+                              "in [0, 1)")
+    negatives: Literal["other_class", "uniform"] = setting(
+        "other_class", "where negatives come from: samples of other classes (the reference recipe) or "
+                       "all samples uniformly")
+
+
 @register_distiller("crd")
 class CRDObjective(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory per model."""
 
+    settings_class = CRDSettings
+    recipe = (1.0, 0.0)
+
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = s = cfg.crd
+        s = self.settings
         self.num_data = data.labels.shape[0]
         self.embed_student = nn.Linear(probe(student, data.input_shape).embedding.shape[1], s.feat_dim)
         self.embed_teacher = nn.Linear(probe(teacher, data.input_shape).embedding.shape[1], s.feat_dim)

@@ -4,7 +4,7 @@ method's own named terms computed from both models' outputs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,11 @@ class Distiller(nn.Module):
     num_views = 1
     method = ""
     """Registry name, set by :func:`~intrakd.objectives.registry.register_distiller`."""
+    settings_class: ClassVar[type | None] = None
+    """Dataclass of the method's own settings, the section ``distill.<method>`` (fields made with
+    :func:`intrakd.config.setting`: default, help line, range rule); None: no settings of its own."""
+    recipe: ClassVar[tuple[float, float]]
+    """``(ce_weight, kd_weight)`` of the method's standard recipe (unset weights take these)."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()
@@ -65,6 +70,8 @@ class Distiller(nn.Module):
             raise ValueError("distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
         self.ce_weight, self.kd_weight, self.temperature = cfg.ce_weight, cfg.kd_weight, cfg.temperature
         self.num_classes = data.num_classes
+        self.settings: Any = getattr(cfg, self.method) if self.settings_class is not None else None
+        """The method's section of ``cfg`` (``cfg.<method>``), None without settings of its own."""
 
     @classmethod
     def pair_settings(cls, teacher_model: str, student_model: str) -> dict[str, Any]:

@@ -8,12 +8,13 @@ weighs the two freely: ``tckd_weight * TCKD + nckd_weight * NCKD``, both times `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -54,13 +55,26 @@ def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, te
     return tckd * temperature**2, nckd * temperature**2
 
 
+@dataclass
+class DKDSettings:
+    """Decoupled KD (Zhao et al., CVPR 2022): target-class and non-target-class KD terms."""
+
+    tckd_weight: float = setting(1.0, "weight of the target-class term TCKD (alpha in the paper)", ">= 0")
+    nckd_weight: float = setting(8.0, "weight of the non-target-class term NCKD (beta in the paper; "
+                                       "2 to 8 depending on the pair)", ">= 0")
+    warmup_epochs: int = setting(20, "the DKD term's weight ramps up linearly over this many epochs (0: none)",
+                                 ">= 0")
+
+
 @register_distiller("dkd")
 class DKDObjective(Distiller):
     """Decoupled KD (Zhao et al., CVPR 2022): target and non-target class KD weighted apart."""
 
+    settings_class = DKDSettings
+    recipe = (1.0, 0.0)
+
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.dkd
         self.warmup = 0.0
         self.set_epoch(0)
 

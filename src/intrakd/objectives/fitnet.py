@@ -3,10 +3,12 @@ the teacher's "hint" stage feature; the loss is their mean squared error."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
@@ -31,13 +33,24 @@ def connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) ->
     return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
 
 
+@dataclass
+class FitNetSettings:
+    """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
+
+    hint_weight: float = setting(100.0, "weight of the hint (mean squared error) term", ">= 0")
+    hint_layer: int = setting(2, "index of the stage feature used by both models (earliest first; may be "
+                                  "negative)")
+
+
 @register_distiller("fitnet")
 class FitNetObjective(Distiller):
     """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
 
+    settings_class = FitNetSettings
+    recipe = (1.0, 0.0)
+
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.fitnet
         layer = self.settings.hint_layer
         s_features = probe(student, data.input_shape).features
         t_features = probe(teacher, data.input_shape).features

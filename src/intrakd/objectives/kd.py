@@ -9,3 +9,5 @@ from intrakd.objectives.registry import register_distiller
 @register_distiller("kd")
 class KDObjective(Distiller):
     """Hinton et al. (2015): match the teacher's softened class probabilities."""
+
+    recipe = (0.1, 0.9)

@@ -8,14 +8,16 @@ of the paper, averaged over the ``B^2`` entries as in the reference recipe).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from intrakd.config import DistillConfig
+from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import register_distiller
 
 PKT_EPS = 1e-7
@@ -35,13 +37,19 @@ def pkt_loss(student: Tensor, teacher: Tensor) -> Tensor:
         return (p_teacher * torch.log((p_teacher + PKT_EPS) / (p_student + PKT_EPS))).mean()
 
 
+@dataclass
+class PKTSettings:
+    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the embeddings."""
+
+    weight: float = setting(30000.0, "weight of the PKT term", ">= 0")
+
+
 @register_distiller("pkt")
 class PKTObjective(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): the embeddings' kernel densities."""
 
-    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
-        super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.pkt
+    settings_class = PKTSettings
+    recipe = (1.0, 0.0)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

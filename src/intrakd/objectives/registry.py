@@ -1,19 +1,20 @@
 """Registry of distillation methods (student objectives); the trainer never names one.
 
-Adding a method: a module with a :class:`~intrakd.objectives.distiller.Distiller` subclass decorated
-with :func:`register_distiller`, its settings section and recipe weights in ``config.py``.
+Adding a method is one module in ``intrakd/objectives`` (its settings dataclass, recipe and
+:class:`~intrakd.objectives.distiller.Distiller` subclass decorated with :func:`register_distiller`)
+and its import line in ``objectives/__init__.py``; registering also adds its settings section to the
+configuration schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from intrakd.config import METHOD_WEIGHTS, DistillConfig, DistillMethod, to_dict
+from intrakd.config import DistillConfig, DistillMethodSpec, register_distill_method, to_dict
 from intrakd.data.tensor_data import Split
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 
@@ -21,13 +22,13 @@ _DISTILLERS: dict[str, type[Distiller]] = {}
 
 
 def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: register a student objective under ``name`` (one of ``config.DistillMethod``)."""
+    """Class decorator: register a student objective under ``name``, with its ``settings_class``
+    (the section ``distill.<name>``) and ``recipe`` in the configuration schema."""
 
     def add(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
             raise ValueError(f"distiller {name!r} registered twice")
-        if name not in typing.get_args(DistillMethod):
-            raise ValueError(f"distiller {name!r} has no entry in config.DistillMethod / METHOD_WEIGHTS")
+        register_distill_method(DistillMethodSpec(name, cls.settings_class, cls.recipe))
         cls.method = name
         _DISTILLERS[name] = cls
         return cls
@@ -52,8 +53,8 @@ def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
 def method_settings(name: str) -> dict[str, Any]:
     """The standard settings of method ``name``: its section of :class:`DistillConfig` (empty for KD)."""
     _check(name)
-    section = {f.name: f for f in dataclasses.fields(DistillConfig)}.get(name)
-    return to_dict(section.default_factory()) if section is not None else {}
+    settings = _DISTILLERS[name].settings_class
+    return to_dict(settings()) if settings is not None else {}
 
 
 def distill_recipe(name: str, teacher_model: str | None = None,
@@ -61,7 +62,7 @@ def distill_recipe(name: str, teacher_model: str | None = None,
     """The ``distill`` section of method ``name``'s standard recipe, with the settings that the
     reference recipe tunes per teacher/student pair (e.g. DKD's ``nckd_weight``) filled in."""
     _check(name)
-    ce, kd = METHOD_WEIGHTS[name]
+    ce, kd = _DISTILLERS[name].recipe
     recipe: dict[str, Any] = {"method": name, "ce_weight": ce, "kd_weight": kd,
                               "temperature": DistillConfig.temperature}
     settings = method_settings(name)
@@ -75,16 +76,13 @@ def distill_recipe(name: str, teacher_model: str | None = None,
 def describe_methods() -> str:
     """A human-readable list of every method with its recipe weights and settings (``intrakd methods``)."""
     lines = []
-    for name in [m for m in typing.get_args(DistillMethod) if m in _DISTILLERS]:
-        cls = _DISTILLERS[name]
-        ce, kd = METHOD_WEIGHTS[name]
+    for name, cls in _DISTILLERS.items():
+        ce, kd = cls.recipe
         lines.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         lines.append(f"    distill.method={name}  (recipe: distill.ce_weight={ce} distill.kd_weight={kd})")
-        section = {f.name: f for f in dataclasses.fields(DistillConfig)}.get(name)
-        if section is not None:
-            for f in dataclasses.fields(section.default_factory):
-                default = f.default
-                lines.append(f"    distill.{name}.{f.name}={default}  {f.metadata.get('help', '')}".rstrip())
+        if cls.settings_class is not None:
+            for f in dataclasses.fields(cls.settings_class):
+                lines.append(f"    distill.{name}.{f.name}={f.default}  {f.metadata.get('help', '')}".rstrip())
         lines.append("")
     lines.append("Every method takes distill.ce_weight, distill.kd_weight (> 0 adds Hinton's KD term) and "
                  f"distill.temperature (default {DistillConfig.temperature}).")

@@ -9,14 +9,16 @@ over all ``B^2`` ordered pairs, respectively ``B^3`` ordered triplets (the refer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from intrakd.config import DistillConfig
+from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import register_distiller
 
 
@@ -48,13 +50,20 @@ def rkd_losses(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     return distance, angle
 
 
+@dataclass
+class RKDSettings:
+    """Relational KD (Park et al., CVPR 2019): distance and angle relations of the embeddings."""
+
+    distance_weight: float = setting(25.0, "weight of the pairwise-distance term", ">= 0")
+    angle_weight: float = setting(50.0, "weight of the triplet-angle term", ">= 0")
+
+
 @register_distiller("rkd")
 class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
 
-    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
-        super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.rkd
+    settings_class = RKDSettings
+    recipe = (1.0, 0.0)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

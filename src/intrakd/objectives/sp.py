@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from intrakd.config import DistillConfig
+from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import register_distiller
 
 
@@ -30,13 +32,19 @@ def sp_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
         return difference.pow(2).sum() / student_feature.shape[0] ** 2
 
 
+@dataclass
+class SPSettings:
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019) on the last stage feature."""
+
+    weight: float = setting(3000.0, "weight of the similarity-preserving term", ">= 0")
+
+
 @register_distiller("sp")
 class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
 
-    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
-        super().__init__(cfg, student, teacher, data)
-        self.settings = cfg.sp
+    settings_class = SPSettings
+    recipe = (1.0, 0.0)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

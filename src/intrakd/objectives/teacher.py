@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from intrakd import distributed
 from intrakd.config import IntraConfig
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import FeatureCache, classification_margin, intra_class_terms
@@ -69,9 +70,7 @@ class IntraClassTeacherObjective(nn.Module):
             class_memory_ids = self.cache.ids if cfg.exclude_self else None
         # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
         # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
-        # one process; imported here because intrakd.train imports the objectives)
-        from intrakd.train import distributed
-
+        # one process)
         peers = distributed.PeerBatch(z1, z2, labels, gate1, batch.indices)
         memory, memory_labels, memory_ids = peers.negatives(memory, memory_labels, memory_ids)
         per_anchor, contributing = intra_class_terms(

@@ -1,4 +1,6 @@
-"""Training: the loop, whole runs, checkpoints, evaluation, interruption and numerical guards."""
+"""The training engine: the loop, checkpoints, evaluation, interruption and numerical guards. It knows
+objectives only through their protocol (:mod:`intrakd.train.objective`); whole runs built from a
+configuration are :mod:`intrakd.runs`."""
 
 from intrakd.train.checkpoint import (
     CheckpointError,
@@ -11,11 +13,10 @@ from intrakd.train.checkpoint import (
 from intrakd.train.evaluate import accuracy, evaluate, predict
 from intrakd.train.guards import NonFiniteLoss
 from intrakd.train.loop import RunInfo, Trainer
-from intrakd.train.runs import ResumeError, distill, resolve_device, train_teacher
 from intrakd.train.signals import Interrupted
 
 __all__ = [
-    "CheckpointError", "CheckpointStore", "CheckpointWriteError", "Interrupted", "NonFiniteLoss", "ResumeError",
-    "RunInfo", "Trainer", "accuracy", "classifier_from_checkpoint", "distill", "evaluate", "predict",
-    "read_checkpoint", "resolve_device", "save_checkpoint", "train_teacher",
+    "CheckpointError", "CheckpointStore", "CheckpointWriteError", "Interrupted", "NonFiniteLoss",
+    "RunInfo", "Trainer", "accuracy", "classifier_from_checkpoint", "evaluate", "predict",
+    "read_checkpoint", "save_checkpoint",
 ]

@@ -1,5 +1,5 @@
-"""Checkpoints: atomic, checksummed writes; a run's checkpoint folder; loading weights with errors
-that say what does not fit.
+"""Writing checkpoints: atomic, checksummed writes and a run's checkpoint folder (reading them, and
+loading weights, is :mod:`intrakd.models.checkpoint`).
 
 Every checkpoint ``X.pt`` is a plain ``torch.save`` file with a ``X.pt.sha256`` beside it in the format
 of ``sha256sum`` (so ``sha256sum -c X.pt.sha256`` checks it too). Both are written to temporary files,
@@ -11,46 +11,49 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 import shutil
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from torch import nn
 
-from intrakd.models import Classifier, check_reads_images, create_model
+from intrakd.models.checkpoint import (
+    CHECKSUM_SUFFIX,
+    CheckpointError,
+    checkpoint_history,
+    checksum_path,
+    classifier_from_checkpoint,
+    file_sha256,
+    history_file_name,
+    history_position,
+    load_verified,
+    load_weights,
+    read_checkpoint,
+    verify_checkpoint,
+)
 
 CHECKPOINT_FORMAT = "intrakd-2"
 """Version of the training-state layout written by :class:`intrakd.train.loop.Trainer`."""
 
-CHECKSUM_SUFFIX = ".sha256"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: truncated, corrupted, unreadable or of the wrong kind."""
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKSUM_SUFFIX", "CheckpointError", "CheckpointStore", "CheckpointWriteError",
+    "check_format", "checksum_path", "classifier_from_checkpoint", "file_sha256", "load_weights",
+    "read_checkpoint", "save_checkpoint", "verify_checkpoint", "write_atomic",
+]
 
 
 class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (a full disk, say); the files already on disk are untouched."""
 
 
-def checksum_path(path: Path) -> Path:
-    """The checksum file that belongs to checkpoint ``path``."""
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
+def check_format(state: dict[str, Any], path: Path | None = None) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a training state of :data:`CHECKPOINT_FORMAT`."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        where = f"{path} was" if path is not None else "the checkpoint was"
+        raise CheckpointError(f"{where} written by another version of intrakd (format {state.get('format')!r}, "
+                              f"this one reads {CHECKPOINT_FORMAT!r}): it cannot be resumed")
 
 class _HashingWriter:
     """File wrapper that hashes what goes through it and keeps the first write error.
@@ -150,87 +153,6 @@ def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
     return CheckpointWriteError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err}; "
                                 "nothing on disk was replaced")
 
-
-def verify_checkpoint(path: str | Path) -> bool:
-    """Check ``path`` (symbolic links followed) against its checksum file.
-
-    Returns False when there is no checksum file (a file from elsewhere); raises
-    :class:`CheckpointError` when the file does not match it (truncated or damaged).
-    """
-    real = Path(path).resolve()
-    sidecar = checksum_path(real)
-    if not sidecar.is_file():
-        return False
-    recorded = sidecar.read_text(errors="replace").split()
-    if not recorded or not re.fullmatch(r"[0-9a-f]{64}", recorded[0]):
-        raise CheckpointError(f"checkpoint {path}: its checksum file {sidecar} is damaged")
-    actual = file_sha256(real)
-    if actual != recorded[0]:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt: its sha256 ({actual[:16]}...) differs from the one recorded in "
-            f"{sidecar.name} when it was written ({recorded[0][:16]}...); the file was truncated or damaged"
-        )
-    return True
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file onto the CPU (tensors and plain data only), checking its checksum.
-
-    A damaged file raises :class:`CheckpointError` naming it and, when it lies in a run's checkpoint
-    folder, the newest earlier checkpoint there that is intact.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        verify_checkpoint(path)
-        state = _load(path)
-    except CheckpointError as err:
-        raise CheckpointError(f"{err}{_earlier_hint(path)}") from err
-    if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        state = {"model": state}  # a bare state_dict
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"checkpoint {path} holds no model weights: expected a dict with a 'model' state_dict")
-    return state
-
-
-def _load(path: Path) -> Any:
-    """``torch.load`` onto the CPU, tensors and plain data only; any failure is a CheckpointError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling, zip and storage errors alike: the file cannot be used
-        raise CheckpointError(f"checkpoint {path} cannot be read ({_load_failure(err)}); "
-                              "it may be truncated or not a PyTorch checkpoint") from err
-
-
-def _load_failure(err: Exception) -> str:
-    """The part of a ``torch.load`` error that says what is wrong, in one short line. (Its
-    weights-only error is a page that ends by advising an unsafe load.)"""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    unsupported = re.search(r"Unsupported global: (.*?) was not an allowed global", text)
-    if unsupported is not None:
-        reason = f"Unsupported global: {unsupported[1]}; only tensors and plain data are loaded"
-    else:
-        reason = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
-    return f"{type(err).__name__}: {textwrap.shorten(reason, 240)}"
-
-
-def _earlier_hint(path: Path) -> str:
-    """'; the previous intact checkpoint is X' for a file in a run's checkpoint folder, else ''."""
-    real = path.resolve()
-    store = CheckpointStore(real.parent)
-    position = store.position(real)
-    for older_position, older in reversed(store.history()):
-        if older == real or (position is not None and older_position >= position):
-            continue
-        try:
-            if verify_checkpoint(older):
-                return f"; the previous intact checkpoint is {older}"
-        except CheckpointError:
-            continue
-    return ""
-
-
 class CheckpointStore:
     """A run's checkpoint folder.
 
@@ -240,8 +162,6 @@ class CheckpointStore:
     the newest ``keep_last`` of these files, sparing the one ``best.pt`` points at.
     """
 
-    PATTERN = re.compile(r"ckpt-e(\d+)-s(\d+)\.pt")
-
     def __init__(self, folder: Path, keep_last: int = 1) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -249,19 +169,16 @@ class CheckpointStore:
 
     @staticmethod
     def file_name(epoch: int, step: int) -> str:
-        return f"ckpt-e{epoch:04d}-s{step:06d}.pt"
+        """The name of the checkpoint of position (epoch, step)."""
+        return history_file_name(epoch, step)
 
     def position(self, path: Path) -> tuple[int, int] | None:
         """(epochs, steps) encoded in a history file's name; None for other files."""
-        match = self.PATTERN.fullmatch(path.name)
-        return (int(match[1]), int(match[2])) if match else None
+        return history_position(path)
 
     def history(self) -> list[tuple[tuple[int, int], Path]]:
         """The history files present, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        found = [(self.position(p), p) for p in self.folder.iterdir() if p.is_file() and not p.is_symlink()]
-        return sorted((pos, p) for pos, p in found if pos is not None)
+        return checkpoint_history(self.folder)
 
     def save(self, state: dict[str, Any], epoch: int, step: int, best: bool = False) -> Path:
         """Write the checkpoint of position (epoch, step); update ``last.pt`` (and ``best.pt``); prune."""
@@ -326,71 +243,8 @@ class CheckpointStore:
             try:
                 if not verify_checkpoint(path):
                     raise CheckpointError(f"checkpoint {path} has no checksum file {checksum_path(path).name}")
-                state = _load(path)
+                state = load_verified(path)
             except (CheckpointError, OSError) as err:
                 yield path, None, str(err)
             else:
                 yield path, state, None
-
-
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, model_name: str) -> None:
-    """Load ``state_dict`` into ``model`` exactly, or raise naming the missing, unexpected and
-    mis-shaped keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f" ... ({len(items)} in all)" if len(items) > 6 else "")
-
-        parts = [f"{source} does not fit model {model_name!r}:"]
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches (checkpoint vs model): {show(mismatched)}")
-        parts.append("Check that the architecture and number of classes are those the checkpoint was trained with.")
-        raise ValueError(" ".join(parts))
-    model.load_state_dict(state_dict)
-
-
-def classifier_from_checkpoint(
-    path: str | Path, model_name: str | None = None, num_classes: int | None = None,
-    image_shape: tuple[int, int, int] | None = None,
-) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint (intrakd's own or a ``{"model": state_dict}`` file).
-
-    ``model_name`` is needed when the file does not name its architecture; ``num_classes`` when
-    given must agree with the checkpoint; the model must read images of ``image_shape`` when given.
-    """
-    state = read_checkpoint(path)
-    name = state.get("model_name") or model_name
-    if name is None:
-        raise ValueError(f"checkpoint {path} does not name its architecture: pass the model name "
-                         "(teacher_model=NAME for distill, --model NAME for evaluate)")
-    if model_name is not None and model_name != name:
-        raise ValueError(f"checkpoint {path} holds a {name!r}, not the requested {model_name!r}")
-    stored_classes = state.get("num_classes") or _classes_from_weights(state["model"])
-    if num_classes is not None and stored_classes is not None and stored_classes != num_classes:
-        raise ValueError(f"checkpoint {path} is a {stored_classes}-class model but the data has {num_classes} "
-                         "classes: use a teacher trained on this dataset")
-    classes = stored_classes or num_classes
-    if classes is None:
-        raise ValueError(f"cannot tell how many classes the model in {path} has")
-    model = create_model(name, num_classes=classes)
-    load_weights(model, state["model"], f"checkpoint {path}", name)
-    if image_shape is not None:
-        check_reads_images(model, image_shape, f"the {name} in checkpoint {path}",
-                           "use a checkpoint trained on images like these")
-    return model, state
-
-
-def _classes_from_weights(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """The output size of the last 2-D weight (the classifier), for files that do not record it."""
-    weights = [v for k, v in state_dict.items() if k.endswith("weight") and v.ndim == 2]
-    return int(weights[-1].shape[0]) if weights else None

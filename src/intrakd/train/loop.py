@@ -23,29 +23,25 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from intrakd.analysis.tensorboard import TensorBoardLog
-from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
+from intrakd import distributed
+from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
-from intrakd.objectives.base import StepResult
-from intrakd.train import distributed
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointStore,
     CheckpointWriteError,
+    check_format,
     write_atomic,
 )
 from intrakd.train.evaluate import evaluate
 from intrakd.train.guards import NonFiniteLoss, NonFiniteWatch, all_finite
+from intrakd.train.meter import EpochMeter
+from intrakd.train.policies import NONFINITE_CHECK_EVERY, CheckpointSchedule
 from intrakd.train.rng import capture_rng_state, restore_rng_state
 from intrakd.train.signals import Interrupted, StopSignals
-
-NONFINITE_CHECK_EVERY = 50
-"""Steps between reads of the non-finite record (besides the reads before every checkpoint)."""
-
-COMMANDS = {"teacher": "train-teacher", "student": "distill"}
-"""The command that resumes a run of each kind."""
+from intrakd.train.sinks import TensorBoardLog, console_line
 
 
 @dataclass
@@ -66,56 +62,6 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options:
     """SGD with momentum and weight decay (the benchmark recipe); ``options`` pick its implementation."""
     return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            **options)
-
-
-class EpochMeter:
-    """Running sums of one epoch's logged values, kept on the device (no host sync per step)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.correct: Tensor | None = None
-        self.images = self.steps = self.skipped = 0
-        self.seconds = 0.0
-
-    def add(self, loss: Tensor, result: StepResult, labels: Tensor) -> None:
-        """Add one applied step: the total loss, every term and statistic, the training hits."""
-        for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
-            value = value.detach().float()
-            # A copy, not the step's tensor: with CUDA graphs the next step writes over its outputs.
-            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
-        hits = (result.logits.argmax(1) == labels).sum()
-        self.correct = hits if self.correct is None else self.correct + hits
-        self.images += labels.shape[0]
-        self.steps += 1
-
-    def summary(self) -> dict[str, float]:
-        """Per-step means of every value, training accuracy and throughput (over all ranks)."""
-        steps = max(self.steps, 1)
-        sums = dict(self.sums)
-        if self.correct is not None:
-            sums["correct"] = self.correct
-        sums = distributed.mean_across_ranks(sums)  # one collective per epoch (identity in one process)
-        ranks = distributed.world_size()
-        correct = sums.pop("correct").item() * ranks if "correct" in sums else 0
-        images = self.images * ranks
-        metrics = {name: (value / steps).item() for name, value in sums.items()}
-        metrics["train_acc"] = 100.0 * correct / max(images, 1)
-        metrics["images_per_s"] = images / self.seconds if self.seconds > 0 else 0.0
-        metrics["train_seconds"] = self.seconds
-        return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "correct": self.correct, "images": self.images, "steps": self.steps,
-                "skipped": self.skipped, "seconds": self.seconds}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.sums = {name: value.to(device) for name, value in state["sums"].items()}
-        self.correct = None if state["correct"] is None else state["correct"].to(device)
-        self.images, self.steps, self.skipped = state["images"], state["steps"], state["skipped"]
-        self.seconds = state["seconds"]
 
 
 class Trainer:
@@ -151,7 +97,7 @@ class Trainer:
         self.checkpoint_cfg = checkpoint or CheckpointConfig()
         self.train_cfg = train or TrainConfig()
         trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
-        # speed settings (train/accel.py) and data parallelism (train/distributed.py; identity in one process)
+        # speed settings (train/accel.py) and data parallelism (intrakd/distributed.py; identity in one process)
         self.perf = perf or PerfSettings.plain(next(model.parameters()).device)
         self.optimizer = build_optimizer(trainable, optim, **self.perf.optimizer_options())
         self.train_model = distributed.wrap_model(model, sync_batchnorm)
@@ -181,7 +127,7 @@ class Trainer:
         self._buffers = [b for module in (model, objective) for b in module.buffers()]
         self._dirty = False
         self._mark = time.perf_counter()
-        self._last_save = time.monotonic()
+        self.schedule = CheckpointSchedule(self.checkpoint_cfg)
 
     @property
     def device(self) -> torch.device:
@@ -241,7 +187,7 @@ class Trainer:
         raise NonFiniteLoss(
             f"non-finite loss at {self._where(step)}: {_show(values)}. The run stopped without saving the "
             f"state this produced; its last good checkpoint is {self.last_checkpoint or 'none (nothing was saved)'}. "
-            f"To skip such steps, resume with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir} "
+            f"To skip such steps, resume with: intrakd {RUN_COMMANDS[self.info.kind]} --resume {self.run_dir} "
             "train.skip_nonfinite_steps=N"
         )
 
@@ -255,7 +201,8 @@ class Trainer:
             write_atomic(self.metrics_path, "".join(line + "\n" for line in self.metrics_lines).encode())
             # optional extra: TensorBoard event files when tensorboard is installed
             self.board = TensorBoardLog(self.run_dir)
-        self._mark, self._last_save = time.perf_counter(), time.monotonic()
+        self._mark = time.perf_counter()
+        self.schedule.saved()
         try:
             with self._signals:
                 while self.epoch < self.optim_cfg.epochs:
@@ -280,11 +227,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over ``train_batches`` as epoch ``epoch``, without checkpoints, logs, evaluation or
         a change of the run's position (benchmarks, warm-up); returns the pass's logged means."""
-        self.model.train()
-        self.objective.train()
-        self.train_batches.set_epoch(epoch)
-        if hasattr(self.objective, "set_epoch"):
-            self.objective.set_epoch(epoch)
+        self._begin_epoch(epoch)
         self.meter.reset()
         start = time.perf_counter()
         for batch in self.train_batches:
@@ -298,11 +241,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         steps = len(self.train_batches)
         if self.step < steps:
-            self.model.train()
-            self.objective.train()
-            self.train_batches.set_epoch(self.epoch, self.step)
-            if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
-                self.objective.set_epoch(self.epoch)
+            self._begin_epoch(self.epoch, self.step)
             bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False,
                        disable=None if self.writer else True,
                        dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
@@ -317,16 +256,26 @@ class Trainer:
             bar.close()
         self._tick(training=True)
 
+    def _begin_epoch(self, epoch: int, step: int = 0) -> None:
+        """Training mode, and the data order and objective schedule of ``epoch`` from ``step`` on."""
+        self.model.train()
+        self.objective.train()
+        if step:
+            self.train_batches.set_epoch(epoch, step)
+        else:  # the start of an epoch: the protocol's default start (benchmarks' Batches take only the epoch)
+            self.train_batches.set_epoch(epoch)
+        if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
+            self.objective.set_epoch(epoch)
+
     def _checkpoint_or_stop(self) -> None:
         """Save when a checkpoint is due, stop when a signal asked to. Data-parallel ranks decide
         together every ``NONFINITE_CHECK_EVERY`` steps (clock and signals are rank-local)."""
-        cfg = self.checkpoint_cfg
-        timed = cfg.every_minutes > 0 and time.monotonic() - self._last_save >= 60.0 * cfg.every_minutes
+        timed = self.schedule.timer_due()
         asked = self._signals.signum is not None
         if distributed.is_distributed():
             timed, asked = (distributed.any_across_ranks([timed, asked])
                             if self.global_step % NONFINITE_CHECK_EVERY == 0 else (False, False))
-        if timed or (cfg.every_steps and self.global_step % cfg.every_steps == 0):
+        if timed or self.schedule.step_due(self.global_step):
             self.save_checkpoint()
         self._stop_if_asked(asked)
 
@@ -347,8 +296,7 @@ class Trainer:
         self.meter.reset()
         self._dirty = True
         self.log_epoch(record)
-        every = self.checkpoint_cfg.every_epochs
-        if is_best or self.epoch % every == 0 or self.epoch == self.optim_cfg.epochs:
+        if self.schedule.epoch_due(self.epoch, self.optim_cfg.epochs, is_best):
             self.save_checkpoint(best=is_best)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
@@ -361,12 +309,7 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        tqdm.write(self._line(record), end="\n")
-
-    def _line(self, record: dict[str, Any]) -> str:
-        keys = ["loss", "ce", "intra", "kd", "pass_rate", "train_acc", f"{self.info.eval_split}_acc", "images_per_s"]
-        shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
-        return f"[{self.info.kind}] epoch {record['epoch']}/{self.optim_cfg.epochs} {shown}"
+        tqdm.write(console_line(self.info.kind, record, self.optim_cfg.epochs, self.info.eval_split), end="\n")
 
     def _tick(self, training: bool) -> None:
         """Add the time since the last tick to the wall clock (and to the epoch's training time)."""
@@ -389,7 +332,7 @@ class Trainer:
         raise Interrupted(
             signum,
             f"stopped by {signal.Signals(signum).name} {self.position_text()}; {saved}. "
-            f"Continue with: intrakd {COMMANDS[self.info.kind]} --resume {self.run_dir}",
+            f"Continue with: intrakd {RUN_COMMANDS[self.info.kind]} --resume {self.run_dir}",
         )
 
     def position_text(self) -> str:
@@ -409,7 +352,8 @@ class Trainer:
         self._tick(training=self.step > 0)
         state = self.state_dict()  # every rank: the random states are gathered
         if not self.writer:
-            self._dirty, self._last_save = False, time.monotonic()
+            self._dirty = False
+            self.schedule.saved()
             self._tick(training=False)
             return self.store.folder / self.store.file_name(self.epoch, self.step)
         try:
@@ -418,7 +362,8 @@ class Trainer:
             previous = f"the previous checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else \
                 "no earlier checkpoint exists"
             raise CheckpointWriteError(err.errno, f"{err.strerror}; {previous}") from err
-        self.last_checkpoint, self._dirty, self._last_save = path, False, time.monotonic()
+        self.last_checkpoint, self._dirty = path, False
+        self.schedule.saved()
         self._tick(training=False)
         return path
 
@@ -447,9 +392,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (a checkpoint of a run with the same configuration)."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}: "
-                                  "it was written by another version of intrakd and cannot be resumed")
+        check_format(state)
         if state["steps_per_epoch"] != len(self.train_batches):
             raise CheckpointError(f"the checkpoint was taken with {state['steps_per_epoch']} steps per epoch, the "
                                   f"data now gives {len(self.train_batches)}: the training data changed")

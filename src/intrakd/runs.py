@@ -1,5 +1,7 @@
-"""Whole runs from a configuration: ``train_teacher`` and ``distill`` write a run folder each, and
-continue one (``resume=True``) from its newest intact checkpoint.
+"""The wiring of whole runs: data, models, objective and engine built from a configuration.
+
+``train_teacher`` and ``distill`` write a run folder each, and continue one (``resume=True``) from
+its newest intact checkpoint.
 
 Nothing on disk is touched before every input has been checked: the configuration, the data, the
 teacher checkpoint, the run folder (one that already holds a run is refused unless resumed or
@@ -18,10 +20,12 @@ import numpy as np
 import torch
 import yaml
 
+from intrakd import distributed
 from intrakd.config import (
     ConfigError,
     StudentConfig,
     TeacherConfig,
+    flatten,
     from_dict,
     load_config,
     read_yaml,
@@ -31,12 +35,11 @@ from intrakd.config import (
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.train import distributed
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
-    CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointStore,
+    check_format,
     classifier_from_checkpoint,
     file_sha256,
     read_checkpoint,
@@ -124,22 +127,12 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
 def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting (dotted key) that differs, defaults filled in on both sides."""
     try:
-        old_flat = _flatten(to_dict(from_dict(cls, old)))
+        old_flat = flatten(to_dict(from_dict(cls, old)))
     except ConfigError as err:
         raise ResumeError(f"the run's configuration cannot be read by this version of intrakd: {err}") from err
-    new_flat = _flatten(to_dict(from_dict(cls, new)))
+    new_flat = flatten(to_dict(from_dict(cls, new)))
     return [f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
             for key in sorted(old_flat.keys() | new_flat.keys()) if old_flat.get(key) != new_flat.get(key)]
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _may_change(difference: str) -> bool:
@@ -171,9 +164,8 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
             continue
         state, path = loaded, candidate
         break
-    if state is not None and state.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeError(f"{path} was written by another version of intrakd (format {state.get('format')!r}, "
-                          f"this one reads {CHECKPOINT_FORMAT!r}): it cannot be resumed")
+    if state is not None:
+        check_format(state, path)
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")

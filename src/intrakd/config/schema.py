@@ -1,26 +1,25 @@
-"""Typed run configuration: dataclasses loaded from YAML plus ``key.sub=value`` overrides.
+"""The configuration schema: typed sections with their defaults and range checks.
 
-Defaults are the standard CIFAR-100 recipe of METHOD.md. Unknown keys and wrong types are errors
-that name the key and what is allowed.
+Defaults are the standard CIFAR-100 recipe of METHOD.md. Reading YAML and ``key.sub=value``
+overrides into these classes is :mod:`intrakd.config.parse`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import operator
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
-
-import yaml
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
+
+
+RUN_COMMANDS = {"teacher": "train-teacher", "student": "distill"}
+"""The command that starts and resumes a run of each kind ('teacher': :class:`TeacherConfig`,
+'student': :class:`StudentConfig`); the kind is what checkpoints and reports record."""
 
 
 @dataclass
@@ -95,116 +94,103 @@ class IntraConfig:
     entry's sample index); false reproduces runs made before the cache knew them."""
 
 
-DistillMethod = Literal["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt"]
-"""The distillation methods; each has a module in ``intrakd.objectives``."""
+def setting(default: Any, doc: str, rule: str | None = None) -> Any:
+    """A dataclass field with a one-line description (listed by `intrakd methods`) and, optionally,
+    the range its values must lie in (a key of :data:`RULES`: ``">= 0"``, ``"> 0"``, ...)."""
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; available: {', '.join(RULES)}")
+    return field(default=default, metadata={"help": doc, "rule": rule})
 
-METHOD_WEIGHTS: dict[str, tuple[float, float]] = {
-    "kd": (0.1, 0.9),
-    "dkd": (1.0, 0.0),
-    "crd": (1.0, 0.0),
-    "rkd": (1.0, 0.0),
-    "fitnet": (1.0, 0.0),
-    "at": (1.0, 0.0),
-    "sp": (1.0, 0.0),
-    "pkt": (1.0, 0.0),
+
+RULES: dict[str, Callable[[float], bool]] = {
+    ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1,
 }
-"""``(ce_weight, kd_weight)`` of each method's standard CIFAR-100 recipe (mdistiller / RepDistiller):
-KD weighs CE 0.1 and KD 0.9; every other method keeps CE at 1 and adds no KD term unless asked."""
+"""The range rules a setting may declare, by the words an error shows."""
 
 
-def _setting(default: Any, doc: str) -> Any:
-    """A dataclass field with a one-line description (listed by `intrakd methods`)."""
-    return field(default=default, metadata={"help": doc})
+def check_rules(prefix: str, section: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of ``section`` outside its declared rule."""
+    for item in dataclasses.fields(section):
+        rule = item.metadata.get("rule")
+        value = getattr(section, item.name)
+        if rule is not None and not RULES[rule](value):
+            raise ConfigError(f"{prefix}.{item.name} must be {rule}, got {value}")
 
 
-@dataclass
-class DKDSettings:
-    """Decoupled KD (Zhao et al., CVPR 2022): target-class and non-target-class KD terms."""
+@dataclass(frozen=True)
+class DistillMethodSpec:
+    """What the configuration knows of a distillation method: its settings section and recipe."""
 
-    tckd_weight: float = _setting(1.0, "weight of the target-class term TCKD (alpha in the paper)")
-    nckd_weight: float = _setting(8.0, "weight of the non-target-class term NCKD (beta in the paper; "
-                                       "2 to 8 depending on the pair)")
-    warmup_epochs: int = _setting(20, "the DKD term's weight ramps up linearly over this many epochs (0: none)")
-
-
-@dataclass
-class CRDSettings:
-    """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory of embeddings."""
-
-    weight: float = _setting(0.8, "weight of the CRD term (student and teacher anchors summed)")
-    feat_dim: int = _setting(128, "dimension of the learned, L2-normalised embeddings")
-    num_negatives: int = _setting(16384, "negatives per anchor, drawn from the memory on the device")
-    temperature: float = _setting(0.07, "temperature of the exponential scores")
-    momentum: float = _setting(0.5, "memory update: new = normalise(momentum * old + (1 - momentum) * current)")
-    negatives: Literal["other_class", "uniform"] = _setting(
-        "other_class", "where negatives come from: samples of other classes (the reference recipe) or "
-                       "all samples uniformly")
+    name: str
+    settings: type | None
+    """Dataclass of the method's own settings (the section ``distill.<name>``), or None."""
+    recipe: tuple[float, float]
+    """``(ce_weight, kd_weight)`` of the method's standard CIFAR-100 recipe."""
 
 
-@dataclass
-class RKDSettings:
-    """Relational KD (Park et al., CVPR 2019): distance and angle relations of the embeddings."""
-
-    distance_weight: float = _setting(25.0, "weight of the pairwise-distance term")
-    angle_weight: float = _setting(50.0, "weight of the triplet-angle term")
+DISTILL_METHODS: dict[str, DistillMethodSpec] = {}
+"""The registered methods, in registration order (``intrakd.objectives`` registers them on import)."""
 
 
-@dataclass
-class FitNetSettings:
-    """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
-
-    hint_weight: float = _setting(100.0, "weight of the hint (mean squared error) term")
-    hint_layer: int = _setting(2, "index of the stage feature used by both models (earliest first; may be "
-                                  "negative)")
-
-
-@dataclass
-class ATSettings:
-    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on the stage features."""
-
-    weight: float = _setting(1000.0, "weight of the attention term (summed over stages)")
-    p: float = _setting(2.0, "attention map = mean over channels of |feature|^p")
-    first_stage: int = _setting(1, "first stage feature used (the standard skips the stem at index 0)")
+def register_distill_method(spec: DistillMethodSpec) -> None:
+    """Add a method's section and recipe to the schema (called by ``objectives.register_distiller``)."""
+    if spec.name in DISTILL_METHODS or spec.name in {f.name for f in dataclasses.fields(DistillConfig)}:
+        raise ValueError(f"distillation method {spec.name!r} registered twice (or named like a setting)")
+    if spec.settings is not None and not dataclasses.is_dataclass(spec.settings):
+        raise TypeError(f"the settings of method {spec.name!r} must be a dataclass, got {spec.settings!r}")
+    DISTILL_METHODS[spec.name] = spec
 
 
-@dataclass
-class SPSettings:
-    """Similarity-preserving KD (Tung & Mori, ICCV 2019) on the last stage feature."""
-
-    weight: float = _setting(3000.0, "weight of the similarity-preserving term")
-
-
-@dataclass
-class PKTSettings:
-    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the embeddings."""
-
-    weight: float = _setting(30000.0, "weight of the PKT term")
+def _registered_methods() -> dict[str, DistillMethodSpec]:
+    if not DISTILL_METHODS:
+        raise ConfigError("no distillation method is registered: import intrakd.objectives first")
+    return DISTILL_METHODS
 
 
-@dataclass
+@dataclass(init=False)
 class DistillConfig:
     """The student objective: ``ce_weight * CE + kd_weight * KD + the method's own terms``.
 
     One line picks a method (``distill.method=dkd``); ``ce_weight`` and ``kd_weight`` left unset take
-    that method's recipe (:data:`METHOD_WEIGHTS`), and :meth:`validate` writes them in, so the
-    resolved values are what a run folder records. Each method's settings are the section named after
-    it (``distill.dkd.nckd_weight``); an unknown setting is an error.
+    that method's recipe, and :meth:`validate` writes them in, so the resolved values are what a run
+    folder records. Each registered method with settings has its section, named after it
+    (``distill.dkd.nckd_weight``, read as ``cfg.dkd``); an unknown setting is an error.
     """
 
-    method: DistillMethod = "kd"
-    ce_weight: float | None = None
-    """Weight of cross-entropy with the labels (unset: the method's recipe)."""
-    kd_weight: float | None = None
-    """Weight of Hinton's KD term ``T^2 KL`` (unset: the method's recipe; > 0 adds KD to any method)."""
-    temperature: float = 4.0
-    """Softmax temperature of the KD and DKD terms."""
-    dkd: DKDSettings = field(default_factory=DKDSettings)
-    crd: CRDSettings = field(default_factory=CRDSettings)
-    rkd: RKDSettings = field(default_factory=RKDSettings)
-    fitnet: FitNetSettings = field(default_factory=FitNetSettings)
-    at: ATSettings = field(default_factory=ATSettings)
-    sp: SPSettings = field(default_factory=SPSettings)
-    pkt: PKTSettings = field(default_factory=PKTSettings)
+    method: str = "kd"
+    ce_weight: float | None = setting(None, "Weight of cross-entropy with the labels (unset: the method's recipe).",
+                                      ">= 0")
+    kd_weight: float | None = setting(None, "Weight of Hinton's KD term ``T^2 KL`` (unset: the method's recipe; > 0 "
+                                            "adds KD to any method).", ">= 0")
+    temperature: float = setting(4.0, "Softmax temperature of the KD and DKD terms.", "> 0")
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"inline": True})
+    """The methods' settings by method name (written inline: ``distill.<method>.<setting>``)."""
+
+    def __init__(self, method: str = "kd", ce_weight: float | None = None, kd_weight: float | None = None,
+                 temperature: float = 4.0, **sections: Any) -> None:
+        self.method, self.ce_weight, self.kd_weight, self.temperature = method, ce_weight, kd_weight, temperature
+        specs = {name: spec for name, spec in _registered_methods().items() if spec.settings is not None}
+        unknown = sorted(sections.keys() - specs.keys())
+        if unknown:
+            raise ConfigError(f"unknown config key distill.{unknown[0]}; valid keys here: "
+                              + ", ".join(f"distill.{k}" for k in self.config_fields()))
+        self.sections = {name: sections[name] if name in sections else spec.settings()
+                         for name, spec in specs.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def config_fields(cls) -> dict[str, Any]:
+        """The keys of the section and their types: the common settings, then one section per
+        registered method that has settings."""
+        methods = _registered_methods()
+        return {"method": Literal[tuple(methods)], "ce_weight": float | None, "kd_weight": float | None,
+                "temperature": float,
+                **{name: spec.settings for name, spec in methods.items() if spec.settings is not None}}
 
     @classmethod
     def recipe(cls, method: str = "kd") -> DistillConfig:
@@ -215,28 +201,15 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Check every value and fill unset ``ce_weight`` / ``kd_weight`` with the method's recipe."""
-        ce, kd = METHOD_WEIGHTS[self.method]
+        methods = _registered_methods()
+        if self.method not in methods:
+            raise ConfigError(f"distill.method: {self.method!r} is not one of {', '.join(map(repr, methods))}")
+        ce, kd = methods[self.method].recipe
         self.ce_weight = ce if self.ce_weight is None else self.ce_weight
         self.kd_weight = kd if self.kd_weight is None else self.kd_weight
-        for key, rule in _DISTILL_RULES.items():
-            value = operator.attrgetter(key)(self)
-            if not _RULE_CHECKS[rule](value):
-                raise ConfigError(f"distill.{key} must be {rule}, got {value}")
-
-
-_RULE_CHECKS: dict[str, Callable[[float], bool]] = {
-    ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1,
-}
-_DISTILL_RULES = {
-    "ce_weight": ">= 0", "kd_weight": ">= 0", "temperature": "> 0",
-    "dkd.tckd_weight": ">= 0", "dkd.nckd_weight": ">= 0", "dkd.warmup_epochs": ">= 0",
-    "crd.weight": ">= 0", "crd.feat_dim": ">= 1", "crd.num_negatives": ">= 1", "crd.temperature": "> 0",
-    "crd.momentum": "in [0, 1)",
-    "rkd.distance_weight": ">= 0", "rkd.angle_weight": ">= 0",
-    "fitnet.hint_weight": ">= 0",
-    "at.weight": ">= 0", "at.p": "> 0", "at.first_stage": ">= 0",
-    "sp.weight": ">= 0", "pkt.weight": ">= 0",
-}
+        check_rules("distill", self)
+        for name, section in self.sections.items():
+            check_rules(f"distill.{name}", section)
 
 
 @dataclass
@@ -422,131 +395,3 @@ def _validate_common(
                           f"got {train.skip_nonfinite_steps}")
     if perf.threads is not None and perf.threads < 1:
         raise ConfigError(f"perf.threads must be >= 1 (or null for the default), got {perf.threads}")
-
-
-C = TypeVar("C")
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
-        return from_dict(hint, value, prefix=f"{key}.")
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML reads "1e-4" as a string
-        except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def from_dict(cls: type[C], values: dict[str, Any], prefix: str = "") -> C:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - hints.keys())
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s}; valid keys here: {', '.join(prefix + k for k in hints)}"
-        )
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**kwargs)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain nested dict of a configuration (what is written to a run folder)."""
-    return dataclasses.asdict(config)
-
-
-def read_yaml(path: str | Path) -> Any:
-    """The YAML document in ``path``; a :class:`ConfigError` naming the file, the problem and where
-    it is when the text is not valid YAML."""
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
-
-
-def parse_yaml_value(raw: str, what: str) -> Any:
-    """``raw`` read as YAML (``"0.1"`` -> 0.1, ``"[60, 75]"`` -> a list); a :class:`ConfigError`
-    naming ``what`` when it is not valid YAML."""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what}: {raw!r} is not a valid YAML value: {_yaml_problem(err)}") from None
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    mark = getattr(err, "problem_mark", None)
-    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, returning a copy."""
-    result = yaml.safe_load(yaml.safe_dump(values)) or {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=0.1)")
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = parse_yaml_value(raw, f"override {item!r}") if raw != "" else None
-    return result
-
-
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> C:
-    """Resolve a configuration: ``base`` (a preset), then the YAML file at ``path``, then overrides."""
-    values: dict[str, Any] = yaml.safe_load(yaml.safe_dump(base or {}))
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = read_yaml(path) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        values = _merge(values, loaded)
-    values = apply_overrides(values, overrides or [])
-    config = from_dict(cls, values)
-    config.validate()
-    return config
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

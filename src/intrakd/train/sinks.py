@@ -1,7 +1,8 @@
-"""Optional TensorBoard event files of a run (``pip install 'intrakd[tensorboard]'``).
+"""Where the loop's epoch records go besides ``metrics.jsonl``: the console line and optional
+TensorBoard event files (``pip install 'intrakd[tensorboard]'``).
 
-Training writes them when the ``tensorboard`` package is installed; without it nothing is written
-and nothing fails. Set ``INTRAKD_TENSORBOARD=0`` to turn them off.
+TensorBoard files are written when the ``tensorboard`` package is installed; without it nothing is
+written and nothing fails. Set ``INTRAKD_TENSORBOARD=0`` to turn them off.
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+CONSOLE_KEYS = ("loss", "ce", "intra", "kd", "pass_rate", "train_acc", "{split}_acc", "images_per_s")
+"""The values of an epoch record printed on the console, in this order (those present)."""
+
+
+def console_line(kind: str, record: dict[str, Any], epochs: int, eval_split: str) -> str:
+    """One epoch's record as the console shows it: ``[teacher] epoch 3/240 loss=... ce=...``."""
+    keys = [key.format(split=eval_split) for key in CONSOLE_KEYS]
+    shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
+    return f"[{kind}] epoch {record['epoch']}/{epochs} {shown}"
 
 
 class TensorBoardLog:
@@ -24,10 +35,6 @@ class TensorBoardLog:
             return
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
-    @property
-    def enabled(self) -> bool:
-        return self.writer is not None
-
     def log(self, record: dict[str, Any], step: int) -> None:
         """Every numeric value of ``record`` as a scalar at ``step`` (the epoch)."""
         if self.writer is None:
@@ -38,6 +45,7 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file (no-op when none is open)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

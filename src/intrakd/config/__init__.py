@@ -1,0 +1,37 @@
+"""Typed run configuration: the schema (:mod:`~intrakd.config.schema`) and its reading from YAML and
+``key.sub=value`` overrides (:mod:`~intrakd.config.parse`). Imports nothing else of intrakd."""
+
+from intrakd.config.parse import (
+    apply_overrides,
+    flatten,
+    from_dict,
+    load_config,
+    parse_yaml_value,
+    read_yaml,
+    to_dict,
+)
+from intrakd.config.schema import (
+    RUN_COMMANDS,
+    CheckpointConfig,
+    ConfigError,
+    DataConfig,
+    DistConfig,
+    DistillConfig,
+    DistillMethodSpec,
+    IntraConfig,
+    OptimConfig,
+    PerfConfig,
+    StudentConfig,
+    TeacherConfig,
+    TrainConfig,
+    register_distill_method,
+    setting,
+    upgrade_stored,
+)
+
+__all__ = [
+    "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
+    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "load_config", "parse_yaml_value",
+    "read_yaml", "register_distill_method", "setting", "to_dict", "upgrade_stored",
+]
