@@ -20,9 +20,11 @@ LAYERS: dict[str, int] = {
     "analysis": 4,
     "presets": 5, "demo": 5,
     "cli": 6, "__main__": 7,
+    "": 8,
 }
 """Each part of the package and its floor. A part may import its own modules and those of parts on
-lower floors; parts on one floor never import each other."""
+lower floors; parts on one floor never import each other. The root package ("") is the top: it
+imports the objectives so that their methods are registered whatever a user imports first."""
 
 
 def part_of(module: str) -> str:

@@ -73,3 +73,14 @@ def test_runs_stored_before_self_exclusion_are_read_as_they_were_made():
     new = {"intra": {"delta": -1.0, "exclude_self": True}}
     assert upgrade_stored(new) == new  # a run of this version: -1 is a threshold
     assert upgrade_stored({"model": "resnet8", "distill": {}}) == {"model": "resnet8", "distill": {}}
+
+
+def test_a_student_configuration_loads_in_a_fresh_interpreter_that_imports_only_the_config():
+    """The built-in methods are registered whatever a user's script imports first."""
+    import subprocess
+    import sys
+
+    code = "from intrakd.config import StudentConfig, load_config; print(load_config(StudentConfig).distill.method)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "kd"
