@@ -7,4 +7,4 @@ StudentConfig`` works in a user's script as it does in the CLI.
 
 __version__ = "0.1.0"
 
-from intrakd import objectives as _objectives  # noqa: E402,F401  (registers the built-in methods)
+from intrakd import objectives as _objectives  # noqa: F401  (registers the built-in methods)
