@@ -70,7 +70,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     mean = sum(diffs) / len(diffs)
     if len(diffs) < 2:
-        return {"mean": mean, "ci95": [math.nan, math.nan], "n": len(diffs)}
+        return {"mean": mean, "ci95": [None, None], "n": len(diffs)}
     if len(set(diffs)) == 1:  # no spread: the interval is the point (scipy would return NaN)
         return {"mean": mean, "ci95": [mean, mean], "n": len(diffs)}
     low, high = stats.ttest_rel(a, b).confidence_interval(confidence)
