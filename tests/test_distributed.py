@@ -155,6 +155,8 @@ def test_feature_caches_are_identical_on_every_rank_and_equal_to_one_process(two
             assert torch.equal(rank0[key], single[key]), key
     assert int(rank0["cache.step"]) == EPOCHS * 4
     assert int((rank0["cache.written_at"] >= 0).sum()) > 0  # the gate let samples into the cache
+    written = rank0["cache.written_at"] >= 0
+    assert (rank0["cache.ids"][written] >= 0).all()  # every entry knows its image, on every rank
 
 
 def test_rank_zero_failure_reaches_every_rank(two_ranks):
