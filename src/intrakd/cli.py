@@ -72,6 +72,9 @@ def _run_config(
             out = default_run_dir(args.preset)
         else:
             out = _default_out(command)
+        from intrakd.train.runfolder import check_replaces_no_input
+
+        check_replaces_no_input(out, {"the configuration file": args.config})
         return load_config(cls, args.config, overrides, base=base), out
     from intrakd.train.runs import ResumeError, load_run_config
 
