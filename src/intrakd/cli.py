@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,22 @@ EXIT_STATUSES = f"""exit statuses:
   {EXIT_NONFINITE}     a loss term was NaN or Inf (the last good checkpoint is kept)
   {EXIT_IO_ERROR}    a write failed, e.g. a full disk (the previous checkpoint is kept)
   130   stopped by SIGINT, 143 stopped by SIGTERM (a checkpoint was written; continue with --resume DIR)"""
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that takes options and positional arguments (``KEY=VALUE`` overrides) in
+    any order: ``train-teacher data.dataset=digits --out X optim.epochs=1``."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._parsing:  # argparse's intermixed parsing calls back in (Python < 3.12)
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def _default_out(command: str) -> str:
@@ -239,7 +256,10 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from intrakd import __version__
+
+    parser.add_argument("--version", action="version", version=f"intrakd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
 
     p = sub.add_parser("train-teacher", help="train a teacher (enriched by default; --vanilla for plain CE)",
                        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, help="train on the first N images of each class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the model names")
@@ -286,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(message: str) -> None:
+    """Print an error line to stderr; under torchrun only rank 0 does (every rank exits alike)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from intrakd.train.guards import NonFiniteLoss
@@ -294,22 +320,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Interrupted as err:
-        print(f"intrakd {args.command}: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: {err}")
         return err.exit_status
     except NonFiniteLoss as err:
-        print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}")
         return EXIT_NONFINITE
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError) as err:
-        print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}")
         return EXIT_BAD_INPUT
     except OSError as err:
         run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
         hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""
-        print(f"intrakd {args.command}: error: {err}{hint}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}{hint}")
         return EXIT_IO_ERROR
     except KeyboardInterrupt:
-        print(f"intrakd {args.command}: interrupted", file=sys.stderr)
+        _report(f"intrakd {args.command}: interrupted")
         return 130
 
 

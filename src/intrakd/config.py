@@ -311,6 +311,9 @@ class TeacherConfig:
             raise ConfigError(f"intra.weight (lambda) must be >= 0, got {intra.weight}")
         if not -1 <= intra.delta <= 1:
             raise ConfigError(f"intra.delta must lie in [-1, 1] (-1: no gate), got {intra.delta}")
+        if intra.margin == "probability" and intra.delta == 1:
+            raise ConfigError("intra.delta=1 with intra.margin=probability: the probability margin never exceeds 1, "
+                              "so no anchor would ever pass the gate; choose a delta below 1")
         if intra.temperature <= 0:
             raise ConfigError(f"intra.temperature must be > 0, got {intra.temperature}")
         if intra.cache_size < 1:
@@ -370,6 +373,8 @@ def _validate_common(
         value = getattr(data, name)
         if value is not None and value < 0:
             raise ConfigError(f"data.{name} must be >= 0, got {value}")
+    if data.train_per_class == 0:
+        raise ConfigError("data.train_per_class must be >= 1 (or null: every training image), got 0")
     _require_finite("optim", optim)
     if data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {data.workers}")

@@ -10,6 +10,7 @@ from intrakd.analysis import embedding_geometry, soft_label_stats
 from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.train import classifier_from_checkpoint, distill, predict, resolve_device, train_teacher
+from intrakd.train.runfolder import RUN_MARKERS
 
 # The recipe for each dataset: the same for both teachers except the intra-class weight.
 DEMO_RECIPES: dict[str, dict[str, Any]] = {
@@ -45,9 +46,12 @@ def run_demo(
     """Train both teachers and both students; write ``results.md`` and ``results.json``."""
     if dataset not in DEMO_RECIPES:
         raise ValueError(f"unknown demo dataset {dataset!r}; available: {', '.join(DEMO_RECIPES)}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
     recipe = DEMO_RECIPES[dataset]
     epochs = epochs or recipe["epochs"]
     out = Path(out)
+    _check_no_earlier_demo(out, overwrite)
     common = {
         "seed": seed, "device": device,
         "data": {"dataset": dataset, "root": data_root, "batch_size": recipe["batch_size"],
@@ -74,6 +78,18 @@ def run_demo(
     table = results_table(results)
     (out / "results.md").write_text(table + "\n")
     return results
+
+
+DEMO_RUNS = ("teacher_vanilla", "student_vanilla", "teacher_enriched", "student_enriched")
+"""The run folders of a demo, inside its ``--out``."""
+
+
+def _check_no_earlier_demo(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds an earlier demo's runs, unless ``overwrite``."""
+    found = [name for name in DEMO_RUNS if any((out / name / marker).exists() for marker in RUN_MARKERS)]
+    if found and not overwrite:
+        raise FileExistsError(f"{out} already holds the runs of an earlier demo ({', '.join(found)}): pass "
+                              f"--overwrite to replace them, or choose another --out")
 
 
 def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[str, float]:

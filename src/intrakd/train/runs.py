@@ -62,11 +62,19 @@ class ResumeError(ValueError):
     """A run that cannot be continued as asked."""
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N: a GPU's index) or mps"
+"""The device settings, in words."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as given."""
+    """'auto' -> CUDA when available, else CPU; anything else as given (an unknown name is a
+    ``ValueError`` naming the choices)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: choose {DEVICE_CHOICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
     return device
