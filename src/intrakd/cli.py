@@ -124,20 +124,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
-    from intrakd.config import DataConfig, from_dict
-    from intrakd.data import build_datasets
+    from intrakd.analysis.analyze import load_split
     from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
 
-    stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
-    data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}),
-                   **({"root": args.data_root} if args.data_root else {})}
-    data_values["in_memory"] = False  # the same eval images either way; don't decode the training split
-    data_cfg = from_dict(DataConfig, data_values, prefix="data.")
-    _, eval_set, split = build_datasets(data_cfg)
-    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
     device = resolve_device(args.device)
-    logits, embeddings, labels = predict(model.to(device), eval_set, data_cfg.eval_batch_size)
-    result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
+    stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
+    data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}), "in_memory": False}
+    # the same images as `intrakd analyze` of this checkpoint: the whole split, eval_per_class ignored
+    eval_set = load_split(data_values, args.split, args.data_root)
+    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
+    logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512))
+    result = {"checkpoint": args.checkpoint, "split": args.split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
               "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
     print(json.dumps(result, indent=2))
@@ -277,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--data-root")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split of the run's dataset, whole (default test, the images `intrakd analyze` uses; "
+                        "val needs data.val_per_class > 0)")
     p.add_argument("--model", help="architecture, for checkpoints that do not name it")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)

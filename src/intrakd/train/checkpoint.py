@@ -208,10 +208,14 @@ def _load_failure(err: Exception) -> str:
     weights-only error is a page that ends by advising an unsafe load.)"""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     unsupported = re.search(r"Unsupported global: (.*?) was not an allowed global", text)
+    unpickler = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
     if unsupported is not None:
         reason = f"Unsupported global: {unsupported[1]}; only tensors and plain data are loaded"
+    elif unpickler is not None:  # e.g. random bytes: "Unsupported operand 240"
+        reason = unpickler[1].strip()
     else:
-        reason = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+        reason = first.split(". ")[0]  # torch's first sentence says what; the rest is advice
     return f"{type(err).__name__}: {textwrap.shorten(reason, 240)}"
 
 

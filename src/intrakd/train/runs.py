@@ -8,6 +8,8 @@ overwritten) and, when resuming, that the configuration matches the run's.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 import sys
 from pathlib import Path
@@ -278,6 +280,8 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     ``out`` (``resume``); returns the summary."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
+    # recorded as an absolute path, so that --resume works from any working directory
+    cfg = dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher))
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
