@@ -9,24 +9,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_guards import STUDENT, TEACHER, snapshot
 
 from intrakd.cli import EXIT_BAD_INPUT, EXIT_NONFINITE, main
 from intrakd.train.runfolder import PREVIOUS
 
-TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "intra.weight=0.1", "device=cpu"]
-STUDENT = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "device=cpu"]
-
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory) -> Path:
+    """A finished teacher run of this module's own (its tests try to replace its files)."""
     out = tmp_path_factory.mktemp("teacher") / "T"
     assert main(["train-teacher", "--out", str(out), *TEACHER]) == 0
     return out
-
-
-def snapshot(root: Path) -> dict[Path, tuple[bytes, int]]:
-    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
-
 
 def test_distill_into_the_teachers_own_folder_is_refused(teacher_run, capsys):
     teacher = teacher_run / "checkpoints" / "last.pt"

@@ -125,6 +125,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
     from intrakd.analysis.analyze import load_split
+    from intrakd.progress import eval_intro, say
     from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
 
     device = resolve_device(args.device)
@@ -133,7 +134,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the same images as `intrakd analyze` of this checkpoint: the whole split, eval_per_class ignored
     eval_set = load_split(data_values, args.split, args.data_root)
     model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
-    logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512))
+    name = args.model or read_checkpoint(args.checkpoint).get("model_name") or "model"
+    say(eval_intro("evaluate", args.checkpoint, data_values.get("dataset", "?"), args.split, len(eval_set), name,
+                   str(device)))
+    logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512),
+                                         desc=f"[{args.split}] predicting")
     result = {"checkpoint": args.checkpoint, "split": args.split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
               "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}

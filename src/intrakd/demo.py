@@ -64,11 +64,12 @@ def run_demo(
         teacher_cfg = load_config(TeacherConfig, base={**common, "model": recipe["teacher_model"], "views": 2,
                                                        "intra": {"weight": weight}})
         teacher_dir = out / f"teacher_{name}"
-        teacher_summary = train_teacher(teacher_cfg, teacher_dir, overwrite=overwrite)
+        teacher_summary = train_teacher(teacher_cfg, teacher_dir, overwrite=overwrite, label=f"{name} teacher")
         checkpoint = teacher_dir / "checkpoints" / "last.pt"
         student_cfg = load_config(StudentConfig, base={**common, "model": recipe["student_model"],
                                                        "teacher": str(checkpoint)})
-        student_summary = distill(student_cfg, out / f"student_{name}", overwrite=overwrite)
+        student_summary = distill(student_cfg, out / f"student_{name}", overwrite=overwrite,
+                                  label=f"student of the {name} teacher")
         rows.append({"teacher": name, "intra_weight": weight, "teacher_acc": teacher_summary["final_acc"],
                      "student_acc": student_summary["final_acc"],
                      **teacher_geometry(checkpoint, teacher_cfg, device)})

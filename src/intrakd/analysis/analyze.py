@@ -16,6 +16,7 @@ from intrakd.analysis.geometry import embedding_geometry, per_class_geometry
 from intrakd.analysis.softlabels import per_class_mean, soft_label_samples, soft_label_stats
 from intrakd.config import DataConfig, from_dict
 from intrakd.data import Split, build_datasets
+from intrakd.progress import eval_intro, say
 
 SPLITS = ("test", "val", "train")
 DEFAULT_TEMPERATURE = 4.0
@@ -90,9 +91,12 @@ def predict_checkpoint(
     data = state.get("config", {}).get("data")
     if not data:
         raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint)")
+    target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
     model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape)
-    logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set, batch_size)
+    name = state.get("model_name") or model_name or "model"
+    say(eval_intro("analyze", str(checkpoint), data.get("dataset", "?"), split, len(eval_set), name, str(target)))
+    logits, embeddings, labels = predict(model.to(target), eval_set, batch_size, desc=f"[{split}] predicting")
     info = {"checkpoint": str(checkpoint), "model": state.get("model_name") or model_name,
             "kind": state.get("kind"), "epoch": state.get("epoch"), "split": split,
             "dataset": data.get("dataset")}

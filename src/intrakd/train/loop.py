@@ -27,6 +27,7 @@ from intrakd.analysis.tensorboard import TensorBoardLog
 from intrakd.config import CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.objectives.base import StepResult
+from intrakd.progress import Progress
 from intrakd.train import distributed
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
@@ -60,6 +61,12 @@ class RunInfo:
     eval_split: str
     provenance: dict[str, Any] = field(default_factory=dict)
     """Facts about the inputs a resumed run must find unchanged (data size, the teacher's sha256)."""
+    label: str = ""
+    """What the run is called in its log lines ('enriched teacher'); ``kind`` when empty."""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.kind
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.SGD:
@@ -303,10 +310,10 @@ class Trainer:
             self.train_batches.set_epoch(self.epoch, self.step)
             if hasattr(self.objective, "set_epoch"):  # objectives with a schedule over epochs
                 self.objective.set_epoch(self.epoch)
-            bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False,
-                       disable=None if self.writer else True,
-                       dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
-            for batch in bar:
+            progress = Progress(steps, f"[{self.info.name}] epoch {self.epoch + 1}/{self.optim_cfg.epochs}",
+                                initial=self.step, after=steps * (self.optim_cfg.epochs - self.epoch - 1),
+                                enabled=self.writer)
+            for batch in self.train_batches:
                 self.train_step(batch)
                 self.step += 1
                 self.global_step += 1
@@ -314,7 +321,8 @@ class Trainer:
                 if self.global_step % NONFINITE_CHECK_EVERY == 0:
                     self.check_finite()
                 self._checkpoint_or_stop()
-            bar.close()
+                progress.update(1, batch.labels.shape[0] * distributed.world_size(), self._running_loss)
+            progress.close()
         self._tick(training=True)
 
     def _checkpoint_or_stop(self) -> None:
@@ -363,10 +371,15 @@ class Trainer:
             self.board.log(record, record["epoch"])
         tqdm.write(self._line(record), end="\n")
 
+    def _running_loss(self) -> dict[str, float]:
+        """The epoch's mean loss so far (read when a progress line is shown)."""
+        meter = self.meter
+        return {"loss": meter.sums["loss"].item() / meter.steps} if meter.steps and "loss" in meter.sums else {}
+
     def _line(self, record: dict[str, Any]) -> str:
         keys = ["loss", "ce", "intra", "kd", "pass_rate", "train_acc", f"{self.info.eval_split}_acc", "images_per_s"]
         shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
-        return f"[{self.info.kind}] epoch {record['epoch']}/{self.optim_cfg.epochs} {shown}"
+        return f"[{self.info.name}] epoch {record['epoch']}/{self.optim_cfg.epochs} {shown}"
 
     def _tick(self, training: bool) -> None:
         """Add the time since the last tick to the wall clock (and to the epoch's training time)."""

@@ -31,6 +31,7 @@ from intrakd.config import (
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.progress import run_intro, say
 from intrakd.train import distributed
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
@@ -251,9 +252,22 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
     return summary
 
 
-def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def _intro(command: str, label: str, run_dir: Path, path: Path | None, resume: bool, cfg: TeacherConfig | StudentConfig,
+           train_set: Any, eval_set: Any, split: str, steps: int, perf: PerfSettings) -> None:
+    """Say what the run will do, before its first step."""
+    resumed = (str(path) if path is not None else "its beginning") if resume else None
+    for line in run_intro(command, label, str(run_dir), resumed, cfg.data.dataset, len(train_set),
+                          train_set.num_classes, split, len(eval_set), cfg.model, steps, cfg.optim.epochs,
+                          cfg.data.batch_size, str(perf.device), perf.describe()["precision"],
+                          distributed.world_size()):
+        say(line)
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+                  label: str | None = None) -> dict[str, Any]:
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
-    (``resume``); returns the run summary."""
+    (``resume``); returns the run summary. ``label`` names the run in its log lines (default
+    'vanilla teacher' or 'enriched teacher')."""
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
@@ -264,20 +278,23 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     train_batches = train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device)
     run_dir, state, path, folder = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
                                          overwrite=overwrite, resume=resume)
+    label = label or ("enriched teacher" if cfg.intra.weight > 0 else "vanilla teacher")
+    _intro("train-teacher", label, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
         eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
     return _start(trainer, state, path, folder, {})
 
 
-def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+            label: str | None = None) -> dict[str, Any]:
     """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``, or continue the run in
-    ``out`` (``resume``); returns the summary."""
+    ``out`` (``resume``); returns the summary. ``label`` names the run in its log lines (default 'student')."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
     # recorded as an absolute path, so that --resume works from any working directory
@@ -296,11 +313,14 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device)
     run_dir, state, path, folder = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
                                          overwrite=overwrite, resume=resume)
+    label = label or "student"
+    _intro("distill", f"{label} ({cfg.distill.method} from {cfg.teacher})", run_dir, path, resume, cfg, train_set,
+           eval_set, split, len(train_batches), perf)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
