@@ -280,6 +280,7 @@ class Trainer:
         }
         if self.train_cfg.skip_nonfinite_steps:
             summary["skipped_steps"] = self.skipped_steps
+        summary.update(getattr(self.train_batches, "run_stats", dict)())
         if self.writer:
             write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -343,6 +344,7 @@ class Trainer:
         metrics = self.meter.summary()
         if self.train_cfg.skip_nonfinite_steps:
             metrics["skipped_steps"] = self.meter.skipped
+        metrics.update(getattr(self.train_batches, "epoch_stats", dict)())  # e.g. skipped_images
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.last_eval = evaluate(self.model, self.eval_set, self.eval_batch_size)

@@ -47,7 +47,8 @@ from intrakd.train.loop import RunInfo, Trainer
 from intrakd.train.runfolder import RUN_MARKERS, RunFolder
 from intrakd.train.signals import Interrupted
 
-RESUME_MAY_CHANGE = ("device", "data.root", "teacher", "checkpoint.", "train.skip_nonfinite_steps", "perf.threads")
+RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
+                     "perf.threads")
 """Settings a resumed run may change: where it runs and finds its inputs (the teacher's content is
 checked by its sha256), how often it saves, and whether it skips non-finite steps. Any other
 difference (``optim.epochs`` included) is refused: the run would no longer be the one it continues."""
