@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import SCAN_LIMIT, BadImages, SkipLog, marked_index, marker, scan
+from intrakd.data.layouts import find_eval_folder, flat_val_labels, is_flat
 from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch
 from intrakd.progress import say
 
@@ -353,13 +354,19 @@ def _split(paths: list[str], labels: list[int], num_classes: int, pipeline: Pipe
 
 def load_image_folders(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     """(train, val) of ``root/train/<class>/*`` and ``root/val/<class>/*`` (ImageNet's usual layout,
-    or any such tree); the classes are the sorted folder names of ``train``."""
+    or any such tree; the eval folder may be called ``val``, ``validation`` or ``test``, and may be
+    ImageNet's flat ``val/`` labelled by the devkit or ``LOC_val_solution.csv``); the classes are the
+    sorted folder names of ``train``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist: expected {root}/train/<class>/<images> "
                                 f"and {root}/val/<class>/<images>")
     classes, paths, labels = scan_class_folders(root / "train")
-    _, val_paths, val_labels = scan_class_folders(root / "val", classes)
+    eval_folder = find_eval_folder(root)
+    if is_flat(eval_folder, IMAGE_EXTENSIONS):  # ImageNet's val as distributed
+        val_paths, val_labels = flat_val_labels(eval_folder, root, classes, IMAGE_EXTENSIONS)
+    else:
+        _, val_paths, val_labels = scan_class_folders(eval_folder, classes)
     return (_split(paths, labels, len(classes), pipeline, workers),
             _split(val_paths, val_labels, len(classes), pipeline, workers))
 
