@@ -124,7 +124,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
-    from intrakd.analysis.analyze import load_split
+    from intrakd.analysis.analyze import load_split, split_name
     from intrakd.progress import eval_intro, say
     from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint, resolve_device
 
@@ -135,11 +135,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     eval_set = load_split(data_values, args.split, args.data_root)
     model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
     name = args.model or read_checkpoint(args.checkpoint).get("model_name") or "model"
-    say(eval_intro("evaluate", args.checkpoint, data_values.get("dataset", "?"), args.split, len(eval_set), name,
+    split = split_name(data_values, args.split)
+    say(eval_intro("evaluate", args.checkpoint, data_values.get("dataset", "?"), split, len(eval_set), name,
                    str(device)))
     logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512),
-                                         desc=f"[{args.split}] predicting")
-    result = {"checkpoint": args.checkpoint, "split": args.split, "images": len(eval_set),
+                                         desc=f"[{split}] predicting")
+    result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
               "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
     print(json.dumps(result, indent=2))
