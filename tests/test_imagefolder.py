@@ -11,7 +11,7 @@ from PIL import Image
 
 from intrakd.cli import main
 from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
-from intrakd.data import ImageFolderSplit, TensorDataset, build_datasets, folder_pipeline
+from intrakd.data import ImageFolderSplit, TensorDataset, build_datasets, folder_pipeline, imagefolder
 from intrakd.data.imagefolder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -252,7 +252,8 @@ def test_missing_root_and_missing_folders(tmp_path):
             f.unlink()
         child.rmdir()
     (tmp_path / "d" / "val").rmdir()
-    with pytest.raises(FileNotFoundError, match=r"d/val does not exist: expected a folder with one sub-folder"):
+    with pytest.raises(FileNotFoundError, match=r"no evaluation split in .*d: looked for .*d/val, .*d/validation, "
+                                                r".*d/test"):
         build_datasets(DataConfig(dataset="imagenet", root=str(tmp_path / "d")))
     make_tiny_imagenet(tmp_path / "t")
     (tmp_path / "t" / "tiny-imagenet-200" / "val" / "val_annotations.txt").unlink()
@@ -295,7 +296,8 @@ def test_tiny_imagenet_annotation_and_wnid_errors(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_unreadable_image_is_named(tmp_path, workers):
+def test_unreadable_image_is_named(tmp_path, workers, monkeypatch):
+    monkeypatch.setattr(imagefolder, "SCAN_LIMIT", 0)  # as for a split too large to scan: found while reading
     make_tiny_imagenet(tmp_path)
     bad = tmp_path / "tiny-imagenet-200" / "train" / "n02000000" / "images" / "n02000000_1.JPEG"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
@@ -315,7 +317,7 @@ def test_unreadable_image_through_the_cli(tmp_path, capsys):
     assert main(["train-teacher", "--out", str(tmp_path / "run"), "model=resnet8", "data.dataset=tiny_imagenet",
                  f"data.root={tmp_path}", "data.batch_size=4", "data.workers=0", "optim.epochs=1",
                  "device=cpu"]) == 2
-    assert f"intrakd train-teacher: error: cannot read image {bad}: " in capsys.readouterr().err
+    assert f"intrakd train-teacher: error: 1 unreadable image in {tmp_path}: {bad} (" in capsys.readouterr().err
 
 
 def test_configuration_errors(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,22 @@ EXIT_STATUSES = f"""exit statuses:
   {EXIT_NONFINITE}     a loss term was NaN or Inf (the last good checkpoint is kept)
   {EXIT_IO_ERROR}    a write failed, e.g. a full disk (the previous checkpoint is kept)
   130   stopped by SIGINT, 143 stopped by SIGTERM (a checkpoint was written; continue with --resume DIR)"""
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that takes options and positional arguments (``KEY=VALUE`` overrides) in
+    any order: ``train-teacher data.dataset=digits --out X optim.epochs=1``."""
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._parsing:  # argparse's intermixed parsing calls back in (Python < 3.12)
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def _default_out(command: str) -> str:
@@ -72,6 +89,9 @@ def _run_config(
             out = default_run_dir(args.preset)
         else:
             out = _default_out(command)
+        from intrakd.train.runfolder import check_replaces_no_input
+
+        check_replaces_no_input(out, {"the configuration file": args.config})
         return load_config(cls, args.config, overrides, base=base), out
     from intrakd.runs import ResumeError, load_run_config
 
@@ -106,20 +126,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
-    from intrakd.config import DataConfig, from_dict
-    from intrakd.data import build_datasets
+    from intrakd.analysis.analyze import load_split, split_name
+    from intrakd.progress import eval_intro, say
     from intrakd.runs import resolve_device
     from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint
 
-    stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
-    data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}),
-                   **({"root": args.data_root} if args.data_root else {})}
-    data_values["in_memory"] = False  # the same eval images either way; don't decode the training split
-    data_cfg = from_dict(DataConfig, data_values, prefix="data.")
-    _, eval_set, split = build_datasets(data_cfg)
-    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
     device = resolve_device(args.device)
-    logits, embeddings, labels = predict(model.to(device), eval_set, data_cfg.eval_batch_size)
+    stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
+    data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}), "in_memory": False}
+    # the same images as `intrakd analyze` of this checkpoint: the whole split, eval_per_class ignored
+    eval_set = load_split(data_values, args.split, args.data_root)
+    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
+    name = args.model or read_checkpoint(args.checkpoint).get("model_name") or "model"
+    split = split_name(data_values, args.split)
+    say(eval_intro("evaluate", args.checkpoint, data_values.get("dataset", "?"), split, len(eval_set), name,
+                   str(device)))
+    logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512),
+                                         desc=f"[{split}] predicting")
     result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
               "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
               "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
@@ -244,7 +267,10 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from intrakd import __version__
+
+    parser.add_argument("--version", action="version", version=f"intrakd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=IntermixedParser)
 
     p = sub.add_parser("train-teacher", help="train a teacher (enriched by default; --vanilla for plain CE)",
                        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--data-root")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="split of the run's dataset, whole (default test, the images `intrakd analyze` uses; "
+                        "val needs data.val_per_class > 0)")
     p.add_argument("--model", help="architecture, for checkpoints that do not name it")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -274,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, help="train on the first N images of each class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the model names")
@@ -291,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(message: str) -> None:
+    """Print an error line to stderr; under torchrun only rank 0 does (every rank exits alike)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from intrakd.train.guards import NonFiniteLoss
@@ -299,22 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Interrupted as err:
-        print(f"intrakd {args.command}: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: {err}")
         return err.exit_status
     except NonFiniteLoss as err:
-        print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}")
         return EXIT_NONFINITE
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
             PermissionError) as err:
-        print(f"intrakd {args.command}: error: {err}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}")
         return EXIT_BAD_INPUT
     except OSError as err:
         run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
         hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""
-        print(f"intrakd {args.command}: error: {err}{hint}", file=sys.stderr)
+        _report(f"intrakd {args.command}: error: {err}{hint}")
         return EXIT_IO_ERROR
     except KeyboardInterrupt:
-        print(f"intrakd {args.command}: interrupted", file=sys.stderr)
+        _report(f"intrakd {args.command}: interrupted")
         return 130
 
 

@@ -11,6 +11,7 @@ from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.runs import distill, resolve_device, train_teacher
 from intrakd.train import classifier_from_checkpoint, predict
+from intrakd.train.runfolder import RUN_MARKERS
 
 # The recipe for each dataset: the same for both teachers except the intra-class weight.
 DEMO_RECIPES: dict[str, dict[str, Any]] = {
@@ -46,9 +47,12 @@ def run_demo(
     """Train both teachers and both students; write ``results.md`` and ``results.json``."""
     if dataset not in DEMO_RECIPES:
         raise ValueError(f"unknown demo dataset {dataset!r}; available: {', '.join(DEMO_RECIPES)}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
     recipe = DEMO_RECIPES[dataset]
     epochs = epochs or recipe["epochs"]
     out = Path(out)
+    _check_no_earlier_demo(out, overwrite)
     common = {
         "seed": seed, "device": device,
         "data": {"dataset": dataset, "root": data_root, "batch_size": recipe["batch_size"],
@@ -61,11 +65,12 @@ def run_demo(
         teacher_cfg = load_config(TeacherConfig, base={**common, "model": recipe["teacher_model"], "views": 2,
                                                        "intra": {"weight": weight}})
         teacher_dir = out / f"teacher_{name}"
-        teacher_summary = train_teacher(teacher_cfg, teacher_dir, overwrite=overwrite)
+        teacher_summary = train_teacher(teacher_cfg, teacher_dir, overwrite=overwrite, label=f"{name} teacher")
         checkpoint = teacher_dir / "checkpoints" / "last.pt"
         student_cfg = load_config(StudentConfig, base={**common, "model": recipe["student_model"],
                                                        "teacher": str(checkpoint)})
-        student_summary = distill(student_cfg, out / f"student_{name}", overwrite=overwrite)
+        student_summary = distill(student_cfg, out / f"student_{name}", overwrite=overwrite,
+                                  label=f"student of the {name} teacher")
         rows.append({"teacher": name, "intra_weight": weight, "teacher_acc": teacher_summary["final_acc"],
                      "student_acc": student_summary["final_acc"],
                      **teacher_geometry(checkpoint, teacher_cfg, device)})
@@ -75,6 +80,18 @@ def run_demo(
     table = results_table(results)
     (out / "results.md").write_text(table + "\n")
     return results
+
+
+DEMO_RUNS = ("teacher_vanilla", "student_vanilla", "teacher_enriched", "student_enriched")
+"""The run folders of a demo, inside its ``--out``."""
+
+
+def _check_no_earlier_demo(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds an earlier demo's runs, unless ``overwrite``."""
+    found = [name for name in DEMO_RUNS if any((out / name / marker).exists() for marker in RUN_MARKERS)]
+    if found and not overwrite:
+        raise FileExistsError(f"{out} already holds the runs of an earlier demo ({', '.join(found)}): pass "
+                              f"--overwrite to replace them, or choose another --out")
 
 
 def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[str, float]:

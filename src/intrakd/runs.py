@@ -10,8 +10,9 @@ overwritten) and, when resuming, that the configuration matches the run's.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from intrakd.config import (
 from intrakd.data import build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.progress import run_intro, say
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.checkpoint import (
     CheckpointError,
@@ -46,13 +48,16 @@ from intrakd.train.checkpoint import (
     write_atomic,
 )
 from intrakd.train.loop import RunInfo, Trainer
+from intrakd.train.runfolder import RUN_MARKERS, RunFolder
+from intrakd.train.signals import Interrupted
 
-RESUME_MAY_CHANGE = ("device", "data.root", "teacher", "checkpoint.", "train.skip_nonfinite_steps", "perf.threads")
+RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
+                     "perf.threads")
 """Settings a resumed run may change: where it runs and finds its inputs (the teacher's content is
 checked by its sha256), how often it saves, and whether it skips non-finite steps. Any other
 difference (``optim.epochs`` included) is refused: the run would no longer be the one it continues."""
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
+RUN_FILES = RUN_MARKERS
 """What makes a folder a run folder."""
 
 MODEL_FOR_THE_IMAGES = "choose a model made for such images with model=NAME (`intrakd models` lists them)"
@@ -65,11 +70,19 @@ class ResumeError(ValueError):
     """A run that cannot be continued as asked."""
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N: a GPU's index) or mps"
+"""The device settings, in words."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as given."""
+    """'auto' -> CUDA when available, else CPU; anything else as given (an unknown name is a
+    ``ValueError`` naming the choices)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: choose {DEVICE_CHOICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
     return device
@@ -82,20 +95,11 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
-    run_dir = Path(out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a folder: choose another --out")
-    present = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if present:
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} already holds a run ({', '.join(present)}): continue it with --resume "
-                                  f"{run_dir}, choose another --out, or pass --overwrite to replace it")
-        for name in ("metrics.jsonl", "summary.json", "config.yaml"):
-            (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    """Create the run folder; refuse one that already holds a run unless ``overwrite`` (which removes
+    the previous run's generated files and keeps the others)."""
+    folder = RunFolder.open_new(out, overwrite)
+    folder.settle()
+    return folder.path
 
 
 def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
@@ -140,19 +144,27 @@ def _may_change(difference: str) -> bool:
     return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUME_MAY_CHANGE)
 
 
-def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
-             overwrite: bool = False, resume: bool = False) -> tuple[Path, dict[str, Any] | None, Path | None]:
-    """Check and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or None)``.
+def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
+    """The files a run reads, which its run folder must not replace."""
+    teacher = {"the teacher checkpoint": cfg.teacher} if isinstance(cfg, StudentConfig) else {}
+    return {**teacher, "the dataset": cfg.data.root}
 
-    A fresh run refuses a folder that holds a run (unless ``overwrite``). A resumed one loads the
-    newest checkpoint that verifies (naming those skipped), refuses a configuration or inputs that
-    differ from the run's, and only then writes anything.
+
+def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
+             overwrite: bool = False, resume: bool = False
+             ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
+    """Check and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or None,
+    the new run's RunFolder or None when resuming)``.
+
+    A fresh run refuses a folder that holds a run (unless ``overwrite``) or whose generated files
+    hold one of its inputs. A resumed one loads the newest checkpoint that verifies (naming those
+    skipped), refuses a configuration or inputs that differ from the run's, and only then writes anything.
     """
     run_dir = Path(out)
     if not resume:
-        run_dir = prepare_run_dir(run_dir, overwrite)
-        _write_config(run_dir, command, to_dict(cfg))
-        return run_dir, None, None
+        folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg))
+        _write_config(folder.path, command, to_dict(cfg))
+        return folder.path, None, None, folder
     if overwrite:
         raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
     stored = _stored_config(run_dir, command)
@@ -187,18 +199,19 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     _write_config(run_dir, command, to_dict(cfg))
     where = f"from {path}" if path is not None else "from the beginning (no checkpoint was written yet)"
     print(f"resuming {run_dir} {where}", file=sys.stderr)
-    return run_dir, state, path
+    return run_dir, state, path, None
 
 
 def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
-                  overwrite: bool, resume: bool) -> tuple[Path, dict[str, Any] | None, Path | None]:
+                  overwrite: bool, resume: bool
+                  ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
     """:func:`open_run` on rank 0; the other data-parallel ranks then load the checkpoint it chose."""
     opened = distributed.run_on_main(
         lambda: open_run(cls, cfg, out, command, provenance, overwrite=overwrite, resume=resume))
     chosen = distributed.gather_objects(None if opened is None else opened[2])[0]
     if opened is not None:
         return opened
-    return Path(out), (read_checkpoint(chosen) if chosen is not None else None), chosen
+    return Path(out), (read_checkpoint(chosen) if chosen is not None else None), chosen, None
 
 
 def _setup(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettings]:
@@ -210,17 +223,45 @@ def _setup(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettin
     return device, perf
 
 
-def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None,
+def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, folder: RunFolder | None,
            extra_summary: dict[str, Any]) -> dict[str, Any]:
+    """Run ``trainer`` to its end. A new run that fails before it kept an epoch or a checkpoint is
+    undone (its folder as before it started); otherwise a replaced run's files are deleted."""
     if state is not None:
         trainer.load_state_dict(state)
         trainer.last_checkpoint = path
-    return trainer.fit({**extra_summary, "perf": trainer.perf.describe(), "world_size": distributed.world_size()})
+    try:
+        summary = trainer.fit({**extra_summary, "perf": trainer.perf.describe(),
+                               "world_size": distributed.world_size()})
+    except Exception as err:
+        if folder is not None:
+            kept = trainer.last_checkpoint is not None or bool(trainer.metrics_lines)
+            if kept or isinstance(err, Interrupted):
+                folder.settle()
+            else:
+                folder.abandon()
+        raise
+    if folder is not None:
+        folder.settle()
+    return summary
 
 
-def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def _intro(command: str, label: str, run_dir: Path, path: Path | None, resume: bool, cfg: TeacherConfig | StudentConfig,
+           train_set: Any, eval_set: Any, split: str, steps: int, perf: PerfSettings) -> None:
+    """Say what the run will do, before its first step."""
+    resumed = (str(path) if path is not None else "its beginning") if resume else None
+    for line in run_intro(command, label, str(run_dir), resumed, cfg.data.dataset, len(train_set),
+                          train_set.num_classes, split, len(eval_set), cfg.model, steps, cfg.optim.epochs,
+                          cfg.data.batch_size, str(perf.device), perf.describe()["precision"],
+                          distributed.world_size()):
+        say(line)
+
+
+def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+                  label: str | None = None) -> dict[str, Any]:
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
-    (``resume``); returns the run summary."""
+    (``resume``); returns the run summary. ``label`` names the run in its log lines (default
+    'vanilla teacher' or 'enriched teacher')."""
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
@@ -229,24 +270,29 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device)
-    run_dir, state, path = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
+    run_dir, state, path, folder = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
                                          overwrite=overwrite, resume=resume)
+    label = label or ("enriched teacher" if cfg.intra.weight > 0 else "vanilla teacher")
+    _intro("train-teacher", label, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
         eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return _start(trainer, state, path, {})
+    return _start(trainer, state, path, folder, {})
 
 
-def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+            label: str | None = None) -> dict[str, Any]:
     """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``, or continue the run in
-    ``out`` (``resume``); returns the summary."""
+    ``out`` (``resume``); returns the summary. ``label`` names the run in its log lines (default 'student')."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
+    # recorded as an absolute path, so that --resume works from any working directory
+    cfg = dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher))
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
@@ -259,14 +305,17 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device)
-    run_dir, state, path = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
+    run_dir, state, path, folder = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
                                          overwrite=overwrite, resume=resume)
+    label = label or "student"
+    _intro("distill", f"{label} ({cfg.distill.method} from {cfg.teacher})", run_dir, path, resume, cfg, train_set,
+           eval_set, split, len(train_batches), perf)
     trainer = Trainer(
         model=model, objective=objective,
         train_batches=train_batches,
         eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance),
+        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return _start(trainer, state, path, {"teacher": str(cfg.teacher)})
+    return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)})

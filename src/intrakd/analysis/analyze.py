@@ -15,7 +15,8 @@ from intrakd.analysis.calibration import expected_calibration_error, reliability
 from intrakd.analysis.geometry import embedding_geometry, per_class_geometry
 from intrakd.analysis.softlabels import per_class_mean, soft_label_samples, soft_label_stats
 from intrakd.config import DataConfig, from_dict
-from intrakd.data import Split, build_datasets
+from intrakd.data import FOLDER_DATASETS, Split, build_datasets
+from intrakd.progress import eval_intro, say
 
 SPLITS = ("test", "val", "train")
 DEFAULT_TEMPERATURE = 4.0
@@ -48,6 +49,12 @@ def load_split(data: dict[str, Any], split: str, data_root: str | None = None) -
         raise ValueError("this run holds out no validation split (data.val_per_class is 0): use --split test")
     train, eval_set, _ = build_datasets(from_dict(DataConfig, values, prefix="data."))
     return train if split == "train" else eval_set
+
+
+def split_name(data: dict[str, Any], split: str) -> str:
+    """The name of ``split`` of the run's data as its run logged it: a folder dataset's own evaluation
+    split ('test' here) is its 'val'."""
+    return "val" if split == "test" and data.get("dataset") in FOLDER_DATASETS else split
 
 
 def analyze_predictions(pred: Predictions, temperature: float = DEFAULT_TEMPERATURE, bins: int = 15) -> dict[str, Any]:
@@ -91,11 +98,15 @@ def predict_checkpoint(
     data = state.get("config", {}).get("data")
     if not data:
         raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint)")
+    target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
     model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape)
-    logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set, batch_size)
+    name = state.get("model_name") or model_name or "model"
+    shown = split_name(data, split)
+    say(eval_intro("analyze", str(checkpoint), data.get("dataset", "?"), shown, len(eval_set), name, str(target)))
+    logits, embeddings, labels = predict(model.to(target), eval_set, batch_size, desc=f"[{shown}] predicting")
     info = {"checkpoint": str(checkpoint), "model": state.get("model_name") or model_name,
-            "kind": state.get("kind"), "epoch": state.get("epoch"), "split": split,
+            "kind": state.get("kind"), "epoch": state.get("epoch"), "split": shown,
             "dataset": data.get("dataset")}
     return Predictions(logits, embeddings, labels), info
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
 from intrakd.analysis.report import build_report, read_metrics, to_markdown, write_report
+from intrakd.progress import say
 
 
 def _run_folder(checkpoint: str) -> Path:
@@ -52,6 +53,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         (out / "analysis.json").write_text(json.dumps(output, indent=1) + "\n")
         written = [out / "analysis.json"]
         if not args.no_plots:
+            say(f"intrakd analyze: plotting into {out} (t-SNE map of up to {args.tsne_points} images, distances, "
+                "soft labels, reliability, per class); the t-SNE map may take minutes")
             written += _analysis_plots(out, list(zip(names, predictions)), results, args)
         print("written: " + ", ".join(str(p) for p in written))
     return 0

@@ -86,8 +86,11 @@ def _teacher_run_dir(checkpoint: str) -> Path | None:
     return None
 
 
-def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
-    """(kind, seed, flattened configuration without ignored keys) of a run folder."""
+def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str, int | None, dict[str, Any]]:
+    """(kind, seed, flattened configuration without ignored keys) of a run folder.
+
+    A student's teacher settings are read from the teacher's run folder (under ``teacher.``), unless
+    that folder is one already on the way (a run that names itself or a cycle: the path is kept)."""
     raw = upgrade_stored(read_yaml(run_dir / "config.yaml") or {})
     kinds = {command: kind for kind, command in RUN_COMMANDS.items()}
     kind = kinds.get(raw.get("command"), raw.get("command") or "run")
@@ -96,9 +99,10 @@ def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
     teacher = raw.get("teacher")
     if kind == "student" and isinstance(teacher, str):
         teacher_dir = _teacher_run_dir(teacher)
-        if teacher_dir is not None:
+        seen = _seen | {run_dir.resolve()}
+        if teacher_dir is not None and teacher_dir.resolve() not in seen:
             del config["teacher"]
-            _, _, teacher_config = run_config(teacher_dir)
+            _, _, teacher_config = run_config(teacher_dir, seen)
             config.update({f"teacher.{k}": v for k, v in teacher_config.items()})
     return kind, seed, config
 

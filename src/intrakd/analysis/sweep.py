@@ -53,6 +53,7 @@ from intrakd.config import (
     to_dict,
     upgrade_stored,
 )
+from intrakd.progress import format_duration
 
 # Settings that do not change what a run computes: a finished run may differ from the sweep in these.
 RESULT_NEUTRAL = ("command", "device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
@@ -298,6 +299,9 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = pri
 
     check_finished(jobs)
     counts = {"skipped": 0, "ran": 0, "restarted": 0}
+    todo = sum(not j.finished for j in jobs)
+    log(f"sweep: {len(jobs)} runs in {spec.out}, {len(jobs) - todo} already finished, {todo} to run")
+    took: list[float] = []
     for i, job in enumerate(jobs, 1):
         where = f"[{i}/{len(jobs)}] {job.kind} {job.name} seed {job.seed}"
         if job.finished:
@@ -310,8 +314,11 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = pri
             log(f"{where}: {'restarting (unfinished)' if restart else 'running'} in {job.out}")
             start = time.perf_counter()
             run = train_teacher if job.kind == "teacher" else distill
-            run(job.config, job.out, overwrite=restart)
-            log(f"{where}: done in {time.perf_counter() - start:.0f} s")
+            run(job.config, job.out, overwrite=restart, label=f"{i}/{len(jobs)} {job.kind} {job.name} seed {job.seed}")
+            took.append(time.perf_counter() - start)
+            todo = sum(not j.finished for j in jobs[i:])
+            left = f"; {todo} runs to go, about {format_duration(todo * sum(took) / len(took))} left" if todo else ""
+            log(f"{where}: done in {format_duration(took[-1])}{left}")
         evaluate_run(job.out, spec.evaluate, spec.temperature, job.config.device)
     return counts
 

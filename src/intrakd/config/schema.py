@@ -52,6 +52,9 @@ class DataConfig:
     """Folder datasets: 'pad_crop' (resize to image_size, random crop with image_size/8 zero padding,
     flip), 'resized_crop' (RandomResizedCrop + flip; eval resize to image_size/0.875, centre crop), or
     'auto': pad_crop for tiny_imagenet, resized_crop for imagenet and imagefolder."""
+    bad_images: Literal["error", "skip"] = "error"
+    """Folder datasets: an unreadable image stops the run, naming every such file found ('error'), or
+    is left out of its batch and named once ('skip'; counted as skipped_images)."""
     in_memory: bool = False
     """Folder datasets: decode every image once into a uint8 tensor and augment batches on the device
     (fast; needs pad_crop and memory for the whole split, e.g. 1.2 GB for Tiny ImageNet)."""
@@ -370,6 +373,8 @@ def _validate_common(
         value = getattr(data, name)
         if value is not None and value < 0:
             raise ConfigError(f"data.{name} must be >= 0, got {value}")
+    if data.train_per_class == 0:
+        raise ConfigError("data.train_per_class must be >= 1 (or null: every training image), got 0")
     _require_finite("optim", optim)
     if data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {data.workers}")

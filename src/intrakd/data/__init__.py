@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from intrakd.config import DataConfig
 from intrakd.data.augment import Augmentation
+from intrakd.data.badimages import unreadable_message
 from intrakd.data.cifar import cifar100_classes, load_cifar100, resolve_cifar100_classes
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.imagefolder import (
@@ -89,6 +90,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train = train.subset(first_per_class(train.labels, train.num_classes, cfg.train_per_class))
     if cfg.eval_per_class:
         eval_set = eval_set.subset(first_per_class(eval_set.labels, eval_set.num_classes, cfg.eval_per_class))
+    unreadable: dict[str, str] = {}
+    for part, where in ((train, "training"), (eval_set, split)):
+        if isinstance(part, ImageFolderSplit):  # before any run folder is made
+            part.bad_images = cfg.bad_images
+            unreadable.update(part.find_unreadable(f"the {where} split of {cfg.root}"))
+    if unreadable and cfg.bad_images == "error":
+        raise UnreadableImageError(unreadable_message(unreadable, str(cfg.root)))
     if cfg.in_memory and isinstance(train, ImageFolderSplit):
         train, eval_set = train.to_tensors(), eval_set.to_tensors()
     return train, eval_set, split

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from intrakd.data.augment import Augmentation
+from intrakd.data.badimages import SCAN_LIMIT, BadImages, SkipLog, marked_index, marker, scan
+from intrakd.data.layouts import find_eval_folder, flat_val_labels, is_flat
 from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch
+from intrakd.progress import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -100,15 +103,29 @@ class _Files(Dataset):
     deterministic tensor."""
 
     def __init__(self, paths: list[str], labels: list[int], transform: v2.Compose, views: int = 1,
-                 seed: int | None = None, epoch: int = 0) -> None:
+                 seed: int | None = None, epoch: int = 0, skip: frozenset[int] | None = None, size: int = 0) -> None:
         self.paths, self.labels, self.transform = paths, labels, transform
         self.views, self.seed, self.epoch = views, seed, epoch
+        self.skip, self.size = skip, size
+        """``skip``: None to raise on an unreadable image, else the indices known to be unreadable;
+        those and any other that fails to decode come back as blank images with a marker label."""
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _skipped(self, index: int) -> tuple[Tensor, int] | tuple[tuple[Tensor, ...], int, int]:
+        blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        return (blank, marker(index)) if self.seed is None else ((blank,) * self.views, marker(index), index)
+
     def __getitem__(self, index: int) -> tuple[Tensor, int] | tuple[tuple[Tensor, ...], int, int]:
-        image = read_image(self.paths[index])
+        if self.skip is not None and index in self.skip:
+            return self._skipped(index)
+        try:
+            image = read_image(self.paths[index])
+        except UnreadableImageError:
+            if self.skip is None:
+                raise
+            return self._skipped(index)
         if self.seed is None:
             return self.transform(image), self.labels[index]
         with torch.random.fork_rng(devices=[]):
@@ -137,17 +154,58 @@ class ImageFolderSplit:
     num_classes: int
     pipeline: Pipeline
     workers: int = 8
+    bad_images: BadImages = "error"
+    """What an unreadable image does: stop the run (``error``) or leave it out (``skip``)."""
+    bad: dict[int, str] = field(default_factory=dict)
+    """Indices of the images known to be unreadable, with the reason (found by :meth:`check_images`
+    or while reading)."""
+    log: SkipLog = field(default_factory=SkipLog)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def find_unreadable(self, where: str) -> dict[str, str]:
+        """Decode every image once (splits of at most :data:`SCAN_LIMIT`; larger ones are not scanned)
+        and return ``{path: reason}`` of the unreadable ones; with ``skip`` each is named once here."""
+        if len(self) > SCAN_LIMIT:
+            return {}
+        workers = max(1, min(self.workers, len(os.sched_getaffinity(0))))
+        if len(self) >= 2000:
+            say(f"checking that the {len(self)} images of {where} can be read ...")
+        self.bad.update(scan(self.paths, workers))
+        if self.bad_images == "skip":
+            for index, reason in sorted(self.bad.items()):
+                self.log.skipped(self.paths[index], reason)
+        return {self.paths[i]: reason for i, reason in self.bad.items()}
+
+    def _skip(self) -> frozenset[int] | None:
+        return frozenset(self.bad) if self.bad_images == "skip" else None
+
+    def _drop_skipped(self, images: Tensor | list[Tensor], labels: Tensor
+                      ) -> tuple[Tensor | tuple[Tensor, ...], Tensor]:
+        """Leave the marked (unreadable) images out of a batch, naming each once."""
+        keep = labels >= 0
+        if bool(keep.all()):
+            return images, labels
+        for label in labels[~keep].tolist():
+            index = marked_index(label)
+            self.bad.setdefault(index, "unreadable")
+            self.log.skipped(self.paths[index], self.bad[index])
+        if not bool(keep.any()):
+            raise UnreadableImageError(f"every image of a batch is unreadable (e.g. {self.paths[index]})")
+        if isinstance(images, (tuple, list)):  # the views of a training batch
+            return tuple(v[keep] for v in images), labels[keep]
+        return images[keep], labels[keep]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.pipeline.image_size, self.pipeline.image_size
 
     def subset(self, index: Tensor) -> ImageFolderSplit:
-        return ImageFolderSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.num_classes,
-                                self.pipeline, self.workers)
+        chosen = index.tolist()
+        bad = {j: self.bad[i] for j, i in enumerate(chosen) if i in self.bad}
+        return ImageFolderSplit([self.paths[i] for i in chosen], self.labels[index], self.num_classes,
+                                self.pipeline, self.workers, self.bad_images, bad, self.log)
 
     def _loader(self, dataset: _Files, batch_size: int, device: torch.device, order: list[int] | None = None,
                 drop_last: bool = False) -> Iterator:
@@ -169,8 +227,10 @@ class ImageFolderSplit:
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised eval-transformed ``(images, labels)`` batches on ``device``, in order."""
         augmentation = self.pipeline.augmentation
-        dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform())
+        dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform(), skip=self._skip(),
+                         size=self.pipeline.image_size)
         for images, labels in self._loader(dataset, batch_size, device):
+            images, labels = self._drop_skipped(images, labels)
             yield augmentation.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
 
     def to_tensors(self, batch_size: int = 256) -> TensorDataset:
@@ -179,6 +239,9 @@ class ImageFolderSplit:
         if self.pipeline.crop != "pad_crop":
             raise ValueError("data.in_memory needs the pad_crop augmentation (set data.augment=pad_crop): "
                              "a random resized crop cannot be drawn from a pre-decoded fixed-size tensor")
+        if self.bad and self.bad_images == "skip":  # decoded once: the unreadable ones are simply left out
+            good = torch.tensor([i for i in range(len(self)) if i not in self.bad], dtype=torch.int64)
+            return self.subset(good).to_tensors(batch_size)
         size = self.pipeline.image_size
         images = torch.empty(len(self), 3, size, size, dtype=torch.uint8)
         dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform())
@@ -208,14 +271,30 @@ class FolderBatches:
     def __len__(self) -> int:
         return len(self.split) // self.batch_size
 
+    def epoch_stats(self) -> dict[str, int]:
+        """``skipped_images``: unreadable images left out of this epoch's batches (with ``skip``;
+        computed from the epoch's order, so a resumed epoch counts alike)."""
+        if self.split.bad_images != "skip":
+            return {}
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        used = torch.randperm(len(self.split), generator=generator)[: len(self) * self.batch_size].tolist()
+        return {"skipped_images": len(self.split.bad.keys() & set(used))}
+
+    def run_stats(self) -> dict[str, int]:
+        """``skipped_images``: the distinct unreadable training images left out (with ``skip``)."""
+        return {"skipped_images": len(self.split.bad)} if self.split.bad_images == "skip" else {}
+
     def __iter__(self) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.split), generator=generator).tolist()[self.start * self.batch_size :]
         split, device = self.split, self.device
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
-                         self.seed, self.epoch)
+                         self.seed, self.epoch, split._skip(), split.pipeline.image_size)
         augmentation = split.pipeline.augmentation
         for views, labels, indices in split._loader(dataset, self.batch_size, device, order, drop_last=True):
+            kept = labels >= 0  # unreadable images carry a marker label
+            views, labels = split._drop_skipped(views, labels)
+            indices = indices[kept]
             yield Batch(tuple(augmentation.normalize(v.to(device, non_blocking=True)) for v in views),
                         labels.to(device, non_blocking=True), indices.to(device, non_blocking=True))
 
@@ -247,6 +326,9 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
     found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not found:
         raise ValueError(f"{folder} holds no class folders: expected {folder}/<class>/<image files>")
+    if classes is None and len(found) == 1:
+        raise ValueError(f"{folder} holds one class folder ({found[0]}): a classifier needs at least two classes "
+                         "(with one, the cross-entropy is zero whatever the model does)")
     if classes is None:
         classes = found
     elif set(found) != set(classes):
@@ -275,13 +357,19 @@ def _split(paths: list[str], labels: list[int], num_classes: int, pipeline: Pipe
 
 def load_image_folders(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     """(train, val) of ``root/train/<class>/*`` and ``root/val/<class>/*`` (ImageNet's usual layout,
-    or any such tree); the classes are the sorted folder names of ``train``."""
+    or any such tree; the eval folder may be called ``val``, ``validation`` or ``test``, and may be
+    ImageNet's flat ``val/`` labelled by the devkit or ``LOC_val_solution.csv``); the classes are the
+    sorted folder names of ``train``."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist: expected {root}/train/<class>/<images> "
                                 f"and {root}/val/<class>/<images>")
     classes, paths, labels = scan_class_folders(root / "train")
-    _, val_paths, val_labels = scan_class_folders(root / "val", classes)
+    eval_folder = find_eval_folder(root)
+    if is_flat(eval_folder, IMAGE_EXTENSIONS):  # ImageNet's val as distributed
+        val_paths, val_labels = flat_val_labels(eval_folder, root, classes, IMAGE_EXTENSIONS)
+    else:
+        _, val_paths, val_labels = scan_class_folders(eval_folder, classes)
     return (_split(paths, labels, len(classes), pipeline, workers),
             _split(val_paths, val_labels, len(classes), pipeline, workers))
 

@@ -124,6 +124,7 @@ def _load_failure(path: Path, err: Exception) -> str:
         if unsafe:
             return (f"{type(err).__name__}: Unsupported global: GLOBAL {', '.join(unsafe)}; "
                     "only tensors and plain data are loaded")
+        return f"{type(err).__name__}: not a pickle of tensors and plain data"
     first_line = next((line.strip() for line in str(err).splitlines() if line.strip()), "no message")
     return f"{type(err).__name__}: {textwrap.shorten(first_line, 240)}"
 

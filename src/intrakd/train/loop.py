@@ -26,6 +26,7 @@ from tqdm import tqdm
 from intrakd import distributed
 from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
+from intrakd.progress import Progress
 from intrakd.train.accel import PerfSettings
 from intrakd.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -56,6 +57,12 @@ class RunInfo:
     eval_split: str
     provenance: dict[str, Any] = field(default_factory=dict)
     """Facts about the inputs a resumed run must find unchanged (data size, the teacher's sha256)."""
+    label: str = ""
+    """What the run is called in its log lines ('enriched teacher'); ``kind`` when empty."""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.kind
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.SGD:
@@ -220,6 +227,7 @@ class Trainer:
         }
         if self.train_cfg.skip_nonfinite_steps:
             summary["skipped_steps"] = self.skipped_steps
+        summary.update(getattr(self.train_batches, "run_stats", dict)())
         if self.writer:
             write_atomic(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -242,10 +250,10 @@ class Trainer:
         steps = len(self.train_batches)
         if self.step < steps:
             self._begin_epoch(self.epoch, self.step)
-            bar = tqdm(self.train_batches, total=steps, initial=self.step, leave=False,
-                       disable=None if self.writer else True,
-                       dynamic_ncols=True, desc=f"{self.info.kind} epoch {self.epoch + 1}/{self.optim_cfg.epochs}")
-            for batch in bar:
+            progress = Progress(steps, f"[{self.info.name}] epoch {self.epoch + 1}/{self.optim_cfg.epochs}",
+                                initial=self.step, after=steps * (self.optim_cfg.epochs - self.epoch - 1),
+                                enabled=self.writer)
+            for batch in self.train_batches:
                 self.train_step(batch)
                 self.step += 1
                 self.global_step += 1
@@ -253,7 +261,8 @@ class Trainer:
                 if self.global_step % NONFINITE_CHECK_EVERY == 0:
                     self.check_finite()
                 self._checkpoint_or_stop()
-            bar.close()
+                progress.update(1, batch.labels.shape[0] * distributed.world_size(), self._running_loss)
+            progress.close()
         self._tick(training=True)
 
     def _begin_epoch(self, epoch: int, step: int = 0) -> None:
@@ -284,6 +293,7 @@ class Trainer:
         metrics = self.meter.summary()
         if self.train_cfg.skip_nonfinite_steps:
             metrics["skipped_steps"] = self.meter.skipped
+        metrics.update(getattr(self.train_batches, "epoch_stats", dict)())  # e.g. skipped_images
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.last_eval = evaluate(self.model, self.eval_set, self.eval_batch_size)
@@ -309,7 +319,12 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        tqdm.write(console_line(self.info.kind, record, self.optim_cfg.epochs, self.info.eval_split), end="\n")
+        tqdm.write(console_line(self.info.name, record, self.optim_cfg.epochs, self.info.eval_split), end="\n")
+
+    def _running_loss(self) -> dict[str, float]:
+        """The epoch's mean loss so far (read when a progress line is shown)."""
+        meter = self.meter
+        return {"loss": meter.sums["loss"].item() / meter.steps} if meter.steps and "loss" in meter.sums else {}
 
     def _tick(self, training: bool) -> None:
         """Add the time since the last tick to the wall clock (and to the epoch's training time)."""
