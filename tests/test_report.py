@@ -8,7 +8,9 @@ import math
 import pytest
 import yaml
 
-from intrakd.analysis.report import build_report, difference, find_runs, group_runs, to_csv, to_markdown
+from intrakd.analysis.comparison import build_report, difference, group_runs
+from intrakd.analysis.report import to_csv, to_markdown
+from intrakd.analysis.runfolders import find_runs
 from intrakd.cli import main
 
 T_975_DF2 = 4.302652729911275  # 0.975 quantile of Student's t with 2 degrees of freedom

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
-from intrakd.analysis.report import flatten
+from intrakd.analysis.runfolders import flatten
 from intrakd.config import (
     ConfigError,
     StudentConfig,
