@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import intrakd.objectives  # noqa: F401  registers the distillation methods that configurations name
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
 from intrakd.analysis.runfolders import flatten
 from intrakd.config import (
