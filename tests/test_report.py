@@ -157,3 +157,13 @@ def test_differences_follow_the_order_asked(sweep_dir):
     assert header.index("Δ val_acc") < header.index("Δ test_acc")
     columns = to_csv(report).splitlines()[0].split(",")
     assert columns.index("diff_val_acc") < columns.index("diff_test_acc")
+
+
+def test_result_neutral_settings_do_not_split_a_group(sweep_dir):
+    """Runs that differ only in config.RESULT_NEUTRAL_KEYS (speed, checkpoints, ...) are repeats."""
+    config_path = sweep_dir / "teachers" / "w0.0" / "seed1" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update({"perf": {"precision": "bf16"}, "checkpoint": {"every_steps": 5}})
+    config_path.write_text(yaml.safe_dump(config))
+    runs, _ = find_runs([sweep_dir / "teachers"])
+    assert [len(g.runs) for g in group_runs(runs)] == [3, 3]

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from intrakd.config import RUN_COMMANDS, read_yaml, upgrade_stored
+from intrakd.config import RESULT_NEUTRAL_KEYS, RUN_COMMANDS, key_in, read_yaml, upgrade_stored
 from intrakd.config import flatten as flatten_config
 
-IGNORED_KEYS = frozenset({"seed", "device", "command", "data.root", "data.eval_batch_size"})
-"""Settings left out of a run's configuration as read here: runs that differ only in these are
-repeats of one configuration."""
+IGNORED_KEYS = ("seed", "command", *RESULT_NEUTRAL_KEYS)
+"""Settings left out of a run's configuration as read here (:func:`~intrakd.config.key_in`): the
+result-neutral ones, the seed (runs over seeds are repeats) and the command (the run's kind)."""
 
 
 @dataclass
@@ -54,7 +54,7 @@ def run_config(run_dir: Path) -> tuple[str, int | None, dict[str, Any]]:
     kinds = {command: kind for kind, command in RUN_COMMANDS.items()}
     kind = kinds.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
-    config = {k: v for k, v in flatten(raw).items() if k not in IGNORED_KEYS}
+    config = {k: v for k, v in flatten(raw).items() if not key_in(k, IGNORED_KEYS)}
     teacher = raw.get("teacher")
     if kind == "student" and isinstance(teacher, str):
         teacher_dir = _teacher_run_dir(teacher)
