@@ -6,9 +6,11 @@ import errno
 import io
 import os
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from intrakd.losses import FeatureCache
 from intrakd.models import Classifier
 
 
@@ -47,3 +49,10 @@ class TinyNet(Classifier):
     def stages(self, x: Tensor) -> list[Tensor]:
         f1 = F.relu(self.conv1(x))
         return [f1, F.relu(self.conv2(f1))]
+
+
+def cache_memory(cache: FeatureCache) -> tuple[Tensor, Tensor]:
+    """A feature cache's entries flattened to ``[C*K, D]`` and their labels ``[C*K]`` (-1 where a slot
+    is unusable): the flat memory form that ``intra_class_terms`` also accepts."""
+    labels = torch.arange(cache.num_classes, device=cache.features.device)[:, None].expand(-1, cache.capacity)
+    return cache.features.reshape(-1, cache.dim), torch.where(cache.valid(), labels, -1).reshape(-1)

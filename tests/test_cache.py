@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from fakes import cache_memory
 
 from intrakd.losses import FeatureCache
 
@@ -29,12 +30,17 @@ class SlowCache:
 
 
 def as_sets(cache: FeatureCache):
-    feats, labels = cache.memory()
+    feats, labels = cache_memory(cache)
     out = {}
     for c in range(cache.num_classes):
         rows = feats[labels == c]
         out[c] = sorted(tuple(r.tolist()) for r in rows)
     return out
+
+
+def filled(cache: FeatureCache) -> list[int]:
+    """Slots holding an entry, per class (whatever its age)."""
+    return (cache.written_at >= 0).sum(dim=1).tolist()
 
 
 def check_equal(cache, slow):
@@ -56,12 +62,12 @@ def test_random_writes_match_slow_model(capacity, max_age):
         cache.write(feats, labels, mask)
         slow.write(feats, labels, mask)
         check_equal(cache, slow)
-        assert cache.count.tolist() == [min(cache.capacity, len(slow.entries[c])) for c in range(4)]
+        assert filled(cache) == [min(cache.capacity, len(slow.entries[c])) for c in range(4)]
 
 
 def test_empty_cache_has_no_usable_entries():
     cache = FeatureCache(3, 4, 2)
-    _, labels = cache.memory()
+    _, labels = cache_memory(cache)
     assert (labels == -1).all()
     assert cache.fill().item() == 0.0
 
@@ -71,7 +77,7 @@ def test_wrap_around_keeps_newest_in_order():
     for v in range(5):  # one sample per step: 0..4; keep 2, 3, 4
         cache.write(torch.tensor([[float(v)]]), torch.tensor([0]))
     assert sorted(cache.features[0, :, 0].tolist()) == [2.0, 3.0, 4.0]
-    assert cache.pointer.item() == 5 % 3 and cache.count.item() == 3
+    assert cache.pointer.item() == 5 % 3 and filled(cache) == [3]
     # more arrivals at once than capacity: the last K of them are kept
     cache.write(torch.arange(10.0, 17.0)[:, None], torch.zeros(7, dtype=torch.long))
     assert sorted(cache.features[0, :, 0].tolist()) == [14.0, 15.0, 16.0]
@@ -81,13 +87,13 @@ def test_max_age_hides_stale_entries():
     # age = steps since the write; an entry written in the previous step has age 1
     cache = FeatureCache(2, 4, 1, max_age=1)
     cache.write(torch.tensor([[1.0]]), torch.tensor([0]))  # written at step 0
-    _, labels = cache.memory()
+    _, labels = cache_memory(cache)
     assert labels[labels >= 0].tolist() == [0]  # age 1
     cache.write(torch.tensor([[2.0]]), torch.tensor([1]))  # written at step 1
-    _, labels = cache.memory()
+    _, labels = cache_memory(cache)
     assert labels[labels >= 0].tolist() == [1]  # class 0's entry has age 2 > 1
     cache.write(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long))
-    _, labels = cache.memory()
+    _, labels = cache_memory(cache)
     assert labels[labels >= 0].tolist() == []
 
 
@@ -95,11 +101,11 @@ def test_clear_after_use_empties_only_chosen_classes():
     cache = FeatureCache(3, 2, 1)
     cache.write(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([0, 1, 2]))
     cache.clear(torch.tensor([True, False, True]))
-    _, labels = cache.memory()
+    _, labels = cache_memory(cache)
     assert labels[labels >= 0].tolist() == [1]
-    assert cache.count.tolist() == [0, 1, 0]
+    assert filled(cache) == [0, 1, 0]
     cache.write(torch.tensor([[5.0]]), torch.tensor([0]))
-    feats, labels = cache.memory()
+    feats, labels = cache_memory(cache)
     assert feats[labels == 0].flatten().tolist() == [5.0]
 
 
@@ -110,12 +116,12 @@ def test_state_dict_round_trip_restores_everything():
     restored.load_state_dict(cache.state_dict())
     for name, buf in cache.state_dict().items():
         assert torch.equal(buf, restored.state_dict()[name]), name
-    assert set(cache.state_dict()) == {"features", "ids", "pointer", "count", "written_at", "step"}
+    assert set(cache.state_dict()) == {"features", "ids", "pointer", "written_at", "step"}
 
 
-def test_memory_is_fixed_size_c_times_k():
+def test_cache_is_fixed_size_c_times_k():
     cache = FeatureCache(100, 64, 256)
-    feats, labels = cache.memory()
+    feats, labels = cache_memory(cache)
     assert feats.shape == (6400, 256) and labels.shape == (6400,)
     assert cache.features.numel() * 4 == 100 * 64 * 256 * 4  # 6.6 MB in float32
 
@@ -155,3 +161,18 @@ def test_state_dict_without_ids_loads_with_ids_unknown():
     restored = FeatureCache(2, 3, 2)
     restored.load_state_dict(old)
     assert torch.equal(restored.features, cache.features) and (restored.ids == -1).all()
+
+
+def test_state_dict_with_the_old_fill_counts_loads():
+    """Checkpoints of older versions hold a ``count [C]`` buffer (never read): it is dropped on load."""
+    cache = FeatureCache(2, 3, 2)
+    cache.write(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]), ids=torch.tensor([5, 6, 7, 8]))
+    old = {**cache.state_dict(), "count": torch.tensor([2, 2])}
+    restored = FeatureCache(2, 3, 2)
+    restored.load_state_dict(old)  # strict: an unexpected key would raise
+    for name, buf in cache.state_dict().items():
+        assert torch.equal(buf, restored.state_dict()[name]), name
+    assert "count" in old  # the caller's dict is left as it was
+    parent = torch.nn.ModuleDict({"cache": FeatureCache(2, 3, 2)})  # as inside an objective's checkpoint
+    parent.load_state_dict({f"cache.{k}": v for k, v in old.items()})
+    assert torch.equal(parent["cache"].features, cache.features)

@@ -16,7 +16,7 @@ from intrakd.analysis.evidence import (
     same_superclass_share,
     soft_label_kl,
 )
-from intrakd.analysis.report import find_runs
+from intrakd.analysis.runfolders import find_runs
 from intrakd.cli import main
 
 SEEDS = (0, 1, 2, 3)

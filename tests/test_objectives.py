@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import cache_memory
 from torch import nn
 
 from intrakd.config import DistillConfig, IntraConfig
@@ -50,7 +51,7 @@ def test_enriched_teacher_terms_gate_and_cache_order():
     objective = IntraClassTeacherObjective(cfg, 3, 4)
     b1, b2 = batch(1), batch(2)
     objective(model, b1)
-    memory_before, labels_before = (t.clone() for t in objective.cache.memory())
+    memory_before, labels_before = (t.clone() for t in cache_memory(objective.cache))
     result = objective(model, b2)
     z1, z2 = F.normalize(b2.views[0], dim=1), F.normalize(b2.views[1], dim=1)
     want = intra_class_contrastive_loss(z1, z2, b2.labels, memory=memory_before, memory_labels=labels_before,
@@ -58,7 +59,7 @@ def test_enriched_teacher_terms_gate_and_cache_order():
     torch.testing.assert_close(result.losses["intra"], 0.5 * want)
     assert result.stats["pass_rate"].item() == 1.0
     # after the step the cache holds batch 2's first views (normalised)
-    feats, labels = objective.cache.memory()
+    feats, labels = cache_memory(objective.cache)
     for row, y in zip(z1, b2.labels):
         assert any(torch.allclose(row, f) for f in feats[labels == y])
 
@@ -73,7 +74,7 @@ def test_gate_excludes_low_margin_anchors_from_loss_and_cache():
     result = objective(model, b)
     passed = (b.labels == 0).float().mean()
     assert result.stats["pass_rate"].item() == pytest.approx(passed.item())
-    _, labels = objective.cache.memory()
+    _, labels = cache_memory(objective.cache)
     assert set(labels[labels >= 0].tolist()) <= {0}
     assert (labels == 0).sum().item() == (b.labels == 0).sum().item()
 
@@ -84,7 +85,7 @@ def test_clear_after_use_empties_the_classes_used():
     b = batch(4, n=12)
     objective(model, b)
     objective(model, b)  # second step uses the cache, then clears those classes and writes this batch
-    _, labels = objective.cache.memory()
+    _, labels = cache_memory(objective.cache)
     assert (labels >= 0).sum().item() == 12
 
 
@@ -122,7 +123,7 @@ def test_the_cache_never_gives_an_anchor_its_own_older_embedding(exclude_self):
     objective = IntraClassTeacherObjective(cfg, 3, 4)
     first = batch(6, n=6)
     objective(model, first)
-    cached, cached_labels = (t.clone() for t in objective.cache.memory())
+    cached, cached_labels = (t.clone() for t in cache_memory(objective.cache))
     cached_ids = objective.cache.ids.reshape(-1).clone()
     again = Batch(tuple(v + 0.05 for v in first.views), first.labels, first.indices)  # same images, later step
     result = objective(model, again)

@@ -8,7 +8,9 @@ import math
 import pytest
 import yaml
 
-from intrakd.analysis.report import build_report, difference, find_runs, group_runs, to_csv, to_markdown
+from intrakd.analysis.comparison import build_report, difference, group_runs
+from intrakd.analysis.report import to_csv, to_markdown
+from intrakd.analysis.runfolders import find_runs
 from intrakd.cli import main
 
 T_975_DF2 = 4.302652729911275  # 0.975 quantile of Student's t with 2 degrees of freedom
@@ -155,3 +157,13 @@ def test_differences_follow_the_order_asked(sweep_dir):
     assert header.index("Δ val_acc") < header.index("Δ test_acc")
     columns = to_csv(report).splitlines()[0].split(",")
     assert columns.index("diff_val_acc") < columns.index("diff_test_acc")
+
+
+def test_result_neutral_settings_do_not_split_a_group(sweep_dir):
+    """Runs that differ only in config.RESULT_NEUTRAL_KEYS (speed, checkpoints, ...) are repeats."""
+    config_path = sweep_dir / "teachers" / "w0.0" / "seed1" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update({"perf": {"precision": "bf16"}, "checkpoint": {"every_steps": 5}})
+    config_path.write_text(yaml.safe_dump(config))
+    runs, _ = find_runs([sweep_dir / "teachers"])
+    assert [len(g.runs) for g in group_runs(runs)] == [3, 3]

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
-from intrakd.analysis.report import RunRecord, find_runs, read_metrics
+from intrakd.analysis.comparison import paired_interval
+from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
 
 ROLES = ("vanilla", "enriched", "ce_only", "kd_vanilla", "kd_enriched")
 PILOT_CRITERIA = {
@@ -66,15 +66,12 @@ def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of ``a - b`` (paired) with its t confidence interval (scipy's ``ttest_rel``)."""
+    """Mean of ``a - b`` (paired) with its t confidence interval
+    (:func:`~intrakd.analysis.comparison.paired_interval`)."""
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return {"mean": mean, "ci95": [None, None], "n": len(diffs)}
-    if len(set(diffs)) == 1:  # no spread: the interval is the point (scipy would return NaN)
-        return {"mean": mean, "ci95": [mean, mean], "n": len(diffs)}
-    low, high = stats.ttest_rel(a, b).confidence_interval(confidence)
-    return {"mean": mean, "ci95": [float(low), float(high)], "n": len(diffs)}
+    low, high = paired_interval(a, b, confidence)
+    ci95 = [None, None] if math.isnan(low) else [low, high]  # JSON has no NaN
+    return {"mean": sum(diffs) / len(diffs), "ci95": ci95, "n": len(diffs)}
 
 
 def last_quarter_mean(run: RunRecord, key: str) -> float:

@@ -42,12 +42,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import intrakd.objectives  # noqa: F401  registers the distillation methods that configurations name
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
-from intrakd.analysis.report import flatten
+from intrakd.analysis.runfolders import flatten
 from intrakd.config import (
+    RESULT_NEUTRAL_KEYS,
     ConfigError,
     StudentConfig,
     TeacherConfig,
+    key_in,
     load_config,
     read_yaml,
     to_dict,
@@ -55,9 +58,9 @@ from intrakd.config import (
 )
 from intrakd.progress import format_duration
 
-# Settings that do not change what a run computes: a finished run may differ from the sweep in these.
-RESULT_NEUTRAL = ("command", "device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
-                  "perf.", "checkpoint.", "dist.", "train.")
+RESULT_NEUTRAL = ("command", *RESULT_NEUTRAL_KEYS)
+"""Settings in which a finished run may differ from the sweep (:func:`~intrakd.config.key_in`): the
+result-neutral ones, and the command (the stage tells the kind)."""
 SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
 STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers"}}
 
@@ -277,7 +280,7 @@ def stored_differences(job: Job) -> list[str]:
     stored = flatten(upgrade_stored(read_yaml(path) or {}))
     wanted = flatten(to_dict(job.config))
     return [f"{key}: {stored[key]!r} -> {wanted[key]!r}" for key in sorted(stored.keys() & wanted.keys())
-            if not key.startswith(RESULT_NEUTRAL) and stored[key] != wanted[key]]
+            if not key_in(key, RESULT_NEUTRAL) and stored[key] != wanted[key]]
 
 
 def check_finished(jobs: list[Job]) -> None:

@@ -11,6 +11,7 @@ from intrakd.config.parse import (
     to_dict,
 )
 from intrakd.config.schema import (
+    RESULT_NEUTRAL_KEYS,
     RUN_COMMANDS,
     CheckpointConfig,
     ConfigError,
@@ -24,14 +25,15 @@ from intrakd.config.schema import (
     StudentConfig,
     TeacherConfig,
     TrainConfig,
+    key_in,
     register_distill_method,
     setting,
     upgrade_stored,
 )
 
 __all__ = [
-    "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
     "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
-    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "load_config", "parse_yaml_value",
+    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "key_in", "load_config", "parse_yaml_value",
     "read_yaml", "register_distill_method", "setting", "to_dict", "upgrade_stored",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +20,18 @@ class ConfigError(ValueError):
 RUN_COMMANDS = {"teacher": "train-teacher", "student": "distill"}
 """The command that starts and resumes a run of each kind ('teacher': :class:`TeacherConfig`,
 'student': :class:`StudentConfig`); the kind is what checkpoints and reports record."""
+
+RESULT_NEUTRAL_KEYS = ("device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
+                       "perf.", "checkpoint.", "dist.", "train.")
+"""Settings that say where a run executes and how fast (device, where the data lies and how it is
+loaded, speed settings, checkpoint schedule, data-parallel setup, the non-finite step policy), never
+what it computes: runs that differ only in these are repeats of one configuration. A key ending in
+``.`` stands for its whole section (see :func:`key_in`)."""
+
+
+def key_in(key: str, keys: Iterable[str]) -> bool:
+    """Whether the dotted ``key`` is one of ``keys``, or lies in a section named by one ending in ``.``."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
 
 
 @dataclass

@@ -10,11 +10,11 @@ class FeatureCache(nn.Module):
     """One ring buffer of ``capacity`` embeddings per class, held as module buffers.
 
     All state (``features [C, K, D]``, the sample index of every entry ``ids [C, K]`` (-1 where
-    unknown), write ``pointer [C]``, fill ``count [C]``, ``written_at [C, K]`` and the ``step``
-    counter) is saved and restored with the module's state dict. A state dict saved before ``ids``
-    existed loads with every id unknown. Reads and
-    writes use fixed shapes and no host synchronisation, so a training step that uses the cache can
-    be captured or compiled.
+    unknown), write ``pointer [C]``, ``written_at [C, K]`` (-1: empty slot) and the ``step`` counter)
+    is saved and restored with the module's state dict. A state dict saved before ``ids`` existed
+    loads with every id unknown; one holding the fill counts ``count [C]`` that older versions kept
+    (never read) loads without them. Reads and writes use fixed shapes and no host synchronisation,
+    so a training step that uses the cache can be captured or compiled.
 
     Args:
         num_classes: number of classes ``C``.
@@ -33,7 +33,6 @@ class FeatureCache(nn.Module):
         self.num_classes, self.capacity, self.dim, self.max_age = num_classes, capacity, dim, max_age
         self.register_buffer("features", torch.zeros(num_classes, capacity, dim))
         self.register_buffer("pointer", torch.zeros(num_classes, dtype=torch.long))
-        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("written_at", torch.full((num_classes, capacity), -1, dtype=torch.long))
         self.register_buffer("ids", torch.full((num_classes, capacity), -1, dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -41,6 +40,8 @@ class FeatureCache(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         # checkpoints written before the cache kept sample ids: every entry's id is unknown
         state_dict.setdefault(prefix + "ids", torch.full_like(self.ids, -1))
+        # checkpoints written while the cache kept per-class fill counts (never read): dropped
+        state_dict.pop(prefix + "count", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def valid(self) -> Tensor:
@@ -49,14 +50,6 @@ class FeatureCache(nn.Module):
         if self.max_age is not None:
             valid = valid & (self.step - self.written_at <= self.max_age)
         return valid
-
-    def memory(self) -> tuple[Tensor, Tensor]:
-        """Flattened entries ``[C*K, D]`` and their labels ``[C*K]`` (-1 where a slot is unusable)."""
-        labels = torch.arange(self.num_classes, device=self.features.device)[:, None].expand(
-            -1, self.capacity
-        )
-        labels = torch.where(self.valid(), labels, -1)
-        return self.features.reshape(-1, self.dim), labels.reshape(-1)
 
     @torch.no_grad()
     def write(self, features: Tensor, labels: Tensor, mask: Tensor | None = None, ids: Tensor | None = None) -> None:
@@ -97,7 +90,6 @@ class FeatureCache(nn.Module):
         flat_ids.index_put_((target,), torch.where(keep, row_ids, spare_id))
 
         self.pointer.copy_((self.pointer + arrivals) % self.capacity)
-        self.count.copy_(torch.clamp(self.count + arrivals, max=self.capacity))
         self.step += 1
 
     @torch.no_grad()
@@ -105,7 +97,6 @@ class FeatureCache(nn.Module):
         """Empty the buffers of the classes where the ``[C]`` bool mask ``classes`` is true."""
         classes = classes.bool()
         self.written_at.copy_(torch.where(classes[:, None], -1, self.written_at))
-        self.count.copy_(torch.where(classes, 0, self.count))
         self.pointer.copy_(torch.where(classes, 0, self.pointer))
 
     def fill(self) -> Tensor:

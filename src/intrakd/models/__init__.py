@@ -10,8 +10,8 @@ from intrakd.models import (  # noqa: F401  (fill the registry)
     digits,
     imagenet,
 )
-from intrakd.models.contract import Classifier, ModelOutput, check_reads_images
+from intrakd.models.contract import Classifier, ModelOutput, check_reads_images, probe
 from intrakd.models.registry import create_model, describe_model, list_models, register_model
 
 __all__ = ["Classifier", "ModelOutput", "check_reads_images", "create_model", "describe_model", "list_models",
-           "register_model"]
+           "probe", "register_model"]

@@ -5,10 +5,13 @@ Parameter names and shapes match the widely shared pretrained checkpoints of tha
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
 from intrakd.models.contract import Classifier
-from intrakd.models.registry import register_model
+from intrakd.models.layers import init_conv_bn
+from intrakd.models.registry import register_variant
 
 
 class BasicBlock(nn.Module):
@@ -47,12 +50,7 @@ class CifarResNet(Classifier):
         self.layer2 = self._make_layer(widths[2], blocks, stride=2)
         self.layer3 = self._make_layer(widths[3], blocks, stride=2)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -72,16 +70,6 @@ class CifarResNet(Classifier):
         return [stem, f1, f2, self.layer3(f2)]
 
 
-def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def build(num_classes: int = 100) -> CifarResNet:
-        return CifarResNet(depth, widths, num_classes)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR {name}: depth {depth}, widths {widths}."
-    register_model(build)
-
-
-for _depth in (8, 14, 20, 32, 44, 56, 110):
-    _register(f"resnet{_depth}", _depth, (16, 16, 32, 64))
-_register("resnet8x4", 8, (32, 64, 128, 256))
-_register("resnet32x4", 32, (32, 64, 128, 256))
+for _name, _depth, _widths in (*((f"resnet{d}", d, (16, 16, 32, 64)) for d in (8, 14, 20, 32, 44, 56, 110)),
+                               ("resnet8x4", 8, (32, 64, 128, 256)), ("resnet32x4", 32, (32, 64, 128, 256))):
+    register_variant(_name, partial(CifarResNet, _depth, _widths), f"CIFAR {_name}: depth {_depth}, widths {_widths}.")

@@ -7,12 +7,14 @@ the benchmark); adaptive average pooling; one linear layer named ``classifier``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intrakd.models.contract import Classifier
 from intrakd.models.layers import init_conv_bn
-from intrakd.models.registry import register_model
+from intrakd.models.registry import register_variant
 
 VGG_WIDTHS: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -57,14 +59,5 @@ class VGG(Classifier):
         return [f0, f1, f2, f3, F.relu(self.block4(x))]
 
 
-def _register(name: str) -> None:
-    def build(num_classes: int = 100) -> VGG:
-        return VGG(VGG_WIDTHS[name], num_classes)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR {name} with BatchNorm."
-    register_model(build)
-
-
-for _name in VGG_WIDTHS:
-    _register(_name)
+for _name, _widths in VGG_WIDTHS.items():
+    register_variant(_name, partial(VGG, _widths), f"CIFAR {_name} with BatchNorm.")

@@ -6,12 +6,14 @@ Parameter names and shapes match the benchmark's shared pretrained checkpoints.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intrakd.models.contract import Classifier
 from intrakd.models.layers import init_conv_bn
-from intrakd.models.registry import register_model
+from intrakd.models.registry import register_variant
 
 
 class WideBlock(nn.Module):
@@ -70,16 +72,6 @@ class WideResNet(Classifier):
         return [stem, f1, f2, F.relu(self.bn1(self.block3(f2)))]
 
 
-def _register(depth: int, widen: int) -> None:
-    name = f"wrn_{depth}_{widen}"
-
-    def build(num_classes: int = 100) -> WideResNet:
-        return WideResNet(depth, widen, num_classes)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"CIFAR Wide ResNet {depth}-{widen}."
-    register_model(build)
-
-
 for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
-    _register(_depth, _widen)
+    register_variant(f"wrn_{_depth}_{_widen}", partial(WideResNet, _depth, _widen),
+                     f"CIFAR Wide ResNet {_depth}-{_widen}.")

@@ -47,15 +47,25 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
+def probe(model: nn.Module, image_shape: Sequence[int]) -> ModelOutput:
+    """The outputs of ``model`` for one zero image of ``image_shape`` ``(C, H, W)``, in eval mode
+    and without gradients (its training mode is restored): the shapes that auxiliary modules are
+    built from, and the test that the model reads such images."""
+    was_training = model.training
+    param = next(model.parameters())
+    model.eval()
+    try:
+        return model(torch.zeros(1, *image_shape, device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+
+
 def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: str, fix: str) -> None:
     """Raise ``ValueError`` when ``model`` cannot read images of ``image_shape`` ``(C, H, W)`` (another
     number of channels, or too small for its stages); the message names the model as ``described``
-    and ends with ``fix``.
-    One zero image goes through in eval mode; the model's state is unchanged."""
-    was_training = model.training
-    model.eval()
+    and ends with ``fix``. A zero image goes through :func:`probe`; the model's state is unchanged."""
     try:
-        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+        probe(model, image_shape)
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0]
         channels, *size = image_shape
@@ -63,5 +73,3 @@ def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: 
             f"{described} cannot read this dataset's {channels}-channel {'x'.join(map(str, size))} images "
             f"({reason}): {fix}"
         ) from None
-    finally:
-        model.train(was_training)

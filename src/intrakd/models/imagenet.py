@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from intrakd.models.checkpoint import load_weights, read_checkpoint
 from intrakd.models.contract import Classifier
 from intrakd.models.layers import init_conv_bn
-from intrakd.models.registry import register_model
+from intrakd.models.registry import register_variant
 
 
 def load_local_weights(model: Classifier, weights: str | Path, name: str) -> Classifier:
@@ -106,13 +106,12 @@ class MobileNetV1(Classifier):
 
 
 def _register(name: str, make: Callable[[int], Classifier], doc: str) -> None:
-    def build(num_classes: int = 1000, weights: str | Path | None = None) -> Classifier:
+    def build(num_classes: int, weights: str | Path | None = None) -> Classifier:
         model = make(num_classes)
         return model if weights is None else load_local_weights(model, weights, name)
 
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"{doc}\n\n``weights``: a local weights file to load (never downloaded)."
-    register_model(build)
+    register_variant(name, build, f"{doc}\n\n``weights``: a local weights file to load (never downloaded).",
+                     num_classes=1000)
 
 
 _register("imagenet_resnet18", lambda n: TorchvisionResNet(torchvision.models.resnet18, n),

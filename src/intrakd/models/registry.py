@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from intrakd.models.contract import Classifier
 
@@ -15,6 +16,19 @@ def register_model(fn: Callable[..., Classifier]) -> Callable[..., Classifier]:
         raise ValueError(f"model {fn.__name__!r} registered twice")
     _MODELS[fn.__name__] = fn
     return fn
+
+
+def register_variant(name: str, make: Callable[..., Classifier], doc: str, num_classes: int = 100) -> None:
+    """Register the model ``name``: ``make(num_classes, **kwargs)`` builds it (``num_classes``
+    defaulting to the given one); ``doc`` describes it (its first line is what `intrakd models` prints).
+    For the members of a family told apart by their arguments (depths, widths, ...)."""
+
+    def build(num_classes: int = num_classes, **kwargs: Any) -> Classifier:
+        return make(num_classes, **kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    register_model(build)
 
 
 def list_models() -> list[str]:

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
-from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo, probe
+from intrakd.models import ModelOutput, probe
+from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import register_distiller
 
 

@@ -34,19 +34,6 @@ class TrainSetInfo:
         return cls(split.num_classes, split.labels.cpu(), tuple(images.shape[1:]))
 
 
-def probe(model: nn.Module, input_shape: tuple[int, ...]) -> ModelOutput:
-    """The outputs of ``model`` for two zero images, in eval mode and without gradients (its
-    training mode is restored): the shapes auxiliary modules are built from."""
-    was_training = model.training
-    param = next(model.parameters())
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(torch.zeros(2, *input_shape, device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-
-
 class Distiller(nn.Module):
     """Base of the student objectives: ``ce_weight * CE + kd_weight * KD`` plus :meth:`method_losses`.
 
