@@ -49,7 +49,7 @@ py=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 out=${OUT:-}
-parts="" data_root="" seeds=3 epochs=5 milestones="" budget=540 compile=true dry_run=false
+parts="" data_root="" seeds=3 epochs=5 milestones="" budget="" compile=true dry_run=false
 while [ $# -gt 0 ]; do
     case $1 in
         --parts) parts=$2; shift ;;
@@ -72,7 +72,6 @@ runs=${RUNS:-runs/gpu_evidence}/$(date +%Y%m%d-%H%M%S)  # a fresh folder each ti
 log="$out/gpu_evidence.log"
 : > "$log"
 start=$SECONDS
-deadline=$((start + budget - 20))  # the last 20 s: report and table
 failed=()
 
 say() { echo "$*" | tee -a "$log"; }
@@ -81,7 +80,12 @@ step() {  # step NAME LIMIT_SECONDS COMMAND [ARGS...]: one part, with its exit s
     local name=$1 limit=$2 t0=$SECONDS
     shift 2
     local left=$((start + budget - SECONDS))
-    [ "$limit" -le "$left" ] || limit=$((left > 1 ? left : 1))  # never past the budget
+    if [ "$left" -lt 2 ]; then
+        say "=== $name: not started (no time left)"
+        failed+=("$name(not started)")
+        return 1
+    fi
+    [ "$limit" -le "$left" ] || limit=$left  # never past the budget
     say "=== $name (limit ${limit} s; at $((SECONDS - start)) s)"
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
     local rc=${PIPESTATUS[0]}
@@ -92,24 +96,33 @@ step() {  # step NAME LIMIT_SECONDS COMMAND [ARGS...]: one part, with its exit s
 
 # ---------------------------------------------------------------- settings
 if $dry_run; then
-    teacher=resnet8 student=resnet8 seeds=2 epochs=1 batch=16 compile=false
+    teacher=resnet8 student=resnet8 seeds=2 epochs=1 batch=16 compile=false post=${POST_LIMIT:-150}
+    budget=${budget:-900}  # a loaded 2-core CPU: python start-up alone can take a minute
     common=(device=cpu perf.threads=1 data.dataset=cifar100 "data.classes=[0,1]" data.train_per_class=32
             data.eval_per_class=16 data.batch_size=16)
     reference=(--device cpu --threads 1 --teacher-models resnet8 --kd resnet8:resnet8 --batch-size 16
                --repeats 1 --steps 2 --warmup 1)
     reference_limit=240
 else
-    teacher=resnet56 student=resnet20 batch=64
+    teacher=resnet56 student=resnet20 batch=64 post=${POST_LIMIT:-30}  # seconds for the report, for the table
     threads=$(( $(nproc) / (2 * seeds) ))
     common=(device=cuda "perf.threads=$((threads > 0 ? threads : 1))" data.dataset=cifar100 data.batch_size=$batch)
     reference=(--teacher-models "$teacher" --kd "$teacher:$student" --batch-size $batch --repeats 3 --steps 40
                --warmup 10)
     reference_limit=75
+    budget=${budget:-540}
 fi
+deadline=$((start + budget - 2 * post))  # the runs end by then; the rest is for the report and the table
 if $compile; then
     common+=(perf.compile=true perf.compile_mode=reduce-overhead)
 fi
-[ -n "$milestones" ] || milestones=$("$py" -c "from intrakd.demo import scaled_milestones as m; print(','.join(map(str, m($epochs))))")
+scaled() {  # scaled K: round(EPOCHS * K / 8), halves to even, at least 1 (intrakd.demo.scaled_milestones)
+    local n=$((epochs * $1)) q r
+    q=$((n / 8)) r=$((n % 8))
+    if [ $r -gt 4 ] || { [ $r -eq 4 ] && [ $((q % 2)) -eq 1 ]; }; then q=$((q + 1)); fi
+    echo $((q > 1 ? q : 1))
+}
+[ -n "$milestones" ] || milestones="$(scaled 5),$(scaled 6),$(scaled 7)"  # 150, 180, 210 of 240
 common+=(optim.epochs="$epochs" "optim.milestones=[$milestones]" checkpoint.keep_last=1)
 
 {
@@ -118,7 +131,7 @@ common+=(optim.epochs="$epochs" "optim.milestones=[$milestones]" checkpoint.keep
     if ! $dry_run; then
         nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     fi
-    "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+    timeout $((budget < 60 ? budget : 60)) "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
 'GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } 2>&1 | tee -a "$log"
 
@@ -203,10 +216,10 @@ say "=== runs: all ended at $((SECONDS - start)) s"
 
 # ---------------------------------------------------------------- 4. report and table
 if compgen -G "$runs/*/*/seed*/summary.json" > /dev/null; then
-    step report 30 "$py" -m intrakd report "$runs/teachers" "$runs/students" --out "$out/report" \
+    step report "$post" "$py" -m intrakd report "$runs/teachers" "$runs/students" --out "$out/report" \
         --title "gpu_evidence: $teacher -> $student, $epochs epochs, full CIFAR-100" || true
 fi
-step table 30 "$py" benchmarks/gpu_evidence_table.py "$out" --json "$out/gpu_evidence.json"
+step table "$post" "$py" benchmarks/gpu_evidence_table.py "$out" --json "$out/gpu_evidence.json"
 
 say "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]

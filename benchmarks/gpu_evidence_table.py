@@ -23,12 +23,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import table, write_json
-
-from intrakd.analysis.report import mean_std
-
 RUN_NAME = re.compile(r"(?P<kind>teacher|student)-(?P<variant>vanilla|enriched)-seed(?P<seed>\d+)")
 REFERENCE_TASK = {"teacher": "teacher", "student": "kd"}
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A Markdown table (floats with 4 significant digits); as ``_common.table``, without importing torch."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(show(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def reference_speeds(path: Path) -> dict[str, dict[str, float]]:
@@ -68,12 +77,12 @@ def paired(runs: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     if not seeds:
         return None
     diffs = [acc[("enriched", s)] - acc[("vanilla", s)] for s in seeds]
-    mean, sd = mean_std(diffs)
+    mean = statistics.fmean(diffs)
     ci95 = None  # needs two seeds
     if len(diffs) >= 2:
         from scipy.stats import t
 
-        half = float(t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+        half = float(t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
         ci95 = [mean - half, mean + half]
     return {"kind": kind, "seeds": seeds, "vanilla": [acc[("vanilla", s)] for s in seeds],
             "enriched": [acc[("enriched", s)] for s in seeds], "diffs": diffs, "mean_diff": mean, "ci95": ci95}
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = build(args.out)
     print(render(result))
-    write_json(args.json, result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["runs"] else 1
 
 

@@ -25,10 +25,11 @@ def fake_cifar100(root: Path, per_class: int = 16, classes: int = 4) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("test", per_class // 2)):
         fine = np.repeat(np.arange(classes), n)
-        entry = {b"data": rng.integers(0, 256, (fine.size, 3072), dtype=np.uint8), b"fine_labels": fine.tolist(),
-                 b"coarse_labels": (fine // 2).tolist()}
+        entry = {"data": rng.integers(0, 256, (fine.size, 3072), dtype=np.uint8), "fine_labels": fine.tolist(),
+                 "coarse_labels": (fine // 2).tolist()}
         (folder / split).write_bytes(pickle.dumps(entry))
-    meta = {"fine_label_names": [f"class{i}" for i in range(100)], "coarse_label_names": [f"super{i}" for i in range(20)]}
+    meta = {"fine_label_names": [f"class{i}" for i in range(classes)],
+            "coarse_label_names": [f"super{i}" for i in range((classes + 1) // 2)]}
     (folder / "meta").write_bytes(pickle.dumps(meta))
     sums = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in ("meta", "test", "train"))
     (folder / "SHA256SUMS").write_text(sums)
