@@ -75,6 +75,7 @@ start=$SECONDS
 failed=()
 
 say() { echo "$*" | tee -a "$log"; }
+finish() { say "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}"; }
 
 step() {  # step NAME LIMIT_SECONDS COMMAND [ARGS...]: one part, with its exit status and time in the log
     local name=$1 limit=$2 t0=$SECONDS
@@ -138,10 +139,10 @@ common+=(optim.epochs="$epochs" "optim.milestones=[$milestones]" checkpoint.keep
 # ---------------------------------------------------------------- 1. data
 if [ -n "$parts" ]; then
     data_root="$(dirname "$parts")/data"
-    if [ -d "$data_root" ]; then
-        step data_check 120 "$py" benchmarks/gpu_data.py check "$data_root" || exit 1
+    if compgen -G "$data_root/*/SHA256SUMS" > /dev/null; then  # unpacked before (unpack writes it whole or not at all)
+        step data_check 120 "$py" benchmarks/gpu_data.py check "$data_root" || { finish; exit 1; }
     else
-        step data_unpack 180 "$py" benchmarks/gpu_data.py unpack "$parts" "$data_root" || exit 1
+        step data_unpack 180 "$py" benchmarks/gpu_data.py unpack "$parts" "$data_root" || { finish; exit 1; }
     fi
 else
     if [ -z "$data_root" ]; then
@@ -151,7 +152,7 @@ else
     fi
     [ -n "$data_root" ] || { say "CIFAR-100 not found: give --parts or --data-root"; exit 2; }
     if compgen -G "$data_root/SHA256SUMS" > /dev/null || compgen -G "$data_root/*/SHA256SUMS" > /dev/null; then
-        step data_check 120 "$py" benchmarks/gpu_data.py check "$data_root" || exit 1
+        step data_check 120 "$py" benchmarks/gpu_data.py check "$data_root" || { finish; exit 1; }
     else
         say "=== data: $data_root has no SHA256SUMS; not checked"
     fi
@@ -186,7 +187,7 @@ run_one() {  # run_one NAME RUN_DIR UNTIL INTRAKD_ARGS...: one intrakd run, stop
     local rc=$?
     collect "$name" "$dir"
     say "=== $name: exit $rc after $((SECONDS - t0)) s (at $((SECONDS - start)) s)"
-    return "$rc"
+    [ -f "$dir/summary.json" ]  # finished (a run stopped while exiting has its results all the same)
 }
 
 chain() {  # chain VARIANT SEED TEACHER_UNTIL: a teacher, then its KD student
@@ -215,11 +216,15 @@ done
 say "=== runs: all ended at $((SECONDS - start)) s"
 
 # ---------------------------------------------------------------- 4. report and table
-if compgen -G "$runs/*/*/seed*/summary.json" > /dev/null; then
-    step report "$post" "$py" -m intrakd report "$runs/teachers" "$runs/students" --out "$out/report" \
+finished=()
+for kind in teachers students; do
+    compgen -G "$runs/$kind/*/seed*/summary.json" > /dev/null && finished+=("$runs/$kind")
+done
+if [ ${#finished[@]} -gt 0 ]; then
+    step report "$post" "$py" -m intrakd report "${finished[@]}" --out "$out/report" \
         --title "gpu_evidence: $teacher -> $student, $epochs epochs, full CIFAR-100" || true
 fi
 step table "$post" "$py" benchmarks/gpu_evidence_table.py "$out" --json "$out/gpu_evidence.json"
 
-say "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}"
+finish
 [ ${#failed[@]} -eq 0 ]
