@@ -222,7 +222,7 @@ for kind in teachers students; do
 done
 if [ ${#finished[@]} -gt 0 ]; then
     step report "$post" "$py" -m intrakd report "${finished[@]}" --out "$out/report" \
-        --title "gpu_evidence: $teacher -> $student, $epochs epochs, full CIFAR-100" || true
+        --title "gpu_evidence: $teacher -> $student, $epochs epochs, $($dry_run && echo 'CPU dry run' || echo 'full CIFAR-100')" || true
 fi
 step table "$post" "$py" benchmarks/gpu_evidence_table.py "$out" --json "$out/gpu_evidence.json"
 
