@@ -80,7 +80,7 @@ def _stub_batch(batch_size: int, dim: int, device: torch.device) -> tuple[FixedO
                        torch.randn(2 * batch_size, dim, device=device, generator=generator))
     views = tuple(torch.zeros(batch_size, 3, 32, 32, device=device) for _ in range(2))
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device, generator=generator)
-    return stub, Batch(views, labels)
+    return stub, Batch(views, labels, torch.arange(batch_size, device=device))
 
 
 def sync_part(device: torch.device, perf: PerfSettings, batch_size: int, steps: int) -> dict[str, Any]:
@@ -143,7 +143,8 @@ def compile_check(device: torch.device, perf: PerfSettings, backend: str, batch_
             model = perf.prepare_model(create_model(model_name, num_classes=NUM_CLASSES).to(device))
             generator = torch.Generator(device=device).manual_seed(0)
             views = tuple(torch.randn(batch_size, 3, 32, 32, device=device, generator=generator) for _ in range(2))
-            batch = Batch(views, torch.randint(0, NUM_CLASSES, (batch_size,), device=device, generator=generator))
+            batch = Batch(views, torch.randint(0, NUM_CLASSES, (batch_size,), device=device, generator=generator),
+                          torch.arange(batch_size, device=device))
         twins.append((model, _enriched(STUB_DIM if model_name is None else model.embedding_dim, device), batch))
     name = f"compile fullgraph: {'loss + gate + cache' if model_name is None else f'whole teacher step ({model_name})'}"
     (model, objective, batch), (eager_model, eager_objective, _) = twins

@@ -76,7 +76,7 @@ def test_loss_math_stays_float32_under_bf16_autocast():
     perf = resolve_perf(PerfConfig(precision="bf16"), CPU)
     with perf.autocast():
         assert model(views[0]).logits.dtype == torch.bfloat16  # the forward pass does run in bf16
-        result = objective(model, Batch(views, labels))
+        result = objective(model, Batch(views, labels, torch.arange(8)))
         a, p = torch.randn(8, 16).bfloat16(), torch.randn(8, 16).bfloat16()
         per_anchor, _ = intra_class_terms(a, p, labels, symmetric=True)
         kd = kd_loss(torch.randn(8, 4).bfloat16(), torch.randn(8, 4).bfloat16(), 4.0)
@@ -119,7 +119,8 @@ def test_fused_sgd_takes_the_same_steps_as_the_default_implementation():
 def _teacher_batches(steps: int) -> list[Batch]:
     generator = torch.Generator().manual_seed(1)
     return [Batch((torch.randn(16, 1, 8, 8, generator=generator), torch.randn(16, 1, 8, 8, generator=generator)),
-                  torch.randint(0, 4, (16,), generator=generator)) for _ in range(steps)]
+                  torch.randint(0, 4, (16,), generator=generator), torch.arange(16) + 16 * (step % 2))
+            for step in range(steps)]
 
 
 @pytest.mark.parametrize("intra", [
