@@ -126,26 +126,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
-    from intrakd.analysis.analyze import load_split, split_name
-    from intrakd.progress import eval_intro, say
-    from intrakd.runs import resolve_device
-    from intrakd.train import accuracy, classifier_from_checkpoint, predict, read_checkpoint
+    from intrakd.analysis.analyze import predict_checkpoint
+    from intrakd.train import accuracy
 
-    device = resolve_device(args.device)
-    stored = read_checkpoint(args.checkpoint).get("config", {}).get("data", {})
-    data_values = {**stored, **({"dataset": args.dataset} if args.dataset else {}), "in_memory": False}
     # the same images as `intrakd analyze` of this checkpoint: the whole split, eval_per_class ignored
-    eval_set = load_split(data_values, args.split, args.data_root)
-    model, _ = classifier_from_checkpoint(args.checkpoint, args.model, eval_set.num_classes, eval_set.image_shape)
-    name = args.model or read_checkpoint(args.checkpoint).get("model_name") or "model"
-    split = split_name(data_values, args.split)
-    say(eval_intro("evaluate", args.checkpoint, data_values.get("dataset", "?"), split, len(eval_set), name,
-                   str(device)))
-    logits, embeddings, labels = predict(model.to(device), eval_set, data_values.get("eval_batch_size", 512),
-                                         desc=f"[{split}] predicting")
-    result = {"checkpoint": args.checkpoint, "split": split, "images": len(eval_set),
-              "acc": accuracy(logits, labels), **embedding_geometry(embeddings, labels),
-              "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}
+    pred, info = predict_checkpoint(args.checkpoint, args.split, args.data_root, args.model, args.device,
+                                    dataset=args.dataset, command="evaluate")
+    result = {"checkpoint": args.checkpoint, "split": info["split"], "images": len(pred.labels),
+              "acc": accuracy(pred.logits, pred.labels), **embedding_geometry(pred.embeddings, pred.labels),
+              "soft_label_entropy_T4": soft_label_stats(pred.logits, pred.labels, 4.0)["soft_entropy"]}
     print(json.dumps(result, indent=2))
     return 0
 

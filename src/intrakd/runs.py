@@ -14,26 +14,30 @@ import dataclasses
 import os
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from intrakd import distributed
 from intrakd.config import (
+    RUN_COMMANDS,
     ConfigError,
     StudentConfig,
     TeacherConfig,
     flatten,
     from_dict,
+    key_in,
     load_config,
     read_yaml,
     to_dict,
     upgrade_stored,
 )
-from intrakd.data import build_datasets
+from intrakd.data import Split, build_datasets
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.progress import run_intro, say
@@ -140,8 +144,7 @@ def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -
 
 
 def _may_change(difference: str) -> bool:
-    key = difference.split(":", 1)[0]
-    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUME_MAY_CHANGE)
+    return key_in(difference.split(":", 1)[0], RESUME_MAY_CHANGE)
 
 
 def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
@@ -264,25 +267,11 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     'vanilla teacher' or 'enriched teacher')."""
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
-    provenance = {"train_images": len(train_set), "eval_images": len(eval_set)}
-    seed_everything(cfg.seed)
-    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
-    check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
-    objective = IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views).to(device)
-    train_batches = train_set.train_batches(cfg.data.batch_size, cfg.views, cfg.seed, device)
-    run_dir, state, path, folder = _open_on_main(TeacherConfig, cfg, out, "train-teacher", provenance,
-                                         overwrite=overwrite, resume=resume)
     label = label or ("enriched teacher" if cfg.intra.weight > 0 else "vanilla teacher")
-    _intro("train-teacher", label, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)
-    trainer = Trainer(
-        model=model, objective=objective,
-        train_batches=train_batches,
-        eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("teacher", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
-        eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
-        perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
-    )
-    return _start(trainer, state, path, folder, {})
+    return _fit(TeacherConfig, cfg, out, "train-teacher", label, label, device, perf, (train_set, eval_set, split),
+                {}, lambda model: IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim,
+                                                            cfg.views),
+                overwrite=overwrite, resume=resume)
 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
@@ -298,24 +287,34 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
                                             train_set.image_shape)
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
-    provenance = {"train_images": len(train_set), "eval_images": len(eval_set),
-                  "teacher_sha256": file_sha256(Path(cfg.teacher))}
+    label = label or "student"
+    return _fit(StudentConfig, cfg, out, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})",
+                device, perf, (train_set, eval_set, split), {"teacher_sha256": file_sha256(Path(cfg.teacher))},
+                lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher=teacher,
+                overwrite=overwrite, resume=resume)
+
+
+def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, command: str, label: str, title: str,
+         device: torch.device, perf: PerfSettings, data: tuple[Split, Split, str], provenance: dict[str, Any],
+         make_objective: Callable[[nn.Module], nn.Module], teacher: nn.Module | None = None, *,
+         overwrite: bool, resume: bool) -> dict[str, Any]:
+    """What a teacher run and a student run share: the seeded model and objective, the batches, the
+    run folder, the introduction and the engine, run to its end."""
+    train_set, eval_set, split = data
+    provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **provenance}
     seed_everything(cfg.seed)
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
-    objective = create_distiller(cfg.distill, model, teacher, train_set).to(device)
+    objective = make_objective(model).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device)
-    run_dir, state, path, folder = _open_on_main(StudentConfig, cfg, out, "distill", provenance,
-                                         overwrite=overwrite, resume=resume)
-    label = label or "student"
-    _intro("distill", f"{label} ({cfg.distill.method} from {cfg.teacher})", run_dir, path, resume, cfg, train_set,
-           eval_set, split, len(train_batches), perf)
+    run_dir, state, path, folder = _open_on_main(cls, cfg, out, command, provenance,
+                                                 overwrite=overwrite, resume=resume)
+    _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)
+    kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
     trainer = Trainer(
-        model=model, objective=objective,
-        train_batches=train_batches,
-        eval_set=eval_set, optim=cfg.optim, run_dir=run_dir,
-        info=RunInfo("student", cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
+        model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
+        run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )
-    return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)})
+    return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)} if teacher is not None else {})

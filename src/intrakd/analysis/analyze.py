@@ -88,9 +88,11 @@ def analyze_predictions(pred: Predictions, temperature: float = DEFAULT_TEMPERAT
 
 def predict_checkpoint(
     checkpoint: str | Path, split: str = "test", data_root: str | None = None, model_name: str | None = None,
-    device: str = "auto", batch_size: int = 512,
+    device: str = "auto", batch_size: int | None = None, dataset: str | None = None, command: str = "analyze",
 ) -> tuple[Predictions, dict[str, Any]]:
-    """Run a checkpoint over ``split`` of the data it was trained on; returns predictions and info."""
+    """Run a checkpoint over ``split`` of the data it was trained on (or of ``dataset``, with the run's
+    other data settings); returns predictions and info. ``batch_size`` defaults to the run's
+    ``data.eval_batch_size``; ``command`` names the caller in the line that says what it will do."""
     from intrakd.runs import resolve_device
     from intrakd.train import classifier_from_checkpoint, predict, read_checkpoint
 
@@ -98,13 +100,15 @@ def predict_checkpoint(
     data = state.get("config", {}).get("data")
     if not data:
         raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint)")
+    data = {**data, **({"dataset": dataset} if dataset else {}), "in_memory": False}
     target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
     model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape)
     name = state.get("model_name") or model_name or "model"
     shown = split_name(data, split)
-    say(eval_intro("analyze", str(checkpoint), data.get("dataset", "?"), shown, len(eval_set), name, str(target)))
-    logits, embeddings, labels = predict(model.to(target), eval_set, batch_size, desc=f"[{shown}] predicting")
+    say(eval_intro(command, str(checkpoint), data.get("dataset", "?"), shown, len(eval_set), name, str(target)))
+    logits, embeddings, labels = predict(model.to(target), eval_set, batch_size or data.get("eval_batch_size", 512),
+                                         desc=f"[{shown}] predicting")
     info = {"checkpoint": str(checkpoint), "model": state.get("model_name") or model_name,
             "kind": state.get("kind"), "epoch": state.get("epoch"), "split": shown,
             "dataset": data.get("dataset")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import make_dataset
 from torchvision.transforms import v2
 
 from intrakd.data.augment import Augmentation
@@ -299,15 +301,6 @@ class FolderBatches:
                         labels.to(device, non_blocking=True), indices.to(device, non_blocking=True))
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Image files under ``folder`` (sub-folders included), in sorted order."""
-    files = []
-    for parent, dirs, names in os.walk(folder, followlinks=True):
-        dirs.sort()
-        files += [os.path.join(parent, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
-    return files
-
-
 def _show(names: list[str] | set[str]) -> str:
     names = sorted(names)
     return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
@@ -339,15 +332,17 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
         if extra:
             parts.append(f"unknown class folders {_show(extra)};")
         raise ValueError(" ".join(parts).rstrip(";"))
-    paths: list[str] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        files = _image_files(folder / name)
-        if not files:
-            raise ValueError(f"class folder {folder / name} holds no images (expected files ending in "
-                             f"{', '.join(IMAGE_EXTENSIONS)})")
-        paths += files
-        labels += [label] * len(files)
+    # torchvision's scan (sub-folders included, links followed, extensions case-insensitive), grouped
+    # by label in the order of `classes` (it walks the classes in name order)
+    samples = sorted(make_dataset(folder, {name: i for i, name in enumerate(classes)}, IMAGE_EXTENSIONS,
+                                  allow_empty=True), key=lambda sample: sample[1])
+    counts = Counter(label for _, label in samples)
+    empty = [name for label, name in enumerate(classes) if not counts[label]]
+    if empty:
+        raise ValueError(f"class folder {folder / empty[0]} holds no images (expected files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    paths = [path for path, _ in samples]
+    labels = [label for _, label in samples]
     return classes, paths, labels
 
 
