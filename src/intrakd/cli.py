@@ -100,28 +100,26 @@ def _run_config(
     return load_run_config(cls, args.resume, command, args.config, overrides), args.resume
 
 
-def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from intrakd import distributed
-    from intrakd.runs import train_teacher
+def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
+    """Start or resume a run of ``kind`` ('teacher' or 'student') and print its summary (rank 0)."""
+    from intrakd import distributed, runs
 
-    overrides = _overrides(args) + (["intra.weight=0"] if args.vanilla else [])
-    cfg, out = _run_config(args, TeacherConfig, "train-teacher", "teacher", overrides)
-    summary = train_teacher(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
+    cls, command = (TeacherConfig, "train-teacher") if kind == "teacher" else (StudentConfig, "distill")
+    cfg, out = _run_config(args, cls, command, "teacher" if kind == "teacher" else "distill",
+                           _overrides(args) + extra)
+    fit = runs.train_teacher if kind == "teacher" else runs.distill
+    summary = fit(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     if distributed.is_main():
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    return _run(args, "teacher", ["intra.weight=0"] if args.vanilla else [])
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from intrakd import distributed
-    from intrakd.runs import distill
-
-    overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
-    cfg, out = _run_config(args, StudentConfig, "distill", "distill", overrides)
-    summary = distill(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
-    if distributed.is_main():
-        print(json.dumps(summary, indent=2))
-    return 0
+    return _run(args, "student", [f"teacher={args.teacher}"] if args.teacher else [])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +49,36 @@ def intra_class_terms(
     symmetric: bool = False,
     min_negatives: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Per-anchor losses ``l(a)`` and the mask of anchors that contribute.
+    """Per-anchor losses ``l(a)`` and the mask of anchors that contribute (the loss itself, their
+    mean over contributing anchors, is :func:`intra_class_contrastive_loss`).
 
-    See :func:`intra_class_contrastive_loss` for the arguments. With ``symmetric=True`` the rows of
-    ``positives`` are anchors too (each with its own anchor row as positive); the returned tensors
-    then have ``2 * B`` rows, anchors first. Computed in float32 whatever the autocast dtype.
+    With ``symmetric=True`` the rows of ``positives`` are anchors too (each with its own anchor row as
+    positive); the returned tensors then have ``2 * B`` rows, anchors first. Computed in float32
+    whatever the autocast dtype.
+
+    Args:
+        anchors: ``[B, D]`` embeddings of the first view.
+        positives: ``[B, D]`` embeddings of the second view of the same images.
+        labels: ``[B]`` class indices.
+        memory: optional ``[M, D]`` cached embeddings (detached) of earlier batches.
+        memory_labels: ``[M]`` class of each memory row, -1 for an unused row.
+        class_memory: optional ``[C, K, D]`` memory held per class (a :class:`FeatureCache`'s
+            ``features``): an anchor of class ``y`` has the usable entries of ``class_memory[y]`` as
+            negatives. The same negatives as the flattened rows given as ``memory`` with their class
+            as label, at ``K`` instead of ``C * K`` comparisons per anchor.
+        class_memory_valid: ``[C, K]`` bool, the usable entries of ``class_memory`` (default: all).
+        anchor_ids: optional ``[B]`` sample indices of the batch's images (-1: unknown). A memory
+            row or ``class_memory`` entry with the same id is a cached embedding of the anchor's own
+            image and never its negative (it is nearly the positive).
+        memory_ids: ``[M]`` sample index of each ``memory`` row (default: all unknown, -1).
+        class_memory_ids: ``[C, K]`` sample index of each ``class_memory`` entry (a
+            :class:`FeatureCache`'s ``ids``; default: all unknown).
+        anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
+            ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
+        temperature: ``tau`` > 0.
+        normalize: L2-normalise anchors, positives and memory first.
+        symmetric: both views serve as anchors.
+        min_negatives: an anchor with fewer negatives contributes nothing.
     """
     if anchors.shape != positives.shape or anchors.ndim != 2:
         raise ValueError(f"anchors and positives must both be [B, D], got {tuple(anchors.shape)} "
@@ -129,24 +154,7 @@ def intra_class_terms(
     return per_anchor, contributing
 
 
-def intra_class_contrastive_loss(
-    anchors: Tensor,
-    positives: Tensor,
-    labels: Tensor,
-    *,
-    memory: Tensor | None = None,
-    memory_labels: Tensor | None = None,
-    class_memory: Tensor | None = None,
-    class_memory_valid: Tensor | None = None,
-    anchor_ids: Tensor | None = None,
-    memory_ids: Tensor | None = None,
-    class_memory_ids: Tensor | None = None,
-    anchor_mask: Tensor | None = None,
-    temperature: float = 0.1,
-    normalize: bool = True,
-    symmetric: bool = False,
-    min_negatives: int = 1,
-) -> Tensor:
+def intra_class_contrastive_loss(anchors: Tensor, positives: Tensor, labels: Tensor, **options: Any) -> Tensor:
     """Intra-class contrastive loss: pull two views of one image together, push its class apart.
 
     For anchor ``a_i`` with positive ``p_i``: ``l_i = log(1 + sum_n exp((a_i.n - a_i.p_i) / tau))``
@@ -160,29 +168,9 @@ def intra_class_contrastive_loss(
         anchors: ``[B, D]`` embeddings of the first view.
         positives: ``[B, D]`` embeddings of the second view of the same images.
         labels: ``[B]`` class indices.
-        memory: optional ``[M, D]`` cached embeddings (detached) of earlier batches.
-        memory_labels: ``[M]`` class of each memory row, -1 for an unused row.
-        class_memory: optional ``[C, K, D]`` memory held per class (a :class:`FeatureCache`'s
-            ``features``): an anchor of class ``y`` has the usable entries of ``class_memory[y]`` as
-            negatives. The same negatives as the flattened rows given as ``memory`` with their class
-            as label, at ``K`` instead of ``C * K`` comparisons per anchor.
-        class_memory_valid: ``[C, K]`` bool, the usable entries of ``class_memory`` (default: all).
-        anchor_ids: optional ``[B]`` sample indices of the batch's images (-1: unknown). A memory
-            row or ``class_memory`` entry with the same id is a cached embedding of the anchor's own
-            image and never its negative (it is nearly the positive).
-        memory_ids: ``[M]`` sample index of each ``memory`` row (default: all unknown, -1).
-        class_memory_ids: ``[C, K]`` sample index of each ``class_memory`` entry (a
-            :class:`FeatureCache`'s ``ids``; default: all unknown).
-        anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
-            ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
-        temperature: ``tau`` > 0.
-        normalize: L2-normalise anchors, positives and memory first.
+        options: the keyword arguments of :func:`intra_class_terms` (memories, sample ids, gate,
+            temperature, normalisation, symmetry, minimum number of negatives), documented there.
     """
-    per_anchor, contributing = intra_class_terms(
-        anchors, positives, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
-        class_memory_valid=class_memory_valid, anchor_ids=anchor_ids, memory_ids=memory_ids,
-        class_memory_ids=class_memory_ids, anchor_mask=anchor_mask, temperature=temperature,
-        normalize=normalize, symmetric=symmetric, min_negatives=min_negatives,
-    )
+    per_anchor, contributing = intra_class_terms(anchors, positives, labels, **options)
     weights = contributing.float()
     return (per_anchor * weights).sum() / weights.sum().clamp_min(1.0)
