@@ -97,9 +97,10 @@ def predict_checkpoint(
     from intrakd.train import classifier_from_checkpoint, predict, read_checkpoint
 
     state = read_checkpoint(checkpoint)
-    data = state.get("config", {}).get("data")
-    if not data:
-        raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint)")
+    data = state.get("config", {}).get("data") or {}
+    if not data and not dataset:
+        raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint): "
+                         "name its dataset with --dataset (and --data-root)")
     data = {**data, **({"dataset": dataset} if dataset else {}), "in_memory": False}
     target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
