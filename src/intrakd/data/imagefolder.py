@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import SCAN_LIMIT, BadImages, SkipLog, marked_index, marker, scan
 from intrakd.data.layouts import find_eval_folder, flat_val_labels, is_flat
-from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch
+from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch, mix_seed
 from intrakd.progress import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -96,7 +96,7 @@ class Pipeline:
 
 
 def _augmentation_seed(seed: int, epoch: int, index: int) -> int:
-    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63)
+    return mix_seed(mix_seed(seed, epoch), index, prime=1_000_033)
 
 
 class _Files(Dataset):
@@ -278,17 +278,20 @@ class FolderBatches:
         computed from the epoch's order, so a resumed epoch counts alike)."""
         if self.split.bad_images != "skip":
             return {}
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        used = torch.randperm(len(self.split), generator=generator)[: len(self) * self.batch_size].tolist()
+        used = self._order()[: len(self) * self.batch_size]
         return {"skipped_images": len(self.split.bad.keys() & set(used))}
 
     def run_stats(self) -> dict[str, int]:
         """``skipped_images``: the distinct unreadable training images left out (with ``skip``)."""
         return {"skipped_images": len(self.split.bad)} if self.split.bad_images == "skip" else {}
 
+    def _order(self) -> list[int]:
+        """The epoch's permutation of the split (a function of the seed and the epoch only)."""
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        return torch.randperm(len(self.split), generator=generator).tolist()
+
     def __iter__(self) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.split), generator=generator).tolist()[self.start * self.batch_size :]
+        order = self._order()[self.start * self.batch_size :]
         split, device = self.split, self.device
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
                          self.seed, self.epoch, split._skip(), split.pipeline.image_size)

@@ -102,6 +102,14 @@ class TensorDataset:
             yield self.augmentation.normalize(images), labels
 
 
+def mix_seed(seed: int, *parts: int, prime: int = 1_000_003) -> int:
+    """One 63-bit seed from a run's seed and the parts of a key (epoch, batch, ...), each folded in
+    as ``seed * prime + part``: the seed of every random stream of the data pipelines."""
+    for part in parts:
+        seed = (seed * prime + part) % 2**63
+    return seed
+
+
 def check_fills_a_batch(images: int, batch_size: int) -> None:
     """Raise ``ValueError`` naming the fix when ``images`` training images make no full batch."""
     if images < batch_size:
@@ -181,11 +189,8 @@ class TensorBatches:
         return len(self.data) // self.batch_size
 
     def _generator(self, *key: int) -> torch.Generator:
-        seed = self.seed
-        for part in key:
-            seed = (seed * 1_000_003 + part) % 2**63
         generator = torch.Generator(device=self.data.images.device)
-        generator.manual_seed(seed)
+        generator.manual_seed(mix_seed(self.seed, *key))
         return generator
 
     def __iter__(self) -> Iterator[Batch]:
