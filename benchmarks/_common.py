@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _markdown import table  # noqa: F401  (the scripts import it from here)
 
 from intrakd.config import PerfConfig
 from intrakd.data.cifar import CIFAR100_AUGMENTATION, load_cifar100, resolve_cifar100_dir
@@ -102,19 +103,6 @@ def machine(device: torch.device) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
     return info
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A Markdown table of ``rows`` (floats shown with 4 significant digits)."""
-
-    def show(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(show(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_json(path: str | None, payload: dict[str, Any]) -> None:

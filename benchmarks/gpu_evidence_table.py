@@ -23,21 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _markdown import table
+
 RUN_NAME = re.compile(r"(?P<kind>teacher|student)-(?P<variant>vanilla|enriched)-seed(?P<seed>\d+)")
 REFERENCE_TASK = {"teacher": "teacher", "student": "kd"}
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A Markdown table (floats with 4 significant digits); as ``_common.table``, without importing torch."""
-
-    def show(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(show(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def reference_speeds(path: Path) -> dict[str, dict[str, float]]:
