@@ -57,6 +57,7 @@ SCENARIOS = {
     "teacher-gate-cache": IntraConfig(weight=0.5, margin="logit", delta=0.0, cache_size=4),
     "teacher-clear-head": IntraConfig(weight=0.5, delta=-1, cache_size=3, clear_after_use=True, head="linear",
                                       head_dim=8),
+    "teacher-auto-lambda": IntraConfig(weight="auto", margin="logit", delta=0.0, cache_size=4, auto_ratio=0.5),
     "student-kd": None,
 }
 
@@ -134,11 +135,21 @@ def test_two_half_batches_train_like_one_whole_batch(two_ranks, one_process, sce
         for key, value in single["model"].items():
             torch.testing.assert_close(r["model"][key], value, rtol=1e-4, atol=1e-5)
         for epoch in range(EPOCHS):  # metrics reduced over ranks equal the single process's
-            for key in ("loss", "ce", "intra", "kd", "anchors_used", "pass_rate", "train_acc"):
+            for key in ("loss", "ce", "intra", "kd", "anchors_used", "pass_rate", "lambda", "train_acc"):
                 if key in single["metrics"][epoch]:
                     assert r["metrics"][epoch][key] == pytest.approx(single["metrics"][epoch][key], rel=1e-4, abs=1e-5)
     if scenario.startswith("teacher"):
         assert single["metrics"][-1]["anchors_used"] > 0  # the intra-class term was active
+
+
+def test_ranks_agree_on_auto_lambda_and_equal_one_process(two_ranks, one_process):
+    rank0, rank1 = (r["teacher-auto-lambda"] for r in two_ranks)
+    single = one_process["teacher-auto-lambda"]
+    assert all(m["lambda"] > 0 for m in single["metrics"])
+    for key in ("balance.average", "balance.updates"):
+        assert torch.equal(rank0["objective"][key], rank1["objective"][key]), key
+        torch.testing.assert_close(rank0["objective"][key], single["objective"][key], rtol=1e-4, atol=0)
+    assert rank0["metrics"][-1]["lambda"] == rank1["metrics"][-1]["lambda"]
 
 
 @pytest.mark.parametrize("scenario", ["teacher-gate-cache", "teacher-clear-head"])

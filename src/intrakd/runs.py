@@ -267,7 +267,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     'vanilla teacher' or 'enriched teacher')."""
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
-    label = label or ("enriched teacher" if cfg.intra.weight > 0 else "vanilla teacher")
+    label = label or ("enriched teacher" if cfg.intra.enabled else "vanilla teacher")
     return _fit(TeacherConfig, cfg, out, "train-teacher", label, label, device, perf, (train_set, eval_set, split),
                 {}, lambda model: IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim,
                                                             cfg.views),

@@ -32,6 +32,11 @@ PILOT_CRITERIA = {
 """What the pilot must show (docs/results.md): the protocol is in the regime that the comparison needs."""
 
 
+def _enriched(intra_weight: float | str) -> bool:
+    """Whether a stored ``intra.weight`` (a number, or ``auto``) turns the intra-class term on."""
+    return intra_weight == "auto" or intra_weight > 0
+
+
 def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
     """``role -> seed -> run`` for the runs of one teacher comparison; a ``ValueError`` naming the
     problem when a role is missing or two configurations claim it."""
@@ -43,10 +48,10 @@ def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
 
     def role(run: RunRecord) -> str:
         if run.kind == "student":
-            return "kd_enriched" if run.config.get("teacher.intra.weight", 0) > 0 else "kd_vanilla"
+            return "kd_enriched" if _enriched(run.config.get("teacher.intra.weight", 0)) else "kd_vanilla"
         if run.config.get("model") == student_model:
             return "ce_only"
-        return "enriched" if run.config.get("intra.weight", 0) > 0 else "vanilla"
+        return "enriched" if _enriched(run.config.get("intra.weight", 0)) else "vanilla"
 
     table: dict[str, dict[int, RunRecord]] = {name: {} for name in ROLES}
     configs: dict[str, dict[str, Any]] = {}

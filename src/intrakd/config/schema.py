@@ -86,8 +86,8 @@ class OptimConfig:
 class IntraConfig:
     """The teacher's intra-class contrastive term (METHOD.md). ``weight = 0`` is the vanilla teacher."""
 
-    weight: float = 0.02
-    """lambda."""
+    weight: float | Literal["auto"] = 0.02
+    """lambda; ``auto``: set during training by gradient balancing (docs/auto-lambda.md)."""
     temperature: float = 0.1
     delta: float | None = 0.5
     """Margin gate: anchors with margin > delta contribute; null: no gate (every anchor contributes).
@@ -107,6 +107,14 @@ class IntraConfig:
     exclude_self: bool = True
     """A cached, older embedding of the anchor's own image is never its negative (the cache keeps every
     entry's sample index); false reproduces runs made before the cache knew them."""
+    auto_ratio: float = 0.1
+    """With ``weight=auto``: lambda makes the intra term's gradient at the embedding this fraction of
+    cross-entropy's (smoothed over steps)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the intra-class term is on (``weight`` is ``auto`` or positive)."""
+        return self.weight == "auto" or self.weight > 0
 
 
 def setting(default: Any, doc: str, rule: str | None = None) -> Any:
@@ -306,8 +314,10 @@ class TeacherConfig:
         """Raise :class:`ConfigError` naming the first setting out of its range."""
         intra = self.intra
         _require_finite("intra", intra)
-        if intra.weight < 0:
-            raise ConfigError(f"intra.weight (lambda) must be >= 0, got {intra.weight}")
+        if intra.weight != "auto" and intra.weight < 0:
+            raise ConfigError(f"intra.weight (lambda) must be >= 0 or auto, got {intra.weight}")
+        if intra.auto_ratio <= 0:
+            raise ConfigError(f"intra.auto_ratio must be > 0, got {intra.auto_ratio}")
         if intra.delta is not None and intra.margin == "probability" and not -1 <= intra.delta < 1:
             raise ConfigError(f"intra.delta must lie in [-1, 1) for the probability margin (a margin never "
                               f"exceeds 1, so the gate would pass nothing), got {intra.delta}; "
@@ -325,7 +335,7 @@ class TeacherConfig:
             raise ConfigError(f"intra.min_negatives must be >= 1, got {intra.min_negatives}")
         if self.views not in (1, 2):
             raise ConfigError(f"views must be 1 or 2, got {self.views}")
-        if intra.weight > 0 and self.views != 2:
+        if intra.enabled and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
         _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 

@@ -10,6 +10,7 @@ from intrakd import distributed
 from intrakd.config import IntraConfig
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import FeatureCache, classification_margin, intra_class_terms
+from intrakd.losses.balance import GradientBalancedWeight, squared_gradient_norm
 from intrakd.objectives.base import StepResult
 
 
@@ -27,16 +28,21 @@ class IntraClassTeacherObjective(nn.Module):
     """``L = CE (mean over views) + lambda * L_intra`` with the margin gate and the feature cache.
 
     With ``cfg.weight == 0`` it is the vanilla teacher (cross-entropy over the given views); the
-    head and cache are then not built. The cache and head are module state, saved with the objective.
+    head and cache are then not built. With ``cfg.weight == "auto"`` lambda is set every step by
+    gradient balancing (:mod:`intrakd.losses.balance`) and logged as ``lambda``. The cache, head and
+    the balancing state are module state, saved with the objective.
     """
 
     def __init__(self, cfg: IntraConfig, num_classes: int, embedding_dim: int, views: int = 2) -> None:
         super().__init__()
         self.cfg, self.num_classes, self.num_views = cfg, num_classes, views
-        self.enabled = cfg.weight > 0
+        self.enabled = cfg.enabled
         self.head: nn.Module | None = None
         self.cache: FeatureCache | None = None
+        self.balance: GradientBalancedWeight | None = None
         if self.enabled:
+            if cfg.weight == "auto":
+                self.balance = GradientBalancedWeight(cfg.auto_ratio)
             self.head = _projection_head(cfg.head, embedding_dim, cfg.head_dim)
             dim = embedding_dim if cfg.head == "none" else cfg.head_dim
             if cfg.cache:
@@ -106,4 +112,11 @@ class IntraClassTeacherObjective(nn.Module):
                 self.cache.clear(distributed.sum_across_ranks(used_classes) > 0)
             self.cache.write(*peers.cache_rows())
             stats["cache_fill"] = self.cache.fill()
-        return StepResult({"ce": ce, "intra": cfg.weight * intra}, first_logits, stats)
+        if self.balance is not None:
+            # gradients of both terms at the embedding they share, summed over the global batch
+            norms = torch.stack([squared_gradient_norm(ce, out.embedding), squared_gradient_norm(intra, out.embedding)])
+            weight = self.balance(*distributed.sum_across_ranks(norms))
+            stats["lambda"] = weight
+        else:
+            weight = cfg.weight
+        return StepResult({"ce": ce, "intra": weight * intra}, first_logits, stats)
