@@ -1,0 +1,188 @@
+"""Does ``intra.weight=auto`` choose lambda as well as a grid search? (docs/results.md, "Choosing
+lambda").
+
+For every dataset (a sweep file whose teacher grid holds fixed lambdas and ``auto``, each teacher with
+its KD student, on the same seeds): the grid's best lambda is the one whose students have
+the highest mean validation accuracy; on test, ``auto`` is compared with it (paired by seed, 95% t
+interval), and so is the best lambda of every other dataset used on this one.
+
+    python -m intrakd.analysis.lambda_choice --dataset NAME SWEEP.yaml [RUN_ROOT] [--dataset ...] --out PREFIX
+
+writes ``PREFIX.json`` (every figure) and ``PREFIX.md`` (the tables of docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from intrakd.analysis.comparison import mean_std, paired_interval
+from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
+from intrakd.analysis.sweep import load_sweep, plan
+
+AUTO = "auto"
+CHOOSE_ON = "val_acc"
+REPORT_ON = "test_acc"
+
+
+def _cells(runs: Sequence[RunRecord], kind: str, key: str) -> dict[Any, dict[int, RunRecord]]:
+    """``lambda -> seed -> run`` of the runs of ``kind`` with an enriched teacher (``key``: the
+    configuration key holding lambda)."""
+    cells: dict[Any, dict[int, RunRecord]] = {}
+    for run in runs:
+        weight = run.config.get(key)
+        if run.kind == kind and weight is not None and (weight == AUTO or weight > 0):
+            cells.setdefault(weight, {})[run.seed] = run
+    return cells
+
+
+def _paired(a: dict[int, RunRecord], b: dict[int, RunRecord], seeds: list[int], metric: str) -> dict[str, float]:
+    x, y = [a[s].metrics[metric] for s in seeds], [b[s].metrics[metric] for s in seeds]
+    low, high = paired_interval(x, y)
+    return {"diff": mean_std(x)[0] - mean_std(y)[0], "low": low, "high": high, "n": len(seeds)}
+
+
+def _lambda_in_force(teachers: dict[int, RunRecord], seeds: list[int]) -> dict[str, float]:
+    """Mean over seeds of the epoch-mean lambda logged by ``auto`` teachers: first, middle, last epoch
+    and the mean over all epochs."""
+    per_seed = [[r["lambda"] for r in read_metrics(teachers[s].path) if "lambda" in r] for s in seeds]
+    per_seed = [values for values in per_seed if values]
+    if not per_seed:
+        return {}
+    epochs = min(len(v) for v in per_seed)
+    at = {"first_epoch": 0, "middle_epoch": epochs // 2, "last_epoch": epochs - 1}
+    out = {name: mean_std([v[i] for v in per_seed])[0] for name, i in at.items()}
+    out["mean"] = mean_std([sum(v) / len(v) for v in per_seed])[0]
+    return out
+
+
+def dataset_comparison(sweep: str | Path, run_root: str | Path | None = None) -> dict[str, Any]:
+    """The grid, its best lambda (on students' validation accuracy) and ``auto`` minus the best on
+    test, for the finished runs of the sweep file ``sweep`` (in its ``out`` folder, or in ``run_root``),
+    restricted to the seeds that every cell has."""
+    spec = load_sweep(sweep)
+    if run_root is not None:
+        spec.out = Path(run_root)
+    run_dir = spec.out
+    runs, _ = find_runs([job.out for job in plan(spec) if job.finished])
+    students = _cells(runs, "student", "teacher.intra.weight")
+    teachers = _cells(runs, "teacher", "intra.weight")
+    if AUTO not in students or len(students) < 2:
+        raise ValueError(f"{run_dir}: needs students of intra.weight=auto and of at least one fixed lambda, "
+                         f"found lambdas {sorted(map(str, students))}")
+    seeds = sorted(set.intersection(*(set(c) for c in students.values()), *(set(c) for c in teachers.values())))
+    if len(seeds) < 2:
+        raise ValueError(f"{run_dir}: fewer than two seeds common to every cell ({seeds})")
+    fixed = sorted(w for w in students if w != AUTO)
+    cells = {}
+    for weight in [*fixed, AUTO]:
+        row: dict[str, Any] = {}
+        for role, table in (("student", students), ("teacher", teachers)):
+            for metric in (CHOOSE_ON, REPORT_ON):
+                mean, std = mean_std([table[weight][s].metrics[metric] for s in seeds])
+                row[f"{role}_{metric}"] = {"mean": mean, "std": std}
+        cells[str(weight)] = row
+    best = max(fixed, key=lambda w: cells[str(w)][f"student_{CHOOSE_ON}"]["mean"])
+    return {
+        "run_dir": str(run_dir), "seeds": seeds, "fixed": fixed, "cells": cells, "best_fixed": best,
+        "auto_minus_best": {role: _paired(table[AUTO], table[best], seeds, REPORT_ON)
+                            for role, table in (("student", students), ("teacher", teachers))},
+        "fixed_minus_best": {str(w): _paired(students[w], students[best], seeds, REPORT_ON) for w in fixed},
+        "auto_lambda": _lambda_in_force(teachers[AUTO], seeds),
+    }
+
+
+def lambda_choice(datasets: dict[str, tuple[str | Path, str | Path | None]]) -> dict[str, Any]:
+    """:func:`dataset_comparison` of every dataset and the criteria of the comparison: ``auto`` within
+    the 95% interval of the best fixed lambda (the interval of the paired difference contains 0 or lies
+    above it), and every other dataset's best lambda, used here, worse than this dataset's best."""
+    results = {name: dataset_comparison(*where) for name, where in datasets.items()}
+    for name, result in results.items():
+        difference = result["auto_minus_best"]["student"]
+        result["auto_within_ci_of_best"] = bool(difference["high"] >= 0)
+        others = {}
+        for other, other_result in results.items():
+            weight = other_result["best_fixed"]
+            if other != name and str(weight) in result["fixed_minus_best"]:
+                others[other] = {"lambda": weight, **result["fixed_minus_best"][str(weight)]}
+        result["other_best_here"] = others
+    bests = {r["best_fixed"] for r in results.values()}
+    return {
+        "chosen_on": f"student {CHOOSE_ON}", "reported_on": f"student {REPORT_ON}", "datasets": results,
+        "best_fixed_differs": len(bests) > 1,
+        "success": len(bests) > 1 and all(r["auto_within_ci_of_best"] for r in results.values())
+        and all(o["diff"] < 0 for r in results.values() for o in r["other_best_here"].values()),
+    }
+
+
+def _pm(value: dict[str, float]) -> str:
+    return f"{value['mean']:.2f} ± {value['std']:.2f}"
+
+
+def _ci(d: dict[str, float]) -> str:
+    if math.isnan(d["low"]):
+        return f"{d['diff']:+.2f} (n={d['n']}, no CI)"
+    return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    """The tables of docs/results.md: per dataset, the grid and ``auto`` (mean ± std over seeds), the
+    paired differences from the best fixed lambda, and the criteria."""
+    lines = []
+    for name, r in summary["datasets"].items():
+        best = r["best_fixed"]
+        lines += [f"### {name} (seeds {', '.join(map(str, r['seeds']))}; best fixed lambda on student "
+                  f"val_acc: {best})", "",
+                  "| intra.weight | student val_acc | student test_acc | Δ student test_acc vs best [95% CI] "
+                  "| teacher val_acc | teacher test_acc |", "|---|---|---|---|---|---|"]
+        for weight, cell in r["cells"].items():
+            delta = (r["fixed_minus_best"].get(weight) if weight != AUTO else r["auto_minus_best"]["student"])
+            shown = "best" if weight == str(best) else _ci(delta)
+            lines.append(f"| {weight} | {_pm(cell['student_val_acc'])} | {_pm(cell['student_test_acc'])} | {shown} "
+                         f"| {_pm(cell['teacher_val_acc'])} | {_pm(cell['teacher_test_acc'])} |")
+        lam = r["auto_lambda"]
+        if lam:
+            lines += ["", f"lambda in force with auto (epoch means, mean over seeds): first epoch "
+                          f"{lam['first_epoch']:.4f}, middle {lam['middle_epoch']:.4f}, last {lam['last_epoch']:.4f}, "
+                          f"mean over the run {lam['mean']:.4f}."]
+        lines += ["", f"auto minus best, teacher test_acc: {_ci(r['auto_minus_best']['teacher'])}.", ""]
+    lines += ["### Criteria", "", "| criterion | result |", "|---|---|",
+              f"| the best fixed lambda differs between the datasets | {summary['best_fixed_differs']} |"]
+    for name, r in summary["datasets"].items():
+        lines.append(f"| {name}: auto within the 95% CI of the best fixed lambda | {r['auto_within_ci_of_best']} "
+                     f"({_ci(r['auto_minus_best']['student'])}) |")
+        for other, o in r["other_best_here"].items():
+            lines.append(f"| {name}: {other}'s best lambda ({o['lambda']}) worse here | {o['diff'] < 0} ({_ci(o)}) |")
+    lines += [f"| all of the above | {summary['success']} |", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m intrakd.analysis.lambda_choice", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", action="append", required=True, nargs="+", metavar="NAME SWEEP [RUN_ROOT]",
+                        help="a dataset's name, its sweep file and (default: the file's out) the folder of its "
+                             "runs; repeat for every dataset")
+    parser.add_argument("--out", required=True, metavar="PREFIX", help="write PREFIX.json and PREFIX.md")
+    args = parser.parse_args(argv)
+    if any(len(item) not in (2, 3) for item in args.dataset):
+        parser.error("--dataset takes NAME SWEEP [RUN_ROOT]")
+    datasets = {item[0]: (item[1], item[2] if len(item) == 3 else None) for item in args.dataset}
+    try:
+        summary = lambda_choice(datasets)
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+        print(f"lambda_choice: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    Path(f"{args.out}.md").write_text(to_markdown(summary))
+    print(to_markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
