@@ -10,17 +10,22 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_resume import assert_same_run
 from torch import nn
 
 from intrakd.cli import main
 from intrakd.config import ConfigError, IntraConfig, TeacherConfig, load_config
 from intrakd.data import Batch
-from intrakd.losses.balance import MAX_WEIGHT, MOMENTUM, GradientBalancedWeight, balanced_weight, squared_gradient_norm
+from intrakd.losses.balance import (
+    MAX_WEIGHT,
+    MOMENTUM,
+    GradientBalancedWeight,
+    balanced_weight,
+    squared_gradient_norm,
+)
 from intrakd.models import ModelOutput
 from intrakd.objectives import IntraClassTeacherObjective
 from intrakd.train import Trainer, read_checkpoint
-
-from test_resume import assert_same_run
 
 
 def run_rule(pairs: list[tuple[float, float]], target: float) -> list[float]:

@@ -136,10 +136,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = []
     for name, r in summary["datasets"].items():
         best = r["best_fixed"]
-        lines += [f"### {name} (seeds {', '.join(map(str, r['seeds']))}; best fixed lambda on student "
-                  f"val_acc: {best})", "",
-                  "| intra.weight | student val_acc | student test_acc | Δ student test_acc vs best [95% CI] "
-                  "| teacher val_acc | teacher test_acc |", "|---|---|---|---|---|---|"]
+        lines += [(f"### {name} (seeds {', '.join(map(str, r['seeds']))}; best fixed lambda on student "
+                  f"val_acc: {best})"), "",
+                  ("| intra.weight | student val_acc | student test_acc | Δ student test_acc vs best [95% CI] "
+                  "| teacher val_acc | teacher test_acc |"), "|---|---|---|---|---|---|"]
         for weight, cell in r["cells"].items():
             delta = (r["fixed_minus_best"].get(weight) if weight != AUTO else r["auto_minus_best"]["student"])
             shown = "best" if weight == str(best) else _ci(delta)
@@ -147,9 +147,9 @@ def to_markdown(summary: dict[str, Any]) -> str:
                          f"| {_pm(cell['teacher_val_acc'])} | {_pm(cell['teacher_test_acc'])} |")
         lam = r["auto_lambda"]
         if lam:
-            lines += ["", f"lambda in force with auto (epoch means, mean over seeds): first epoch "
+            lines += ["", (f"lambda in force with auto (epoch means, mean over seeds): first epoch "
                           f"{lam['first_epoch']:.4f}, middle {lam['middle_epoch']:.4f}, last {lam['last_epoch']:.4f}, "
-                          f"mean over the run {lam['mean']:.4f}."]
+                          f"mean over the run {lam['mean']:.4f}.")]
         lines += ["", f"auto minus best, teacher test_acc: {_ci(r['auto_minus_best']['teacher'])}.", ""]
     lines += ["### Criteria", "", "| criterion | result |", "|---|---|",
               f"| the best fixed lambda differs between the datasets | {summary['best_fixed_differs']} |"]

@@ -107,7 +107,7 @@ class IntraConfig:
     exclude_self: bool = True
     """A cached, older embedding of the anchor's own image is never its negative (the cache keeps every
     entry's sample index); false reproduces runs made before the cache knew them."""
-    auto_ratio: float = 0.1
+    auto_ratio: float = 0.05
     """With ``weight=auto``: lambda makes the intra term's gradient at the embedding this fraction of
     cross-entropy's (smoothed over steps)."""
 
