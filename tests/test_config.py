@@ -75,6 +75,14 @@ def test_runs_stored_before_self_exclusion_are_read_as_they_were_made():
     assert upgrade_stored({"model": "resnet8", "distill": {}}) == {"model": "resnet8", "distill": {}}
 
 
+def test_runs_stored_before_bad_image_handling_are_read_as_stopping_at_one():
+    old = {"data": {"dataset": "cifar100"}, "intra": {"weight": 0.02, "exclude_self": True}}
+    assert upgrade_stored(old)["data"] == {"dataset": "cifar100", "bad_images": "error"}
+    assert old["data"] == {"dataset": "cifar100"}
+    new = {"data": {"dataset": "cifar100", "bad_images": "skip"}}
+    assert upgrade_stored(new) == new
+
+
 def test_a_student_configuration_loads_in_a_fresh_interpreter_that_imports_only_the_config():
     """The built-in methods are registered whatever a user's script imports first."""
     import subprocess

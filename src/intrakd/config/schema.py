@@ -367,14 +367,17 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
     """A stored run configuration (config.yaml, a checkpoint's) read the way it was written.
 
     Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
-    -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin)."""
-    intra = values.get("intra")
-    if not isinstance(intra, dict) or "exclude_self" in intra:
-        return values
-    intra = {**intra, "exclude_self": False}
-    if intra.get("delta") == -1:
-        intra["delta"] = None
-    return {**values, "intra": intra}
+    -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin). Runs from before
+    ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
+    intra, data = values.get("intra"), values.get("data")
+    if isinstance(intra, dict) and "exclude_self" not in intra:
+        intra = {**intra, "exclude_self": False}
+        if intra.get("delta") == -1:
+            intra["delta"] = None
+        values = {**values, "intra": intra}
+    if isinstance(data, dict) and "bad_images" not in data:
+        values = {**values, "data": {**data, "bad_images": "error"}}
+    return values
 
 
 def _require_finite(prefix: str, section: Any) -> None:
