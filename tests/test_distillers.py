@@ -462,8 +462,8 @@ def test_weights_default_to_the_method_recipe_unless_set():
     ("distill.dkd.alpha=1", ("unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
-     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-     "'nst', 'kdsvd'"),
+     ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
+      "'nst', 'kdsvd'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
