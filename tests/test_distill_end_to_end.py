@@ -20,8 +20,10 @@ from intrakd.train.checkpoint import read_checkpoint
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}
 TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
-         "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"}}
-DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
+         "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"},
+         "vid": {"ce", "vid"}, "cc": {"ce", "cc"}, "nst": {"ce", "nst"}, "kdsvd": {"ce", "kdsvd"}}
+DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
+                    "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,9 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt"]
-DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd"]
+DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
+                    "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
 
 
 def distill_config(method: str, overrides: list[str] | None = None) -> DistillConfig:
@@ -411,7 +412,9 @@ def test_auxiliary_modules_exist_where_expected():
                                                        student, teacher, info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
-    assert all(counts[m] == 0 for m in ("kd", "dkd", "rkd", "at", "sp", "pkt"))
+    assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
+    assert counts["cc"] == (16 + 1) * 128
+    assert all(counts[m] == 0 for m in ("kd", "dkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd"))
 
 
 def test_kd_weight_adds_kd_to_any_method():
@@ -442,6 +445,10 @@ def test_every_method_is_registered_with_recipe():
     assert method_settings("fitnet") == {"hint_weight": 100.0, "hint_layer": 2}
     assert method_settings("at")["weight"] == 1000.0 and method_settings("sp")["weight"] == 3000.0
     assert method_settings("pkt")["weight"] == 30000.0
+    assert method_settings("vid") == {"weight": 1.0, "init_variance": 5.0, "eps": 1e-5, "first_stage": 1}
+    assert method_settings("cc") == {"weight": 100.0, "feat_dim": 128, "gamma": 0.4, "order": 2}
+    assert method_settings("nst") == {"weight": 50.0, "first_stage": 1}
+    assert method_settings("kdsvd") == {"weight": 1.0, "k": 1, "vectors_over": "width", "first_stage": 1}
 
 
 def test_weights_default_to_the_method_recipe_unless_set():
@@ -455,7 +462,10 @@ def test_weights_default_to_the_method_recipe_unless_set():
     ("distill.dkd.alpha=1", ("unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
-     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt'"),
+     ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
+      "'nst', 'kdsvd'")),
+    ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
+    ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
     ("distill.crd.negatives=hard", "distill.crd.negatives: 'hard' is not one of 'other_class', 'uniform'"),
     ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight must be >= 0, got -1.0"),

@@ -10,6 +10,10 @@ from intrakd.objectives import fitnet  # noqa: F401
 from intrakd.objectives import at  # noqa: F401
 from intrakd.objectives import sp  # noqa: F401
 from intrakd.objectives import pkt  # noqa: F401
+from intrakd.objectives import vid  # noqa: F401
+from intrakd.objectives import cc  # noqa: F401
+from intrakd.objectives import nst  # noqa: F401
+from intrakd.objectives import kdsvd  # noqa: F401
 # isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo

@@ -1,9 +1,8 @@
 """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on the stage features.
 
 The attention map of a ``[B, C, H, W]`` feature is ``mean_c |A_c|^p`` flattened and L2-normalised; the
-loss is the mean squared difference of the student's and teacher's maps, summed over the stages from
-``first_stage`` on. Where a stage's spatial sizes differ, the larger map is average-pooled to the
-smaller size first.
+loss is the mean squared difference of the student's and teacher's maps, summed over the paired stages
+(see :mod:`intrakd.objectives.stages`: from ``first_stage`` on, the larger map pooled to the smaller).
 """
 
 from __future__ import annotations
@@ -16,9 +15,10 @@ from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
-from intrakd.models import ModelOutput, probe
+from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
 def attention_map(feature: Tensor, p: float) -> Tensor:
@@ -29,11 +29,7 @@ def attention_map(feature: Tensor, p: float) -> Tensor:
 def at_loss(student_feature: Tensor, teacher_feature: Tensor, p: float) -> Tensor:
     """Attention-transfer loss of one stage, in float32."""
     with torch.autocast(device_type=student_feature.device.type, enabled=False):
-        s_size, t_size = student_feature.shape[-2:], teacher_feature.shape[-2:]
-        if s_size != t_size:
-            size = (min(s_size[0], t_size[0]), min(s_size[1], t_size[1]))
-            student_feature = F.adaptive_avg_pool2d(student_feature.float(), size)
-            teacher_feature = F.adaptive_avg_pool2d(teacher_feature.float(), size)
+        student_feature, teacher_feature = pool_to_smaller(student_feature.float(), teacher_feature.float())
         return (attention_map(student_feature, p) - attention_map(teacher_feature, p)).pow(2).mean()
 
 
@@ -55,18 +51,10 @@ class ATObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        s_stages = len(probe(student, data.input_shape).features)
-        t_stages = len(probe(teacher, data.input_shape).features)
-        if s_stages != t_stages:
-            raise ValueError(f"AT pairs stage features one to one, but the student has {s_stages} and the "
-                             f"teacher {t_stages}")
-        if self.settings.first_stage >= s_stages:
-            raise ValueError(f"distill.at.first_stage={self.settings.first_stage}, but the models have "
-                             f"{s_stages} stage features")
+        probe_stage_pairs(student, teacher, data.input_shape, self.settings.first_stage, "at")
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         first, p = self.settings.first_stage, self.settings.p
-        pairs = zip(student.features[first:], teacher.features[first:], strict=True)
-        losses = [at_loss(s, t, p) for s, t in pairs]
+        losses = [at_loss(s, t, p) for s, t in stage_pairs(student.features, teacher.features, first)]
         return {"at": self.settings.weight * torch.stack(losses).sum()}, {}

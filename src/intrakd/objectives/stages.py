@@ -1,0 +1,46 @@
+"""Stage features of a student and its teacher, paired for the methods that compare them stage by stage.
+
+The stages from ``first_stage`` on are paired in order; where one model has more stages than the
+other, its last extra ones are left out (RepDistiller zips ``feat[1:-1]`` of both models the same way,
+so resnet32x4 -> ShuffleV2 pairs layer1-3 with stage1-3). Where a pair's spatial sizes differ, the
+larger map is average-pooled to the smaller size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.models import probe
+
+
+def stage_pairs(student: Sequence[Tensor], teacher: Sequence[Tensor], first: int) -> list[tuple[Tensor, Tensor]]:
+    """``(student, teacher)`` stage features from index ``first`` on, as many pairs as the shorter list has."""
+    return list(zip(student[first:], teacher[first:]))
+
+
+def probe_stage_pairs(student: nn.Module, teacher: nn.Module, input_shape: Sequence[int], first: int,
+                      method: str, needed: int = 1) -> list[tuple[Tensor, Tensor]]:
+    """The paired stage features of one zero image of ``input_shape`` (to size auxiliary modules from);
+    ``ValueError`` naming ``distill.<method>.first_stage`` when fewer than ``needed`` pairs remain."""
+    s_features = probe(student, input_shape).features
+    t_features = probe(teacher, input_shape).features
+    pairs = stage_pairs(s_features, t_features, first)
+    if len(pairs) < needed:
+        raise ValueError(f"distill.{method}.first_stage={first}, but the student has {len(s_features)} and the "
+                         f"teacher {len(t_features)} stage features: {method.upper()} needs {needed} pair(s) of "
+                         f"stages from there")
+    return pairs
+
+
+def pool_to_smaller(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Both ``[B, C, H, W]`` maps at the smaller height and width of the two (adaptive average pooling
+    of whichever is larger; an unchanged map is returned as is)."""
+    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+    if tuple(student.shape[-2:]) != size:
+        student = F.adaptive_avg_pool2d(student, size)
+    if tuple(teacher.shape[-2:]) != size:
+        teacher = F.adaptive_avg_pool2d(teacher, size)
+    return student, teacher
