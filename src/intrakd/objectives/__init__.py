@@ -18,6 +18,7 @@ from intrakd.objectives.registry import (
     describe_methods,
     distill_recipe,
     list_distillers,
+    logit_standardized_methods,
     method_settings,
     register_distiller,
 )
@@ -25,5 +26,6 @@ from intrakd.objectives.teacher import IntraClassTeacherObjective
 
 __all__ = [
     "Distiller", "IntraClassTeacherObjective", "StepResult", "TrainSetInfo", "create_distiller",
-    "describe_methods", "distill_recipe", "list_distillers", "method_settings", "register_distiller",
+    "describe_methods", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
+    "register_distiller",
 ]
