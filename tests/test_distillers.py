@@ -24,7 +24,7 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt"]
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "mlkd"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
 
 
@@ -389,7 +389,8 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
     cfg = distill_config(method, [*DIGITS_OVERRIDES.get(method, []), "distill.crd.num_negatives=7"])
     objective = _DISTILLERS[method](cfg, student, teacher, TrainSetInfo(10, labels, (1, 8, 8)))
     g = torch.Generator().manual_seed(15)
-    batch = Batch((torch.randn(8, 1, 8, 8, generator=g),), labels[:8], torch.arange(8))
+    views = tuple(torch.randn(8, 1, 8, 8, generator=g) for _ in range(objective.num_views))
+    batch = Batch(views, labels[:8], torch.arange(8))
     result = objective(student, batch, teacher)
     assert "ce" in result.losses and all(torch.isfinite(v) for v in result.losses.values())
     method_terms = [v for k, v in result.losses.items() if k != "ce"]
@@ -397,7 +398,7 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
     torch.stack(method_terms).sum().backward()
     assert all(p.grad is None for p in teacher.parameters())
     for name, p in student.named_parameters():
-        if method not in ("kd", "dkd") and name.startswith("fc."):
+        if method not in ("kd", "dkd", "mlkd") and name.startswith("fc."):
             continue  # feature methods act on the backbone; the classifier learns from CE
         assert p.grad is not None and p.grad.abs().sum() > 0, f"student parameter {name} gets no gradient"
     for name, p in objective.named_parameters():
@@ -411,7 +412,7 @@ def test_auxiliary_modules_exist_where_expected():
                                                        student, teacher, info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
-    assert all(counts[m] == 0 for m in ("kd", "dkd", "rkd", "at", "sp", "pkt"))
+    assert all(counts[m] == 0 for m in ("kd", "dkd", "mlkd", "rkd", "at", "sp", "pkt"))
 
 
 def test_kd_weight_adds_kd_to_any_method():
@@ -434,7 +435,8 @@ def test_every_method_is_registered_with_recipe():
     for method in METHODS:
         cfg = load_config(StudentConfig, base={"distill": distill_recipe(method)})
         assert cfg.distill.method == method
-        assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == ((0.1, 0.9) if method == "kd" else (1.0, 0.0))
+        expected = {"kd": (0.1, 0.9), "mlkd": (0.1, 0.0)}.get(method, (1.0, 0.0))
+        assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == expected
     assert method_settings("kd") == {}
     assert method_settings("crd") == {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384, "temperature": 0.07,
                                       "momentum": 0.5, "negatives": "other_class"}
@@ -455,7 +457,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
     ("distill.dkd.alpha=1", ("unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
-     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt'"),
+     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'mlkd'"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
     ("distill.crd.negatives=hard", "distill.crd.negatives: 'hard' is not one of 'other_class', 'uniform'"),
     ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight must be >= 0, got -1.0"),

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from intrakd.config import StudentConfig, load_config
-from intrakd.data import Batch
+from intrakd.config import DataConfig, StudentConfig, load_config
+from intrakd.data import Batch, TensorDataset, build_datasets
 from intrakd.losses import kd_loss, standardize_logits
 from intrakd.losses.kd import STANDARDIZE_EPS
 from intrakd.models import create_model
@@ -20,7 +20,10 @@ from intrakd.objectives import (
     distill_recipe,
     logit_standardized_methods,
 )
+from intrakd.data.augment import Augmentation
+from intrakd.data.tensor_data import TensorBatches
 from intrakd.objectives.dkd import dkd_terms
+from intrakd.objectives.mlkd import MLKDObjective, batch_alignment, class_alignment, low_confidence_fractions
 from intrakd.presets import PRESETS
 
 
@@ -160,7 +163,7 @@ def test_the_option_threads_from_config_to_the_terms(method):
 
 
 def test_logit_standardized_recipes_follow_the_reference_commands():
-    assert logit_standardized_methods() == ["kd", "dkd"]
+    assert logit_standardized_methods() == ["kd", "dkd", "mlkd"]
     kd = distill_recipe("kd", logit_standardize=True)
     assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"], kd["logit_standardize"]) == (1.0, 9.0, 2.0, True)
     dkd = distill_recipe("dkd", "resnet56", "resnet20", logit_standardize=True)
@@ -183,3 +186,164 @@ def test_methods_listing_shows_the_option_and_each_recipe():
     text = describe_methods()
     assert "distill.logit_standardize=False" in text
     assert "distill.ce_weight=1.0 distill.kd_weight=9.0 distill.temperature=2.0 distill.logit_standardize=True" in text
+    assert "mlkd: Multi-level logit distillation (Jin et al., CVPR 2023)" in text
+    assert "distill.mlkd.extra_temperatures=[3.0, 5.0, 2.0, 6.0]" in text and "distill.mlkd.weight=0.9" in text
+    assert "distill.temperature=2.0 distill.mlkd.weight=9.0 distill.logit_standardize=True" in text
+
+
+# ---------------------------------------------------------------------------------------------- MLKD
+
+def slow_gram_gap(s: torch.Tensor, t: torch.Tensor, temp: float, level: str) -> float:
+    """Batch level: sum_ij (G_t - G_s)_ij^2 / B with G_ij = sum_c P_ic P_jc; class level: the same
+    of M_kl = sum_b P_bk P_bl over C."""
+    ps = [slow_softmax(row, temp) for row in s.tolist()]
+    pt = [slow_softmax(row, temp) for row in t.tolist()]
+    b, c = len(ps), len(ps[0])
+    total = 0.0
+    if level == "batch":
+        for i in range(b):
+            for j in range(b):
+                gs = sum(ps[i][k] * ps[j][k] for k in range(c))
+                gt = sum(pt[i][k] * pt[j][k] for k in range(c))
+                total += (gt - gs) ** 2
+        return total / b
+    for k in range(c):
+        for m in range(c):
+            ms = sum(ps[i][k] * ps[i][m] for i in range(b))
+            mt = sum(pt[i][k] * pt[i][m] for i in range(b))
+            total += (mt - ms) ** 2
+    return total / c
+
+
+def slow_median(values: list[float]) -> float:
+    """numpy's percentile 50 (linear interpolation)."""
+    v, n = sorted(values), len(values)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def slow_fractions(t: torch.Tensor) -> tuple[float, float]:
+    p = [slow_softmax(row, 1.0) for row in t.tolist()]
+    confidence = [max(row) for row in p]
+    per_class = [sum(row[k] for row in p) for k in range(len(p[0]))]
+    return (sum(v <= slow_median(confidence) for v in confidence) / len(confidence),
+            sum(v <= slow_median(per_class) for v in per_class) / len(per_class))
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_batch_and_class_alignment_match_slow_reference(temp):
+    s, t = logits(10, (5, 7)), logits(11, (5, 7), scale=5.0)
+    expected_batch = slow_gram_gap(s.double(), t.double(), temp, "batch")
+    expected_class = slow_gram_gap(s.double(), t.double(), temp, "class")
+    assert batch_alignment(s, t, temp).item() == pytest.approx(expected_batch, rel=1e-4, abs=1e-9)
+    assert class_alignment(s, t, temp).item() == pytest.approx(expected_class, rel=1e-4, abs=1e-9)
+    assert batch_alignment(t, t, temp).item() == 0 and class_alignment(t, t, temp).item() == 0
+
+
+@pytest.mark.parametrize("batch", [6, 7])
+def test_low_confidence_fractions_match_the_median_masks(batch):
+    t = logits(12, (batch, 9), scale=4.0)
+    samples, classes = low_confidence_fractions(t)
+    ref_samples, ref_classes = slow_fractions(t.double())
+    assert samples.item() == pytest.approx(ref_samples) and classes.item() == pytest.approx(ref_classes)
+    assert samples.item() == pytest.approx((batch // 2 + batch % 2) / batch)  # distinct values: half (+ median)
+
+
+def mlkd_setup(overrides: list[str] | None = None):
+    student, teacher = digits_pair(3)
+    teacher.requires_grad_(True)  # the objective itself must keep the teacher out of the graph
+    labels = torch.arange(24) % 10
+    cfg = load_config(StudentConfig, overrides=["distill.method=mlkd", *(overrides or [])]).distill
+    objective = create_distiller(cfg, student, teacher, TrainSetInfo(10, labels, (1, 8, 8)))
+    g = torch.Generator().manual_seed(4)
+    views = (torch.randn(8, 1, 8, 8, generator=g), torch.randn(8, 1, 8, 8, generator=g))
+    return objective, student, teacher, Batch(views, labels[:8], torch.arange(8))
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_mlkd_objective_matches_slow_reference(standardize):
+    objective, student, teacher, batch = mlkd_setup([f"distill.logit_standardize={str(standardize).lower()}",
+                                                     "distill.mlkd.extra_temperatures=[3.0, 2.0]"])
+    assert isinstance(objective, MLKDObjective) and (objective.num_views, objective.strong_views) == (2, 1)
+    losses = objective(student, batch, teacher).losses
+    assert set(losses) == {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"}
+    with torch.no_grad():
+        sw, ss = (student(v).logits.double() for v in batch.views)
+        tw, ts = (teacher(v).logits.double() for v in batch.views)
+    frac_s, frac_c = slow_fractions(tw)
+    temps = [4.0, 3.0, 2.0]
+    instance = sum(frac_s * slow_kd(sw, tw, T, standardize) + slow_kd(ss, ts, T, standardize) for T in temps)
+    batch_level = sum(frac_s * slow_gram_gap(sw, tw, T, "batch") for T in temps)
+    class_level = sum(frac_c * slow_gram_gap(sw, tw, T, "class") for T in temps)
+    ce = torch.nn.functional.cross_entropy(sw, batch.labels) + torch.nn.functional.cross_entropy(ss, batch.labels)
+    assert losses["ce"].item() == pytest.approx(0.1 * ce.item(), rel=1e-5)
+    assert losses["mlkd_instance"].item() == pytest.approx(0.9 * instance, rel=1e-4)
+    assert losses["mlkd_batch"].item() == pytest.approx(0.9 * batch_level, rel=1e-4)
+    assert losses["mlkd_class"].item() == pytest.approx(0.9 * class_level, rel=1e-4)
+
+
+def test_mlkd_gradients_reach_the_student_never_the_teacher():
+    objective, student, teacher, batch = mlkd_setup(["distill.kd_weight=0.5"])
+    result = objective(student, batch, teacher)
+    assert set(result.losses) == {"ce", "kd", "mlkd_instance", "mlkd_batch", "mlkd_class"}
+    for name in ("mlkd_instance", "mlkd_batch", "mlkd_class"):
+        student.zero_grad()
+        result.losses[name].backward(retain_graph=True)
+        assert all(p.grad is None for p in teacher.parameters())
+        grads = [p.grad for p in student.parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, name
+
+
+# ------------------------------------------------------------------------------ strong views (data)
+
+def cifar_like(n: int = 16) -> TensorDataset:
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(images, torch.arange(n) % 4, 4, Augmentation((0.5, 0.4, 0.3), (0.25, 0.25, 0.25)))
+
+
+def test_strong_views_are_deterministic_resumable_and_leave_the_global_generator_alone():
+    data = cifar_like()
+    batches = TensorBatches(data, 8, 2, seed=5, strong_views=1)
+    state = torch.get_rng_state()
+    batches.set_epoch(2)
+    first = list(batches)
+    assert torch.equal(state, torch.get_rng_state())
+    batches.set_epoch(2, start=1)
+    (resumed,) = list(batches)
+    assert all(torch.equal(a, b) for a, b in zip(first[1].views, resumed.views))
+    standard = TensorBatches(data, 8, 2, seed=5)
+    standard.set_epoch(2)
+    plain = list(standard)
+    # the weak view is the standard augmentation; the strong one adds to it
+    assert torch.equal(first[0].views[0], plain[0].views[0])
+    assert not torch.equal(first[0].views[1], plain[0].views[1])
+    with pytest.raises(ValueError, match="strong_views=3"):
+        TensorBatches(data, 8, 2, seed=5, strong_views=3)
+
+
+def test_strong_augmentation_cuts_out_a_square_of_the_mean_colour():
+    aug = Augmentation((0.5, 0.4, 0.3), (0.25, 0.25, 0.25), padding=0, flip=False)
+    assert aug.strong.fill == (128, 102, 76)
+    images = torch.full((32, 3, 32, 32), 7, dtype=torch.uint8)
+    strong = aug.strong(images, torch.Generator().manual_seed(0))
+    cut = (strong == torch.tensor([128, 102, 76], dtype=torch.uint8).view(3, 1, 1)).all(dim=1)  # [B, H, W]
+    area = cut.sum(dim=(1, 2))
+    assert (area > 0).float().mean() > 0.5 and area.max() <= 17 * 17  # side <= half the image (+ rounding)
+    assert not torch.equal(strong, aug.strong(images, torch.Generator().manual_seed(1)))
+
+
+def test_folder_datasets_give_strong_views_too(tmp_path):
+    from test_imagefolder import make_image_folders
+
+    make_image_folders(tmp_path, per_class=4)
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), workers=0, image_size=16, augment="pad_crop")
+    train, _, _ = build_datasets(cfg)
+
+    def views(strong_views: int) -> list[tuple[torch.Tensor, ...]]:
+        batches = train.train_batches(4, 2, seed=1, device=torch.device("cpu"), strong_views=strong_views)
+        batches.set_epoch(1)
+        return [b.views for b in batches]
+
+    strong, weak = views(1), views(0)
+    assert all(torch.equal(a, b) for x, y in zip(strong, views(1)) for a, b in zip(x, y))  # seeded per image
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(strong, weak))  # the weak view is the standard one
+    assert not all(torch.equal(x[1], y[1]) for x, y in zip(strong, weak))
