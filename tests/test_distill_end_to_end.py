@@ -13,13 +13,14 @@ from intrakd.cli import main
 from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.models import create_model
-from intrakd.objectives import create_distiller
+from intrakd.objectives import create_distiller, distill_recipe
 from intrakd.runs import distill, train_teacher
 from intrakd.train.checkpoint import read_checkpoint
 
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}
-TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
+TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "mlkd": {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"},
+         "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
          "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"},
          "vid": {"ce", "vid"}, "cc": {"ce", "cc"}, "nst": {"ce", "nst"}, "kdsvd": {"ce", "kdsvd"}}
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
@@ -50,7 +51,7 @@ def test_every_method_trains_one_epoch(teacher_checkpoint, tmp_path, method):
     assert TERMS[method] <= record.keys()
     assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in TERMS[method])  # finite
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())["distill"]
-    assert written["method"] == method and written["ce_weight"] == (0.1 if method == "kd" else 1.0)
+    assert written["method"] == method and written["ce_weight"] == distill_recipe(method)["ce_weight"]
 
 
 def test_crd_memory_is_checkpointed_and_restores(teacher_checkpoint, tmp_path):

@@ -24,7 +24,7 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd"]
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "mlkd"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
                     "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
 
@@ -390,7 +390,8 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
     cfg = distill_config(method, [*DIGITS_OVERRIDES.get(method, []), "distill.crd.num_negatives=7"])
     objective = _DISTILLERS[method](cfg, student, teacher, TrainSetInfo(10, labels, (1, 8, 8)))
     g = torch.Generator().manual_seed(15)
-    batch = Batch((torch.randn(8, 1, 8, 8, generator=g),), labels[:8], torch.arange(8))
+    views = tuple(torch.randn(8, 1, 8, 8, generator=g) for _ in range(objective.num_views))
+    batch = Batch(views, labels[:8], torch.arange(8))
     result = objective(student, batch, teacher)
     assert "ce" in result.losses and all(torch.isfinite(v) for v in result.losses.values())
     method_terms = [v for k, v in result.losses.items() if k != "ce"]
@@ -398,7 +399,7 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
     torch.stack(method_terms).sum().backward()
     assert all(p.grad is None for p in teacher.parameters())
     for name, p in student.named_parameters():
-        if method not in ("kd", "dkd") and name.startswith("fc."):
+        if method not in ("kd", "dkd", "mlkd") and name.startswith("fc."):
             continue  # feature methods act on the backbone; the classifier learns from CE
         assert p.grad is not None and p.grad.abs().sum() > 0, f"student parameter {name} gets no gradient"
     for name, p in objective.named_parameters():
@@ -414,7 +415,7 @@ def test_auxiliary_modules_exist_where_expected():
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
     assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
     assert counts["cc"] == (16 + 1) * 128
-    assert all(counts[m] == 0 for m in ("kd", "dkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd"))
+    assert all(counts[m] == 0 for m in ("kd", "dkd", "mlkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd"))
 
 
 def test_kd_weight_adds_kd_to_any_method():
@@ -437,7 +438,8 @@ def test_every_method_is_registered_with_recipe():
     for method in METHODS:
         cfg = load_config(StudentConfig, base={"distill": distill_recipe(method)})
         assert cfg.distill.method == method
-        assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == ((0.1, 0.9) if method == "kd" else (1.0, 0.0))
+        expected = {"kd": (0.1, 0.9), "mlkd": (0.1, 0.0)}.get(method, (1.0, 0.0))
+        assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == expected
     assert method_settings("kd") == {}
     assert method_settings("crd") == {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384, "temperature": 0.07,
                                       "momentum": 0.5, "negatives": "other_class"}
@@ -463,7 +465,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
      ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-      "'nst', 'kdsvd'")),
+      "'nst', 'kdsvd', 'mlkd'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),

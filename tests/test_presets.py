@@ -52,11 +52,12 @@ def test_cifar100_pairs_and_recipe():
         assert t.optim.lr == 0.05
         assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
-    from intrakd.objectives import list_distillers
+    from intrakd.objectives import list_distillers, logit_standardized_methods
 
     names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}
-    # enriched + vanilla teacher, KD, and every method with either teacher
-    assert len(names) == (3 + 2 * len(list_distillers())) * len(CIFAR100_PAIRS)
+    # enriched + vanilla teacher, KD, and every method (and logit-standardised recipe) with either teacher
+    methods = len(list_distillers()) + len(logit_standardized_methods())
+    assert len(names) == (3 + 2 * methods) * len(CIFAR100_PAIRS)
 
 
 def test_published_accuracies_only_where_method_md_gives_them():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from intrakd.config import RUN_COMMANDS, StudentConfig, TeacherConfig, load_config
-from intrakd.objectives import distill_recipe, list_distillers
+from intrakd.objectives import distill_recipe, list_distillers, logit_standardized_methods
 
 Kind = Literal["teacher", "distill"]
 
@@ -120,14 +120,18 @@ def _build() -> dict[str, Preset]:
                               f"{prefix} KD {teacher} -> {student}", published))
         if prefix != "cifar100":
             return
-        # every distillation method with either teacher: only the teacher checkpoint differs
-        for method in list_distillers():
-            recipe = distill_recipe(method, teacher, student)
+        # every distillation method (and its logit-standardised recipe, where it has one) with either
+        # teacher: only the teacher checkpoint differs
+        recipes = [(method, method.upper(), distill_recipe(method, teacher, student)) for method in list_distillers()]
+        recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
+                     distill_recipe(method, teacher, student, logit_standardize=True))
+                    for method in logit_standardized_methods()]
+        for label, title, recipe in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
                 values = _kd(student, teacher, data, student_optim, recipe)
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
-                presets.append(Preset(f"{base}/{method}-{variant}", "distill", values,
-                                      f"{prefix} {method.upper()} {teacher} -> {student}, {variant} teacher "
+                presets.append(Preset(f"{base}/{label}-{variant}", "distill", values,
+                                      f"{prefix} {title} {teacher} -> {student}, {variant} teacher "
                                       f"(trained by --preset {teacher_preset})", published))
 
     for teacher, student, published in CIFAR100_PAIRS:

@@ -306,7 +306,8 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
     model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = make_objective(model).to(device)
-    train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device)
+    train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,
+                                             objective.strong_views)
     run_dir, state, path, folder = _open_on_main(cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
     _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)

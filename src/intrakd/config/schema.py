@@ -119,14 +119,19 @@ class IntraConfig:
 
 def setting(default: Any, doc: str, rule: str | None = None) -> Any:
     """A dataclass field with a one-line description (listed by `intrakd methods`) and, optionally,
-    the range its values must lie in (a key of :data:`RULES`: ``">= 0"``, ``"> 0"``, ...)."""
+    the range its values must lie in (a key of :data:`RULES`: ``">= 0"``, ``"> 0"``, ...). A list
+    default is copied for every instance."""
     if rule is not None and rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; available: {', '.join(RULES)}")
-    return field(default=default, metadata={"help": doc, "rule": rule})
+    metadata = {"help": doc, "rule": rule}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-RULES: dict[str, Callable[[float], bool]] = {
+RULES: dict[str, Callable[[Any], bool]] = {
     ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1,
+    "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
 }
 """The range rules a setting may declare, by the words an error shows."""
 
@@ -185,13 +190,20 @@ class DistillConfig:
                                       ">= 0")
     kd_weight: float | None = setting(None, "Weight of Hinton's KD term ``T^2 KL`` (unset: the method's recipe; > 0 "
                                             "adds KD to any method).", ">= 0")
-    temperature: float = setting(4.0, "Softmax temperature of the KD and DKD terms.", "> 0")
+    temperature: float = setting(4.0, "Softmax temperature of the logit terms (KD, DKD, MLKD's base temperature).",
+                                 "> 0")
+    logit_standardize: bool = setting(
+        False, "Z-score each sample's teacher and student logits before the temperature softmax of every "
+               "KL term (KD, DKD, MLKD's instance level; Sun et al., CVPR 2024). The paper's CIFAR-100 recipe "
+               "also changes the temperature and weights (listed per method above): presets "
+               "<pair>/<method>-ls-vanilla|-ls-enriched.")
     sections: dict[str, Any] = field(default_factory=dict, metadata={"inline": True})
     """The methods' settings by method name (written inline: ``distill.<method>.<setting>``)."""
 
     def __init__(self, method: str = "kd", ce_weight: float | None = None, kd_weight: float | None = None,
-                 temperature: float = 4.0, **sections: Any) -> None:
+                 temperature: float = 4.0, logit_standardize: bool = False, **sections: Any) -> None:
         self.method, self.ce_weight, self.kd_weight, self.temperature = method, ce_weight, kd_weight, temperature
+        self.logit_standardize = logit_standardize
         specs = {name: spec for name, spec in _registered_methods().items() if spec.settings is not None}
         unknown = sorted(sections.keys() - specs.keys())
         if unknown:
@@ -212,7 +224,7 @@ class DistillConfig:
         registered method that has settings."""
         methods = _registered_methods()
         return {"method": Literal[tuple(methods)], "ce_weight": float | None, "kd_weight": float | None,
-                "temperature": float,
+                "temperature": float, "logit_standardize": bool,
                 **{name: spec.settings for name, spec in methods.items() if spec.settings is not None}}
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Batched tensor augmentation: random crop with zero padding, horizontal flip, normalisation."""
+"""Batched tensor augmentation: random crop with zero padding, horizontal flip, normalisation, and
+the strong augmentation of views that ask for it (RandAugment + Cutout)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,58 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torchvision.transforms import v2
+
+RAND_AUGMENT_OPS = 2
+"""RandAugment operations per strongly augmented image (FixMatch's strong augmentation, as MLKD uses)."""
+MAGNITUDE_BINS = 31
+"""torchvision's RandAugment magnitude bins; each image draws its magnitude uniformly from them."""
+CUTOUT_MAX_FRACTION = 0.5
+"""Cutout: the side of the square is drawn uniformly in [0, this] times the image side."""
+
+
+@dataclass(frozen=True)
+class StrongAugment:
+    """FixMatch-style strong augmentation of uint8 images (``[B, C, H, W]`` or one ``[C, H, W]``):
+    torchvision's RandAugment (two random operations, the magnitude drawn per image), then Cutout of
+    a random square filled with ``fill`` (the data's mean colour). Draws come from ``generator``
+    (or the global generator when None), so a batch is a function of its generator's state."""
+
+    fill: tuple[int, ...]
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if images.dim() == 3:
+            return self(images[None], generator)[0]
+        seeds = torch.randint(0, 2**62, (images.shape[0],), device=images.device, generator=generator).tolist()
+        augmented = []
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
+            for image, seed in zip(images, seeds):
+                torch.random.default_generator.manual_seed(seed)
+                magnitude = int(torch.randint(0, MAGNITUDE_BINS, ()))
+                augmented.append(_rand_augment(magnitude)(image))
+        return cutout(torch.stack(augmented), self.fill, generator)
+
+
+@functools.lru_cache(maxsize=MAGNITUDE_BINS)
+def _rand_augment(magnitude: int) -> v2.RandAugment:
+    return v2.RandAugment(RAND_AUGMENT_OPS, magnitude, MAGNITUDE_BINS)
+
+
+def cutout(images: Tensor, fill: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Fill a square of each image with ``fill``: side ``u * CUTOUT_MAX_FRACTION * W`` (``u`` uniform),
+    its corner half a side before a uniformly drawn centre, clipped to the image (FixMatch's Cutout)."""
+    b, c, h, w = images.shape
+    u = torch.rand(3, b, device=images.device, generator=generator)
+    side = u[0] * CUTOUT_MAX_FRACTION * w
+    top = (u[1] * h - side / 2).clamp(min=0)
+    left = (u[2] * w - side / 2).clamp(min=0)
+    rows = torch.arange(h, device=images.device)
+    cols = torch.arange(w, device=images.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side[:, None])
+    inside = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    colour = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    return torch.where(inside, colour, images)
 
 
 @dataclass(frozen=True)
@@ -23,11 +76,19 @@ class Augmentation:
         mean, std = _channel_stats(self.mean, self.std, images.device)
         return (images.float() / 255.0 - mean) / std
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One independently drawn augmented view of every image in ``images`` (uint8 ``[B,C,H,W]``)."""
+    @property
+    def strong(self) -> StrongAugment:
+        """The strong augmentation applied after the crop and flip, Cutout filled with the mean colour."""
+        return StrongAugment(tuple(round(255 * m) for m in self.mean))
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None, strong: bool = False) -> Tensor:
+        """One independently drawn augmented view of every image in ``images`` (uint8 ``[B,C,H,W]``);
+        ``strong``: followed by :attr:`strong` before the normalisation."""
         images = random_crop(images, self.padding, generator) if self.padding else images
         if self.flip:
             images = random_flip(images, generator)
+        if strong:
+            images = self.strong(images, generator)
         return self.normalize(images)
 
 

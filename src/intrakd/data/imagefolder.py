@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import SCAN_LIMIT, BadImages, SkipLog, marked_index, marker, scan
 from intrakd.data.layouts import find_eval_folder, flat_val_labels, is_flat
-from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch, mix_seed
+from intrakd.data.tensor_data import Batch, TensorDataset, check_fills_a_batch, check_strong_views, mix_seed
 from intrakd.progress import say
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -76,14 +76,16 @@ class Pipeline:
         """Normalisation (and, for a tensor-held split, the batched pad-crop + flip)."""
         return Augmentation(self.mean, self.std, padding=self.padding, flip=True)
 
-    def train_transform(self) -> v2.Compose:
-        """PIL image -> one augmented uint8 ``[3, S, S]`` tensor."""
+    def train_transform(self, strong: bool = False) -> v2.Compose:
+        """PIL image -> one augmented uint8 ``[3, S, S]`` tensor; ``strong``: followed by the strong
+        augmentation (RandAugment + Cutout, :class:`~intrakd.data.augment.StrongAugment`)."""
         size = self.image_size
         if self.crop == "pad_crop":
             steps = [v2.Resize((size, size)), v2.RandomCrop(size, padding=self.padding)]
         else:
             steps = [v2.RandomResizedCrop(size)]
-        return v2.Compose([*steps, v2.RandomHorizontalFlip(), v2.PILToTensor()])
+        return v2.Compose([*steps, v2.RandomHorizontalFlip(), v2.PILToTensor(),
+                           *([self.augmentation.strong] if strong else [])])
 
     def eval_transform(self) -> v2.Compose:
         """PIL image -> uint8 ``[3, S, S]`` tensor, deterministic."""
@@ -105,9 +107,12 @@ class _Files(Dataset):
     deterministic tensor."""
 
     def __init__(self, paths: list[str], labels: list[int], transform: v2.Compose, views: int = 1,
-                 seed: int | None = None, epoch: int = 0, skip: frozenset[int] | None = None, size: int = 0) -> None:
+                 seed: int | None = None, epoch: int = 0, skip: frozenset[int] | None = None, size: int = 0,
+                 strong_transform: v2.Compose | None = None, strong_views: int = 0) -> None:
         self.paths, self.labels, self.transform = paths, labels, transform
         self.views, self.seed, self.epoch = views, seed, epoch
+        self.view_transforms = (transform,) * (views - strong_views) + (strong_transform,) * strong_views
+        """One transform per view: the last ``strong_views`` views take ``strong_transform``."""
         self.skip, self.size = skip, size
         """``skip``: None to raise on an unreadable image, else the indices known to be unreadable;
         those and any other that fails to decode come back as blank images with a marker label."""
@@ -132,7 +137,7 @@ class _Files(Dataset):
             return self.transform(image), self.labels[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_augmentation_seed(self.seed, self.epoch, index))
-            views = tuple(self.transform(image) for _ in range(self.views))
+            views = tuple(transform(image) for transform in self.view_transforms)
         return views, self.labels[index], index
 
 
@@ -222,9 +227,11 @@ class ImageFolderSplit:
             traceback.clear_frames(err.__traceback__)
             raise _worker_error(err) from None
 
-    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> FolderBatches:
-        """Shuffled batches of ``views`` augmented views, decoded by ``workers`` processes."""
-        return FolderBatches(self, batch_size, views, seed, device)
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device,
+                      strong_views: int = 0) -> FolderBatches:
+        """Shuffled batches of ``views`` augmented views (the last ``strong_views`` strongly), decoded
+        by ``workers`` processes."""
+        return FolderBatches(self, batch_size, views, seed, device, strong_views)
 
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised eval-transformed ``(images, labels)`` batches on ``device``, in order."""
@@ -258,9 +265,12 @@ class FolderBatches:
     """Training batches of an :class:`ImageFolderSplit`; the order and the augmentation of epoch ``e``
     depend only on ``(seed, e)``. Incomplete last batches are dropped."""
 
-    def __init__(self, split: ImageFolderSplit, batch_size: int, views: int, seed: int, device: torch.device) -> None:
+    def __init__(self, split: ImageFolderSplit, batch_size: int, views: int, seed: int, device: torch.device,
+                 strong_views: int = 0) -> None:
         check_fills_a_batch(len(split), batch_size)
+        check_strong_views(views, strong_views)
         self.split, self.batch_size, self.views, self.seed, self.device = split, batch_size, views, seed, device
+        self.strong_views = strong_views
         self.epoch = self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -294,7 +304,8 @@ class FolderBatches:
         order = self._order()[self.start * self.batch_size :]
         split, device = self.split, self.device
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
-                         self.seed, self.epoch, split._skip(), split.pipeline.image_size)
+                         self.seed, self.epoch, split._skip(), split.pipeline.image_size,
+                         split.pipeline.train_transform(strong=True), self.strong_views)
         augmentation = split.pipeline.augmentation
         for views, labels, indices in split._loader(dataset, self.batch_size, device, order, drop_last=True):
             kept = labels >= 0  # unreadable images carry a marker label

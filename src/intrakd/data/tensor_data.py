@@ -48,7 +48,11 @@ class Split(Protocol):
         ...
 
     def __len__(self) -> int: ...
-    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> Batches: ...
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device,
+                      strong_views: int = 0) -> Batches:
+        """Shuffled batches of ``views`` augmented views of each image, the last ``strong_views`` of
+        them strongly augmented (:class:`~intrakd.data.augment.StrongAugment`)."""
+        ...
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
@@ -90,9 +94,10 @@ class TensorDataset:
         return TensorDataset(images.contiguous(), self.labels, self.num_classes,
                              dataclasses.replace(self.augmentation, padding=padding))
 
-    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device) -> TensorBatches:
+    def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device,
+                      strong_views: int = 0) -> TensorBatches:
         """Shuffled, augmented training batches, with the whole split moved to ``device`` once."""
-        return TensorBatches(self.to(device), batch_size, views, seed)
+        return TensorBatches(self.to(device), batch_size, views, seed, strong_views=strong_views)
 
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised, unaugmented ``(images, labels)`` batches on ``device``, in dataset order."""
@@ -114,6 +119,12 @@ def check_fills_a_batch(images: int, batch_size: int) -> None:
     """Raise ``ValueError`` naming the fix when ``images`` training images make no full batch."""
     if images < batch_size:
         raise ValueError(f"{images} training images is fewer than one batch of {batch_size}: lower data.batch_size")
+
+
+def check_strong_views(views: int, strong_views: int) -> None:
+    """Raise ``ValueError`` unless ``0 <= strong_views <= views``."""
+    if not 0 <= strong_views <= views:
+        raise ValueError(f"strong_views={strong_views} must lie in 0..{views} (the number of views)")
 
 
 def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor, Tensor]:
@@ -165,9 +176,11 @@ class TensorBatches:
     """
 
     def __init__(self, data: TensorDataset, batch_size: int, views: int, seed: int,
-                 rank: int | None = None, world_size: int | None = None) -> None:
+                 rank: int | None = None, world_size: int | None = None, strong_views: int = 0) -> None:
         check_fills_a_batch(len(data), batch_size)
+        check_strong_views(views, strong_views)
         self.data, self.batch_size, self.views, self.seed = data, batch_size, views, seed
+        self.strong_views = strong_views
         self.epoch = self.start = 0
         grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
         if world_size is None:
@@ -203,6 +216,8 @@ class TensorBatches:
             begin = i * self.batch_size + self.rank * shard
             index = order[begin : begin + shard]
             images = self.data.images[index]
-            views = tuple(self.data.augmentation(images, generator) for _ in range(self.views))
+            first_strong = self.views - self.strong_views
+            views = tuple(self.data.augmentation(images, generator, strong=v >= first_strong)
+                          for v in range(self.views))
             yield Batch(views, self.data.labels[index], index)
 

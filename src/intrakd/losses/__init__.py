@@ -2,7 +2,7 @@
 
 from intrakd.losses.cache import FeatureCache
 from intrakd.losses.intra import classification_margin, intra_class_contrastive_loss, intra_class_terms
-from intrakd.losses.kd import kd_loss
+from intrakd.losses.kd import kd_loss, standardize_logits
 
 __all__ = [
     "FeatureCache",
@@ -10,4 +10,5 @@ __all__ = [
     "intra_class_contrastive_loss",
     "intra_class_terms",
     "kd_loss",
+    "standardize_logits",
 ]

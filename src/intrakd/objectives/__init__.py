@@ -14,6 +14,7 @@ from intrakd.objectives import vid  # noqa: F401
 from intrakd.objectives import cc  # noqa: F401
 from intrakd.objectives import nst  # noqa: F401
 from intrakd.objectives import kdsvd  # noqa: F401
+from intrakd.objectives import mlkd  # noqa: F401
 # isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -22,6 +23,7 @@ from intrakd.objectives.registry import (
     describe_methods,
     distill_recipe,
     list_distillers,
+    logit_standardized_methods,
     method_settings,
     register_distiller,
 )
@@ -29,5 +31,6 @@ from intrakd.objectives.teacher import IntraClassTeacherObjective
 
 __all__ = [
     "Distiller", "IntraClassTeacherObjective", "StepResult", "TrainSetInfo", "create_distiller",
-    "describe_methods", "distill_recipe", "list_distillers", "method_settings", "register_distiller",
+    "describe_methods", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
+    "register_distiller",
 ]

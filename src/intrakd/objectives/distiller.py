@@ -17,6 +17,13 @@ from intrakd.models import ModelOutput
 from intrakd.objectives.base import StepResult
 
 
+LOGIT_STANDARDIZED: dict[str, Any] = {"logit_standardize": True, "temperature": 2.0, "ce_weight": 1.0}
+"""What the logit-standardisation recipe (Sun et al., CVPR 2024; the CIFAR-100 commands of their
+repository: ``--logit-stand --base-temp 2``, CE weight 1) sets for every method it covers."""
+LOGIT_STANDARDIZED_WEIGHT = 9.0
+"""Their ``--kd-weight 9``: the KD weight, DKD's two weights' factor, MLKD's weight."""
+
+
 @dataclass(frozen=True)
 class TrainSetInfo:
     """What a method may need to know of the training split when it is built."""
@@ -43,6 +50,8 @@ class Distiller(nn.Module):
     """
 
     num_views = 1
+    strong_views = 0
+    """How many of the ``num_views`` views (the last ones) are strongly augmented (RandAugment + Cutout)."""
     method = ""
     """Registry name, set by :func:`~intrakd.objectives.registry.register_distiller`."""
     settings_class: ClassVar[type | None] = None
@@ -56,6 +65,7 @@ class Distiller(nn.Module):
         if cfg.ce_weight is None or cfg.kd_weight is None:
             raise ValueError("distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
         self.ce_weight, self.kd_weight, self.temperature = cfg.ce_weight, cfg.kd_weight, cfg.temperature
+        self.logit_standardize = cfg.logit_standardize
         self.num_classes = data.num_classes
         self.settings: Any = getattr(cfg, self.method) if self.settings_class is not None else None
         """The method's section of ``cfg`` (``cfg.<method>``), None without settings of its own."""
@@ -65,6 +75,20 @@ class Distiller(nn.Module):
         """Settings that the reference recipe tunes for this teacher/student pair (none by default)."""
         return {}
 
+    @classmethod
+    def logit_standardized_weights(cls, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """The distillation weights of the method's logit-standardised recipe (the reference's
+        ``--kd-weight``, :data:`LOGIT_STANDARDIZED_WEIGHT`), as ``distill`` keys replacing those of its
+        standard ``recipe``; None: the reference publishes no such recipe (no logit terms)."""
+        return None
+
+    @classmethod
+    def logit_standardized_recipe(cls, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``distill`` section of the method's recipe with logit standardisation, made from its
+        standard ``recipe`` (:data:`LOGIT_STANDARDIZED` and :meth:`logit_standardized_weights`)."""
+        weights = cls.logit_standardized_weights(recipe)
+        return None if weights is None else {**recipe, **LOGIT_STANDARDIZED, **weights}
+
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer before every epoch (0-based); methods with a schedule override it."""
 
@@ -73,16 +97,23 @@ class Distiller(nn.Module):
         """The method's own weighted loss terms and values to log (none for plain KD)."""
         return {}, {}
 
-    def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
+    def outputs(self, model: nn.Module, teacher: nn.Module | None, images: Tensor) -> tuple[ModelOutput, ModelOutput]:
+        """``(student, teacher)`` outputs on ``images``; the teacher runs without gradients."""
         if teacher is None:
             raise ValueError(f"distillation method {self.method!r} needs a teacher")
-        images = batch.views[0]
         with torch.no_grad():
             teacher_out = teacher(images)
-        student_out = model(images)
+        return model(images), teacher_out
+
+    def kd_term(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """Hinton's KD term, unweighted, at ``distill.temperature`` (logits standardised if so set)."""
+        return kd_loss(student_logits, teacher_logits, self.temperature, self.logit_standardize)
+
+    def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
+        student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
         losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels)}
         if self.kd_weight > 0:
-            losses["kd"] = self.kd_weight * kd_loss(student_out.logits, teacher_out.logits, self.temperature)
+            losses["kd"] = self.kd_weight * self.kd_term(student_out.logits, teacher_out.logits)
         terms, stats = self.method_losses(student_out, teacher_out, batch)
         losses.update(terms)
         return StepResult(losses, student_out.logits, stats)

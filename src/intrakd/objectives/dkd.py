@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
+from intrakd.losses import standardize_logits
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo
 from intrakd.objectives.registry import register_distiller
 
 PAIR_NCKD_WEIGHT: dict[tuple[str, str], float] = {
@@ -31,15 +32,17 @@ PAIR_NCKD_WEIGHT: dict[tuple[str, str], float] = {
 """``(teacher, student) -> nckd_weight`` of the reference CIFAR-100 recipe where it differs from 8."""
 
 
-def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
-              ) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(TCKD, NCKD)``, each times ``T^2``, computed in float32 with log-sum-exp."""
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float,
+              standardize: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(TCKD, NCKD)``, each times ``T^2``, computed in float32 with log-sum-exp;
+    ``standardize``: each model's logits are first z-scored per sample (:func:`standardize_logits`)."""
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         # the label mask, without one_hot's host-synchronising range check
         target = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
 
         def log_parts(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            z = logits.float() / temperature
+            logits = standardize_logits(logits.float()) if standardize else logits.float()
+            z = logits / temperature
             lse_all = torch.logsumexp(z, dim=1)
             lse_rest = torch.logsumexp(z.masked_fill(target, float("-inf")), dim=1)
             log_p_target = z.gather(1, labels[:, None]).squeeze(1) - lse_all
@@ -83,6 +86,12 @@ class DKDObjective(Distiller):
         weight = PAIR_NCKD_WEIGHT.get((teacher_model, student_model))
         return {} if weight is None else {"nckd_weight": weight}
 
+    @classmethod
+    def logit_standardized_weights(cls, recipe: dict[str, Any]) -> dict[str, Any]:
+        settings = recipe["dkd"]
+        return {"dkd": {**settings, "tckd_weight": settings["tckd_weight"] * LOGIT_STANDARDIZED_WEIGHT,
+                        "nckd_weight": settings["nckd_weight"] * LOGIT_STANDARDIZED_WEIGHT}}
+
     def set_epoch(self, epoch: int) -> None:
         """The DKD term's weight factor: ``(epoch + 1) / warmup_epochs`` up to 1."""
         epochs = self.settings.warmup_epochs
@@ -90,7 +99,8 @@ class DKDObjective(Distiller):
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        tckd, nckd = dkd_terms(student.logits, teacher.logits, batch.labels, self.temperature)
+        tckd, nckd = dkd_terms(student.logits, teacher.logits, batch.labels, self.temperature,
+                               self.logit_standardize)
         tckd, nckd = tckd.mean(), nckd.mean()
         loss = self.warmup * (self.settings.tckd_weight * tckd + self.settings.nckd_weight * nckd)
         # the warm-up factor as a host scalar: no copy to the device

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from intrakd.objectives.distiller import Distiller
+from typing import Any
+
+from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller
 from intrakd.objectives.registry import register_distiller
 
 
@@ -11,3 +13,7 @@ class KDObjective(Distiller):
     """Hinton et al. (2015): match the teacher's softened class probabilities."""
 
     recipe = (0.1, 0.9)
+
+    @classmethod
+    def logit_standardized_weights(cls, recipe: dict[str, Any]) -> dict[str, Any]:
+        return {"kd_weight": LOGIT_STANDARDIZED_WEIGHT}

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from intrakd.config import DistillConfig, DistillMethodSpec, register_distill_method, to_dict
+from intrakd.config import DistillConfig, DistillMethodSpec, flatten, register_distill_method, to_dict
 from intrakd.data.tensor_data import Split
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 
@@ -57,10 +57,12 @@ def method_settings(name: str) -> dict[str, Any]:
     return to_dict(settings()) if settings is not None else {}
 
 
-def distill_recipe(name: str, teacher_model: str | None = None,
-                   student_model: str | None = None) -> dict[str, Any]:
+def distill_recipe(name: str, teacher_model: str | None = None, student_model: str | None = None,
+                   logit_standardize: bool = False) -> dict[str, Any]:
     """The ``distill`` section of method ``name``'s standard recipe, with the settings that the
-    reference recipe tunes per teacher/student pair (e.g. DKD's ``nckd_weight``) filled in."""
+    reference recipe tunes per teacher/student pair (e.g. DKD's ``nckd_weight``) filled in;
+    ``logit_standardize``: its logit-standardised recipe (an error for a method that has none, see
+    :func:`logit_standardized_methods`)."""
     _check(name)
     ce, kd = _DISTILLERS[name].recipe
     recipe: dict[str, Any] = {"method": name, "ce_weight": ce, "kd_weight": kd,
@@ -70,7 +72,19 @@ def distill_recipe(name: str, teacher_model: str | None = None,
         settings.update(_DISTILLERS[name].pair_settings(teacher_model, student_model))
     if settings:
         recipe[name] = settings
-    return recipe
+    if not logit_standardize:
+        return recipe
+    standardized = _DISTILLERS[name].logit_standardized_recipe(recipe)
+    if standardized is None:
+        raise ValueError(f"method {name!r} has no logit-standardised recipe; methods that have one: "
+                         + ", ".join(logit_standardized_methods()))
+    return standardized
+
+
+def logit_standardized_methods() -> list[str]:
+    """The methods with a logit-standardised recipe (Sun et al., CVPR 2024), in registry order."""
+    return [name for name, cls in _DISTILLERS.items()
+            if cls.logit_standardized_recipe(distill_recipe(name)) is not None]
 
 
 def describe_methods() -> str:
@@ -81,12 +95,28 @@ def describe_methods() -> str:
         lines.append(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         lines.append(f"    distill.method={name}  (recipe: distill.ce_weight={ce} distill.kd_weight={kd})")
         if cls.settings_class is not None:
-            for f in dataclasses.fields(cls.settings_class):
-                lines.append(f"    distill.{name}.{f.name}={f.default}  {f.metadata.get('help', '')}".rstrip())
+            lines += [f"    {line}" for line in _setting_lines(f"distill.{name}", cls.settings_class)]
+        standardized = cls.logit_standardized_recipe(distill_recipe(name))
+        if standardized is not None:
+            changed = {key: value for key, value in flatten(standardized).items()
+                       if flatten(distill_recipe(name)).get(key) != value}
+            lines.append("    with logit standardisation (presets <pair>/" + name + "-ls-vanilla|-ls-enriched): "
+                         + " ".join(f"distill.{key}={value}" for key, value in changed.items()))
         lines.append("")
-    lines.append("Every method takes distill.ce_weight, distill.kd_weight (> 0 adds Hinton's KD term) and "
-                 f"distill.temperature (default {DistillConfig.temperature}).")
+    lines.append("Every method takes these settings (each method's recipe fills the weights left unset):")
+    common = [f for f in dataclasses.fields(DistillConfig) if "help" in f.metadata and f.name != "method"]
+    lines += [f"    {line}" for line in _setting_lines("distill", DistillConfig, common)]
     return "\n".join(lines)
+
+
+def _setting_lines(prefix: str, section: type, fields: list[dataclasses.Field] | None = None) -> list[str]:
+    """``prefix.name=default  help`` for every field of ``section`` made with ``setting()``."""
+    return [f"{prefix}.{f.name}={_default(f)}  {f.metadata.get('help', '')}".rstrip()
+            for f in (fields if fields is not None else dataclasses.fields(section))]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _check(name: str) -> None:

@@ -33,6 +33,9 @@ class IntraClassTeacherObjective(nn.Module):
     the balancing state are module state, saved with the objective.
     """
 
+    strong_views = 0
+    """Every view takes the standard augmentation."""
+
     def __init__(self, cfg: IntraConfig, num_classes: int, embedding_dim: int, views: int = 2) -> None:
         super().__init__()
         self.cfg, self.num_classes, self.num_views = cfg, num_classes, views

@@ -26,5 +26,7 @@ class Objective(Protocol):
 
     num_views: int
     """Augmented views of each image the objective wants in a batch."""
+    strong_views: int
+    """How many of those views (the last ones) are strongly augmented (RandAugment + Cutout)."""
 
     def __call__(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepOutput: ...
