@@ -10,6 +10,8 @@ from intrakd.objectives import fitnet  # noqa: F401
 from intrakd.objectives import at  # noqa: F401
 from intrakd.objectives import sp  # noqa: F401
 from intrakd.objectives import pkt  # noqa: F401
+from intrakd.objectives import ofd  # noqa: F401
+from intrakd.objectives import reviewkd  # noqa: F401
 # isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
