@@ -20,7 +20,8 @@ from intrakd.train.checkpoint import read_checkpoint
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}
 TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
-         "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"}}
+         "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"},
+         "ofd": {"ce", "ofd"}, "reviewkd": {"ce", "reviewkd"}}
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
 
 

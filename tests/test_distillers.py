@@ -24,7 +24,7 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt"]
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "ofd", "reviewkd"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"]}  # the digits CNNs have 2 stage features
 
 
@@ -411,6 +411,9 @@ def test_auxiliary_modules_exist_where_expected():
                                                        student, teacher, info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
+    assert counts["ofd"] == 16 * 64 + 2 * 64  # one position (stage 2): 1x1 conv (no bias) + BN
+    # two levels (stage 2, the embedding), mid width 16: 1x1 conv + BN, 3x3 conv + BN, attention (stage 2 only)
+    assert counts["reviewkd"] == 2 * (16 * 16 + 2 * 16 + 16 * 64 * 9 + 2 * 64) + (2 * 16 * 2 + 2)
     assert all(counts[m] == 0 for m in ("kd", "dkd", "rkd", "at", "sp", "pkt"))
 
 
@@ -442,6 +445,8 @@ def test_every_method_is_registered_with_recipe():
     assert method_settings("fitnet") == {"hint_weight": 100.0, "hint_layer": 2}
     assert method_settings("at")["weight"] == 1000.0 and method_settings("sp")["weight"] == 3000.0
     assert method_settings("pkt")["weight"] == 30000.0
+    assert method_settings("ofd") == {"weight": 0.001}
+    assert method_settings("reviewkd") == {"weight": 5.0, "warmup_epochs": 20}
 
 
 def test_weights_default_to_the_method_recipe_unless_set():
@@ -455,7 +460,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
     ("distill.dkd.alpha=1", ("unknown config key distill.dkd.alpha; valid keys here: distill.dkd.tckd_weight, "
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
-     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt'"),
+     "distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'ofd', 'reviewkd'"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
     ("distill.crd.negatives=hard", "distill.crd.negatives: 'hard' is not one of 'other_class', 'uniform'"),
     ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight must be >= 0, got -1.0"),

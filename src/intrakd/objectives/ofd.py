@@ -170,8 +170,8 @@ class OFDObjective(Distiller):
         for i, (s, t, k) in enumerate(zip(s_features[-count:], t_features[-count:], self.teacher_stages)):
             found = batchnorms[k]
             if found is None:
-                raise ValueError(f"OFD needs a BatchNorm2d feeding or reading each distilled teacher stage feature "
-                                 f"(the margin comes from its statistics); the teacher's stage feature {k} "
+                raise ValueError(f"OFD needs a BatchNorm2d feeding or reading each distilled teacher stage "
+                                 f"feature (the margin comes from its statistics); the teacher's stage feature {k} "
                                  f"({'x'.join(map(str, t.shape[1:]))}) has none")
             conv = nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")

@@ -63,7 +63,8 @@ def hcl_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
             if size >= min(fs.shape[-2:]):
                 continue
             weight /= 2.0
-            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size))
+            pooled_s, pooled_t = F.adaptive_avg_pool2d(fs, size), F.adaptive_avg_pool2d(ft, size)
+            loss = loss + weight * F.mse_loss(pooled_s, pooled_t)
             weights += weight
         total = total + loss / weights
     return total
@@ -74,7 +75,8 @@ class ABF(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False),
+                                    nn.BatchNorm2d(mid_channels))
         self.output = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(out_channels))
         self.attention = nn.Conv2d(2 * mid_channels, 2, 1) if fuse else None
