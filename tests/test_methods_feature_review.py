@@ -190,14 +190,14 @@ def test_abf_fuses_with_attention_then_resizes_to_the_teacher():
     x, deeper = torch.randn(2, 3, 2, 2, generator=g).double(), torch.randn(2, 4, 1, 1, generator=g).double()
     output, fused = abf(x, deeper, (4, 4))
     reduced = abf.reduce(x).detach()
-    conv = abf.attention
+    weight, bias = abf.attention.weight.detach(), abf.attention.bias.detach()
     expected = torch.zeros(2, 4, 4, 4, dtype=torch.float64)
     for b in range(2):
         for i in range(2):
             for j in range(2):
                 # the deeper map, 1x1, upsampled by nearest: the same vector at every position
                 both = [float(reduced[b, c, i, j]) for c in range(4)] + [float(deeper[b, c, 0, 0]) for c in range(4)]
-                logits = [sum(float(conv.weight[k, c, 0, 0]) * both[c] for c in range(8)) + float(conv.bias[k])
+                logits = [sum(float(weight[k, c, 0, 0]) * both[c] for c in range(8)) + float(bias[k])
                           for k in range(2)]
                 a0, a1 = (1 / (1 + math.exp(-v)) for v in logits)
                 for c in range(4):
