@@ -22,7 +22,8 @@ COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, 
 TERMS = {"kd": {"ce", "kd"}, "dkd": {"ce", "dkd"}, "mlkd": {"ce", "mlkd_instance", "mlkd_batch", "mlkd_class"},
          "crd": {"ce", "crd"}, "fitnet": {"ce", "fitnet"},
          "rkd": {"ce", "rkd_distance", "rkd_angle"}, "at": {"ce", "at"}, "sp": {"ce", "sp"}, "pkt": {"ce", "pkt"},
-         "vid": {"ce", "vid"}, "cc": {"ce", "cc"}, "nst": {"ce", "nst"}, "kdsvd": {"ce", "kdsvd"}}
+         "vid": {"ce", "vid"}, "cc": {"ce", "cc"}, "nst": {"ce", "nst"}, "kdsvd": {"ce", "kdsvd"},
+         "ofd": {"ce", "ofd"}, "reviewkd": {"ce", "reviewkd"}}
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
                     "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
 

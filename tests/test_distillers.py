@@ -24,7 +24,7 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "mlkd"]
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd", "mlkd"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
                     "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
 
@@ -415,6 +415,9 @@ def test_auxiliary_modules_exist_where_expected():
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
     assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
     assert counts["cc"] == (16 + 1) * 128
+    assert counts["ofd"] == 16 * 64 + 2 * 64  # one position (stage 2): 1x1 conv (no bias) + BN
+    # two levels (stage 2, the embedding), mid width 16: 1x1 conv + BN, 3x3 conv + BN, attention (stage 2 only)
+    assert counts["reviewkd"] == 2 * (16 * 16 + 2 * 16 + 16 * 64 * 9 + 2 * 64) + (2 * 16 * 2 + 2)
     assert all(counts[m] == 0 for m in ("kd", "dkd", "mlkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd"))
 
 
@@ -451,6 +454,8 @@ def test_every_method_is_registered_with_recipe():
     assert method_settings("cc") == {"weight": 100.0, "feat_dim": 128, "gamma": 0.4, "order": 2}
     assert method_settings("nst") == {"weight": 50.0, "first_stage": 1}
     assert method_settings("kdsvd") == {"weight": 1.0, "k": 1, "vectors_over": "width", "first_stage": 1}
+    assert method_settings("ofd") == {"weight": 0.001}
+    assert method_settings("reviewkd") == {"weight": 5.0, "warmup_epochs": 20}
 
 
 def test_weights_default_to_the_method_recipe_unless_set():
@@ -465,7 +470,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
      ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-      "'nst', 'kdsvd', 'mlkd'")),
+      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),

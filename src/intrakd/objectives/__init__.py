@@ -14,6 +14,8 @@ from intrakd.objectives import vid  # noqa: F401
 from intrakd.objectives import cc  # noqa: F401
 from intrakd.objectives import nst  # noqa: F401
 from intrakd.objectives import kdsvd  # noqa: F401
+from intrakd.objectives import ofd  # noqa: F401
+from intrakd.objectives import reviewkd  # noqa: F401
 from intrakd.objectives import mlkd  # noqa: F401
 # isort: on
 from intrakd.objectives.base import StepResult
