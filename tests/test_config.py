@@ -2,7 +2,7 @@
 
 import pytest
 
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config, upgrade_stored
+from intrakd.config import ConfigError, IntraConfig, StudentConfig, TeacherConfig, load_config, upgrade_stored
 
 
 def test_defaults_are_the_benchmark_recipe():
@@ -68,15 +68,17 @@ def test_runs_stored_before_self_exclusion_are_read_as_they_were_made():
     old = {"model": "resnet20", "intra": {"weight": 0.02, "delta": -1.0, "margin": "logit"}}
     upgraded = upgrade_stored(old)
     assert upgraded["intra"]["exclude_self"] is False and upgraded["intra"]["delta"] is None
+    assert upgraded["intra"]["auto_ratio"] == IntraConfig.auto_ratio  # no effect on a fixed lambda
     assert old["intra"]["delta"] == -1.0  # the input is not changed
-    assert upgrade_stored({"intra": {"delta": 0.5}})["intra"] == {"delta": 0.5, "exclude_self": False}
-    new = {"intra": {"delta": -1.0, "exclude_self": True}}
+    assert upgrade_stored({"intra": {"delta": 0.5}})["intra"] == {"delta": 0.5, "exclude_self": False,
+                                                                  "auto_ratio": IntraConfig.auto_ratio}
+    new = {"intra": {"delta": -1.0, "exclude_self": True, "auto_ratio": 0.2}}
     assert upgrade_stored(new) == new  # a run of this version: -1 is a threshold
     assert upgrade_stored({"model": "resnet8", "distill": {}}) == {"model": "resnet8", "distill": {}}
 
 
 def test_runs_stored_before_bad_image_handling_are_read_as_stopping_at_one():
-    old = {"data": {"dataset": "cifar100"}, "intra": {"weight": 0.02, "exclude_self": True}}
+    old = {"data": {"dataset": "cifar100"}, "intra": {"weight": 0.02, "exclude_self": True, "auto_ratio": 0.05}}
     assert upgrade_stored(old)["data"] == {"dataset": "cifar100", "bad_images": "error"}
     assert old["data"] == {"dataset": "cifar100"}
     new = {"data": {"dataset": "cifar100", "bad_images": "skip"}}

@@ -380,13 +380,16 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
 
     Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
     -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin). Runs from before
-    ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
+    ``intra.auto_ratio`` existed had a fixed lambda, on which it has no effect (today's default is
+    filled in). Runs from before ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
     intra, data = values.get("intra"), values.get("data")
     if isinstance(intra, dict) and "exclude_self" not in intra:
         intra = {**intra, "exclude_self": False}
         if intra.get("delta") == -1:
             intra["delta"] = None
         values = {**values, "intra": intra}
+    if isinstance(intra, dict) and "auto_ratio" not in intra:
+        values = {**values, "intra": {**intra, "auto_ratio": IntraConfig.auto_ratio}}
     if isinstance(data, dict) and "bad_images" not in data:
         values = {**values, "data": {**data, "bad_images": "error"}}
     return values
