@@ -28,7 +28,7 @@ from intrakd.train.sinks import console_line
 DIGITS = TrainSetInfo(10, torch.arange(20) % 10, (1, 8, 8))
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}
-STUDENT = {"ab": ("digits_cnn_small", ["distill.ab.first_stage=0", "distill.ab.num_stages=2"]),
+STUDENT = {"ab": ("digits_cnn_small", ["distill.ab.first_stage=0"]),
            "ft": ("digits_cnn_small", []),
            "fsp": ("digits_cnn", [])}  # FSP needs the teacher's stage channels
 """Per method: the student model and the settings that fit the digits CNNs (two stage features)."""
@@ -95,8 +95,8 @@ def test_ab_connector_shapes(student_shape, teacher_shape, kind):
 
 
 def test_ab_checks_the_stages_exist():
-    with pytest.raises(ValueError, match=r"uses stage features 1 to 3, but the student has 2"):
-        ABObjective(load_config(StudentConfig, overrides=["distill.method=ab"]).distill,
+    with pytest.raises(ValueError, match=r"distill.ab.first_stage=2, but the student has 2 and the teacher 2"):
+        ABObjective(load_config(StudentConfig, overrides=["distill.method=ab", "distill.ab.first_stage=2"]).distill,
                     create_model("digits_cnn_small", num_classes=10), create_model("digits_cnn", num_classes=10),
                     DIGITS)
 
