@@ -24,9 +24,12 @@ from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
-METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd", "mlkd"]
+METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd",
+           "mlkd", "ab", "ft", "fsp"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
-                    "kdsvd": ["distill.kdsvd.first_stage=0"]}  # KDSVD relates consecutive stages: needs both
+                    "kdsvd": ["distill.kdsvd.first_stage=0"],  # KDSVD relates consecutive stages: needs both
+                    "ab": ["distill.ab.first_stage=0"]}
+DIGITS_TEACHER = {"fsp": "digits_cnn_small"}  # FSP needs the student's stage channels
 
 
 def distill_config(method: str, overrides: list[str] | None = None) -> DistillConfig:
@@ -34,11 +37,10 @@ def distill_config(method: str, overrides: list[str] | None = None) -> DistillCo
     return cfg.distill
 
 
-def digits_pair(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+def digits_pair(seed: int = 0, teacher: str = "digits_cnn") -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
     student = create_model("digits_cnn_small", num_classes=10)
-    teacher = create_model("digits_cnn", num_classes=10).eval()
-    return student, teacher
+    return student, create_model(teacher, num_classes=10).eval()
 
 
 def huber(x: float) -> float:
@@ -384,7 +386,8 @@ def test_fitnet_loss_and_hint_layer_check():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
-    student, teacher = digits_pair()
+    """Over both stages of a method with a pre-training stage (its init terms and its main terms)."""
+    student, teacher = digits_pair(teacher=DIGITS_TEACHER.get(method, "digits_cnn"))
     teacher.requires_grad_(True)  # the objective itself must keep the teacher out of the graph
     labels = torch.arange(24) % 10
     cfg = distill_config(method, [*DIGITS_OVERRIDES.get(method, []), "distill.crd.num_negatives=7"])
@@ -395,6 +398,10 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
     result = objective(student, batch, teacher)
     assert "ce" in result.losses and all(torch.isfinite(v) for v in result.losses.values())
     method_terms = [v for k, v in result.losses.items() if k != "ce"]
+    if objective.init_epochs:
+        init = objective.init_step(student, batch, teacher)
+        assert "ce" not in init.losses and all(torch.isfinite(v) for v in init.losses.values())
+        method_terms += list(init.losses.values())
     assert method_terms, f"{method} returned no distillation term"
     torch.stack(method_terms).sum().backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -407,10 +414,11 @@ def test_gradients_reach_student_and_auxiliary_modules_never_teacher(method):
 
 
 def test_auxiliary_modules_exist_where_expected():
-    student, teacher = digits_pair()
+    student, _ = digits_pair()
     info = TrainSetInfo(10, torch.arange(20) % 10, (1, 8, 8))
-    counts = {m: sum(p.numel() for p in _DISTILLERS[m](distill_config(m, DIGITS_OVERRIDES.get(m, [])),
-                                                       student, teacher, info).parameters()) for m in METHODS}
+    counts = {m: sum(p.numel() for p in _DISTILLERS[m](distill_config(m, DIGITS_OVERRIDES.get(m, [])), student,
+                                                       digits_pair(teacher=DIGITS_TEACHER.get(m, "digits_cnn"))[1],
+                                                       info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
     assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
     assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
@@ -418,7 +426,11 @@ def test_auxiliary_modules_exist_where_expected():
     assert counts["ofd"] == 16 * 64 + 2 * 64  # one position (stage 2): 1x1 conv (no bias) + BN
     # two levels (stage 2, the embedding), mid width 16: 1x1 conv + BN, 3x3 conv + BN, attention (stage 2 only)
     assert counts["reviewkd"] == 2 * (16 * 16 + 2 * 16 + 16 * 64 * 9 + 2 * 64) + (2 * 16 * 2 + 2)
-    assert all(counts[m] == 0 for m in ("kd", "dkd", "mlkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd"))
+    assert counts["ab"] == (8 * 32 + 2 * 32) + (16 * 64 + 2 * 64)  # a 1x1 conv (no bias) + BN per stage
+    paraphraser = sum(9 * a * b + b for a, b in ((64, 64), (64, 32), (32, 32), (32, 32), (32, 64), (64, 64)))
+    translator = sum(9 * a * b + 3 * b for a, b in ((16, 16), (16, 32), (32, 32)))  # conv (bias) + BN
+    assert counts["ft"] == paraphraser + translator
+    assert all(counts[m] == 0 for m in ("kd", "dkd", "mlkd", "rkd", "at", "sp", "pkt", "nst", "kdsvd", "fsp"))
 
 
 def test_kd_weight_adds_kd_to_any_method():
@@ -456,6 +468,11 @@ def test_every_method_is_registered_with_recipe():
     assert method_settings("kdsvd") == {"weight": 1.0, "k": 1, "vectors_over": "width", "first_stage": 1}
     assert method_settings("ofd") == {"weight": 0.001}
     assert method_settings("reviewkd") == {"weight": 5.0, "warmup_epochs": 20}
+    assert method_settings("ab") == {"init_epochs": 30, "init_lr": None, "weight": 0.003, "margin": 1.0,
+                                     "first_stage": 1}
+    assert method_settings("ft") == {"init_epochs": 30, "init_lr": 0.01, "weight": 200.0, "rate": 0.5,
+                                     "factor_map": "attention"}
+    assert method_settings("fsp") == {"init_epochs": 30, "init_lr": None, "weight": 1.0}
 
 
 def test_weights_default_to_the_method_recipe_unless_set():
@@ -470,7 +487,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
      ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd'")),
+      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd', 'ab', 'ft', 'fsp'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),

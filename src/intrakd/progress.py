@@ -51,14 +51,17 @@ def format_duration(seconds: float) -> str:
 
 def run_intro(command: str, label: str, run_dir: str, resumed_from: str | None, dataset: str, train_images: int,
               num_classes: int, eval_split: str, eval_images: int, model: str, steps_per_epoch: int, epochs: int,
-              batch_size: int, device: str, precision: str, processes: int) -> list[str]:
-    """What a training run will do, in four lines (printed before its first step)."""
+              batch_size: int, device: str, precision: str, processes: int, init_epochs: int = 0) -> list[str]:
+    """What a training run will do, in four lines (printed before its first step); ``init_epochs`` of
+    a pre-training stage come before the ``epochs`` of the main stage."""
     state = f"resuming from {resumed_from}" if resumed_from else "new run"
+    stages = f"{init_epochs + epochs} epochs ({init_epochs} pre-training + {epochs})" if init_epochs else \
+        f"{epochs} epochs"
     return [
         f"intrakd {command}: {label} -> {run_dir} ({state})",
         (f"  data    {dataset}: {train_images} training images, {num_classes} classes; "
          f"evaluated on {eval_split}: {eval_images} images"),
-        f"  model   {model}: {steps_per_epoch} steps/epoch x {epochs} epochs, batch {batch_size}",
+        f"  model   {model}: {steps_per_epoch} steps/epoch x {stages}, batch {batch_size}",
         f"  device  {device}, precision {precision}" + (f", {processes} processes" if processes > 1 else ""),
     ]
 

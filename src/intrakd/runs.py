@@ -250,13 +250,13 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
 
 
 def _intro(command: str, label: str, run_dir: Path, path: Path | None, resume: bool, cfg: TeacherConfig | StudentConfig,
-           train_set: Any, eval_set: Any, split: str, steps: int, perf: PerfSettings) -> None:
+           train_set: Any, eval_set: Any, split: str, steps: int, perf: PerfSettings, init_epochs: int) -> None:
     """Say what the run will do, before its first step."""
     resumed = (str(path) if path is not None else "its beginning") if resume else None
     for line in run_intro(command, label, str(run_dir), resumed, cfg.data.dataset, len(train_set),
                           train_set.num_classes, split, len(eval_set), cfg.model, steps, cfg.optim.epochs,
                           cfg.data.batch_size, str(perf.device), perf.describe()["precision"],
-                          distributed.world_size()):
+                          distributed.world_size(), init_epochs):
         say(line)
 
 
@@ -310,7 +310,8 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
                                              objective.strong_views)
     run_dir, state, path, folder = _open_on_main(cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
-    _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf)
+    _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf,
+           getattr(objective, "init_epochs", 0))  # an objective's pre-training stage (train/objective.py)
     kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
     trainer = Trainer(
         model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,

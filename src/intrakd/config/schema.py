@@ -137,11 +137,12 @@ RULES: dict[str, Callable[[Any], bool]] = {
 
 
 def check_rules(prefix: str, section: Any) -> None:
-    """Raise :class:`ConfigError` for the first field of ``section`` outside its declared rule."""
+    """Raise :class:`ConfigError` for the first field of ``section`` outside its declared rule (an
+    unset optional value, None, satisfies any rule)."""
     for item in dataclasses.fields(section):
         rule = item.metadata.get("rule")
         value = getattr(section, item.name)
-        if rule is not None and not RULES[rule](value):
+        if rule is not None and value is not None and not RULES[rule](value):
             raise ConfigError(f"{prefix}.{item.name} must be {rule}, got {value}")
 
 

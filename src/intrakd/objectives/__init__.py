@@ -17,6 +17,9 @@ from intrakd.objectives import kdsvd  # noqa: F401
 from intrakd.objectives import ofd  # noqa: F401
 from intrakd.objectives import reviewkd  # noqa: F401
 from intrakd.objectives import mlkd  # noqa: F401
+from intrakd.objectives import ab  # noqa: F401
+from intrakd.objectives import ft  # noqa: F401
+from intrakd.objectives import fsp  # noqa: F401
 # isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo

@@ -1,5 +1,6 @@
 """The common frame of every distillation method: CE and optional KD on the logits, plus the
-method's own named terms computed from both models' outputs."""
+method's own named terms computed from both models' outputs; and, for the methods that have one, a
+pre-training stage with the method's own losses only (RepDistiller's "init" stage)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig
+from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch, Split
 from intrakd.losses import kd_loss
 from intrakd.models import ModelOutput
 from intrakd.objectives.base import StepResult
-
 
 LOGIT_STANDARDIZED: dict[str, Any] = {"logit_standardize": True, "temperature": 2.0, "ce_weight": 1.0}
 """What the logit-standardisation recipe (Sun et al., CVPR 2024; the CIFAR-100 commands of their
@@ -39,6 +39,25 @@ class TrainSetInfo:
         """Read the class count and labels of ``split``, and the shape of its first image."""
         images, _ = next(iter(split.eval_batches(1, torch.device("cpu"))))
         return cls(split.num_classes, split.labels.cpu(), tuple(images.shape[1:]))
+
+
+@dataclass
+class InitStageSettings:
+    """The settings of a pre-training stage: the base of a method's settings when it has one.
+
+    RepDistiller (``train_student.py``, ``helper/pretrain.py``) trains for ``init_epochs`` = 30 on
+    CIFAR-100, with a fresh SGD at a constant rate, before its 240 epochs of distillation."""
+
+    init_epochs: int = setting(30, "epochs of the pre-training stage (the method's own loss only), run before "
+                                   "the optim.epochs of the main stage (0: none)", ">= 0")
+    init_lr: float | None = setting(None, "constant learning rate of the pre-training stage (unset: optim.lr)",
+                                    "> 0")
+
+
+def body_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model`` except its classifier head (the attribute named ``head_name``)."""
+    head = f"{model.head_name}."
+    return [p for name, p in model.named_parameters() if not name.startswith(head)]
 
 
 class Distiller(nn.Module):
@@ -69,6 +88,11 @@ class Distiller(nn.Module):
         self.num_classes = data.num_classes
         self.settings: Any = getattr(cfg, self.method) if self.settings_class is not None else None
         """The method's section of ``cfg`` (``cfg.<method>``), None without settings of its own."""
+        self.init_epochs, self.init_lr = 0, None
+        """The pre-training stage (``train/objective.py``, PretrainStage): none unless the method's
+        settings derive from :class:`InitStageSettings`."""
+        if isinstance(self.settings, InitStageSettings):
+            self.init_epochs, self.init_lr = self.settings.init_epochs, self.settings.init_lr
 
     @classmethod
     def pair_settings(cls, teacher_model: str, student_model: str) -> dict[str, Any]:
@@ -96,6 +120,22 @@ class Distiller(nn.Module):
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The method's own weighted loss terms and values to log (none for plain KD)."""
         return {}, {}
+
+    def init_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """What the pre-training stage trains (methods with :class:`InitStageSettings` define it)."""
+        raise NotImplementedError(f"method {self.method!r} has no pre-training stage")
+
+    def init_losses(self, student: ModelOutput, teacher: ModelOutput,
+                    batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The weighted loss terms and values to log of the pre-training stage (methods with
+        :class:`InitStageSettings` define it)."""
+        raise NotImplementedError(f"method {self.method!r} has no pre-training stage")
+
+    def init_step(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
+        """One step of the pre-training stage: :meth:`init_losses` alone (no CE, no KD)."""
+        student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
+        terms, stats = self.init_losses(student_out, teacher_out, batch)
+        return StepResult(terms, student_out.logits, stats)
 
     def outputs(self, model: nn.Module, teacher: nn.Module | None, images: Tensor) -> tuple[ModelOutput, ModelOutput]:
         """``(student, teacher)`` outputs on ``images``; the teacher runs without gradients."""

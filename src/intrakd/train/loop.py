@@ -9,6 +9,7 @@ the same device with deterministic kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -118,6 +119,20 @@ class Trainer:
         self.stateful: dict[str, Any] = {
             "model": model, "objective": objective, "optimizer": self.optimizer, "scheduler": self.scheduler,
         }
+        # the objective's pre-training stage (train/objective.py, PretrainStage), when it declares one
+        self.init_epochs = int(getattr(objective, "init_epochs", 0))
+        self.epochs = self.init_epochs + optim.epochs
+        """Epochs of the whole run: the pre-training stage's, then the main stage's ``optim.epochs``."""
+        self.in_init_stage = False
+        if self.init_epochs:
+            self.init_params = list(objective.init_parameters(model))
+            init_lr = optim.lr if objective.init_lr is None else objective.init_lr
+            self.init_optimizer = build_optimizer(self.init_params, dataclasses.replace(optim, lr=init_lr),
+                                                  **self.perf.optimizer_options())
+            self.stateful["init_optimizer"] = self.init_optimizer
+            self.step_init = self.perf.compile_step(objective.init_step)
+            model_params = {id(p) for p in model.parameters()}
+            self.init_trains_model = any(id(p) in model_params for p in self.init_params)
         self.store = CheckpointStore(self.run_dir / "checkpoints", self.checkpoint_cfg.keep_last)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.rank = distributed.rank()
@@ -149,17 +164,21 @@ class Trainer:
         saved = [b.detach().clone() for b in self._buffers] if self.train_cfg.skip_nonfinite_steps else None
         if self.perf.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: the previous step's outputs are done with
+        init = self.in_init_stage
         with self.perf.autocast():
-            result = self.step_objective(self.train_model, batch, self.teacher)
+            if init:  # the unwrapped model: its gradients are averaged below with the other pre-trained ones
+                result = self.step_init(self.model, batch, self.teacher)
+            else:
+                result = self.step_objective(self.train_model, batch, self.teacher)
         loss = torch.stack([v.float() for v in result.losses.values()]).sum()
         terms = {"loss": loss, **result.losses}
         if saved is not None and not all_finite(terms):
             self._skip_step(saved, terms)
             return
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # every trainable parameter, the pre-trained ones included
         loss.backward()
-        distributed.average_gradients(self.objective_params)
-        self.optimizer.step()
+        distributed.average_gradients(self.init_params if init else self.objective_params)
+        (self.init_optimizer if init else self.optimizer).step()
         self.watch.observe(terms, self.global_step)
         self.meter.add(loss, result, batch.labels)
 
@@ -212,7 +231,7 @@ class Trainer:
         self.schedule.saved()
         try:
             with self._signals:
-                while self.epoch < self.optim_cfg.epochs:
+                while self.epoch < self.epochs:
                     self._train_epoch()
                     self._end_epoch()
                     self._stop_if_asked()
@@ -222,9 +241,11 @@ class Trainer:
         self._tick(training=False)
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
-            "final_acc": self.last_eval["acc"], "best_acc": self.best_acc, "epochs": self.optim_cfg.epochs,
+            "final_acc": self.last_eval["acc"], "best_acc": self.best_acc, "epochs": self.epochs,
             "wall_seconds": self.wall_seconds, **(extra_summary or {}),
         }
+        if self.init_epochs:
+            summary["init_epochs"] = self.init_epochs
         if self.train_cfg.skip_nonfinite_steps:
             summary["skipped_steps"] = self.skipped_steps
         summary.update(getattr(self.train_batches, "run_stats", dict)())
@@ -250,8 +271,9 @@ class Trainer:
         steps = len(self.train_batches)
         if self.step < steps:
             self._begin_epoch(self.epoch, self.step)
-            progress = Progress(steps, f"[{self.info.name}] epoch {self.epoch + 1}/{self.optim_cfg.epochs}",
-                                initial=self.step, after=steps * (self.optim_cfg.epochs - self.epoch - 1),
+            stage = " (pre-training)" if self.in_init_stage else ""
+            progress = Progress(steps, f"[{self.info.name}] epoch {self.epoch + 1}/{self.epochs}{stage}",
+                                initial=self.step, after=steps * (self.epochs - self.epoch - 1),
                                 enabled=self.writer)
             for batch in self.train_batches:
                 self.train_step(batch)
@@ -266,8 +288,10 @@ class Trainer:
         self._tick(training=True)
 
     def _begin_epoch(self, epoch: int, step: int = 0) -> None:
-        """Training mode, and the data order and objective schedule of ``epoch`` from ``step`` on."""
-        self.model.train()
+        """The stage and training mode, and the data order and objective schedule of ``epoch`` from
+        ``step`` on."""
+        self.in_init_stage = epoch < self.init_epochs
+        self.model.train(not self.in_init_stage or self.init_trains_model)
         self.objective.train()
         if step:
             self.train_batches.set_epoch(epoch, step)
@@ -294,19 +318,23 @@ class Trainer:
         if self.train_cfg.skip_nonfinite_steps:
             metrics["skipped_steps"] = self.meter.skipped
         metrics.update(getattr(self.train_batches, "epoch_stats", dict)())  # e.g. skipped_images
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        init = self.epoch < self.init_epochs
+        lr = (self.init_optimizer if init else self.optimizer).param_groups[0]["lr"]
+        if not init:  # the main stage's schedule counts its own epochs only
+            self.scheduler.step()
         self.last_eval = evaluate(self.model, self.eval_set, self.eval_batch_size)
         split = self.info.eval_split
-        record = {"epoch": self.epoch + 1, "lr": lr, **metrics,
+        stage = {"stage": "init" if init else "main"} if self.init_epochs else {}
+        record = {"epoch": self.epoch + 1, **stage, "lr": lr, **metrics,
                   f"{split}_acc": self.last_eval["acc"], f"{split}_loss": self.last_eval["loss"]}
-        is_best = self.last_eval["acc"] > self.best_acc
-        self.best_acc = max(self.best_acc, self.last_eval["acc"])
+        is_best = not init and self.last_eval["acc"] > self.best_acc  # the best student of the main stage
+        if not init:
+            self.best_acc = max(self.best_acc, self.last_eval["acc"])
         self.epoch, self.step = self.epoch + 1, 0
         self.meter.reset()
         self._dirty = True
         self.log_epoch(record)
-        if self.schedule.epoch_due(self.epoch, self.optim_cfg.epochs, is_best):
+        if self.schedule.epoch_due(self.epoch, self.epochs, is_best):
             self.save_checkpoint(best=is_best)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
@@ -319,7 +347,7 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        tqdm.write(console_line(self.info.name, record, self.optim_cfg.epochs, self.info.eval_split), end="\n")
+        tqdm.write(console_line(self.info.name, record, self.epochs, self.info.eval_split), end="\n")
 
     def _running_loss(self) -> dict[str, float]:
         """The epoch's mean loss so far (read when a progress line is shown)."""

@@ -22,7 +22,10 @@ class StepOutput(Protocol):
 class Objective(Protocol):
     """A module that turns a batch into a :class:`StepOutput`; the engine trains its parameters with
     the model's, saves its state with the model's, and calls ``set_epoch`` (when it has one) before
-    every epoch."""
+    every epoch with the run's epoch (0-based, pre-training epochs included).
+
+    An objective may declare a pre-training stage (RepDistiller's "init" stage) through
+    :class:`PretrainStage`'s members; the engine runs those epochs first (see there)."""
 
     num_views: int
     """Augmented views of each image the objective wants in a batch."""
@@ -30,3 +33,21 @@ class Objective(Protocol):
     """How many of those views (the last ones) are strongly augmented (RandAugment + Cutout)."""
 
     def __call__(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepOutput: ...
+
+
+class PretrainStage(Protocol):
+    """The optional members of an objective with a pre-training stage.
+
+    With ``init_epochs > 0`` the engine runs that many epochs before the ``optim.epochs`` of the main
+    stage, counted in the run's epochs: each step calls :meth:`init_step` on the unwrapped model and
+    updates only :meth:`init_parameters`, with a separate SGD optimiser (same momentum and weight
+    decay) at the constant rate ``init_lr`` (None: ``optim.lr``). The main stage's optimiser and
+    learning-rate schedule start untouched after it. A model none of whose parameters are pre-trained
+    runs in eval mode during the stage (its batch-norm statistics stay as they are)."""
+
+    init_epochs: int
+    init_lr: float | None
+
+    def init_parameters(self, model: nn.Module) -> list[nn.Parameter]: ...
+
+    def init_step(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepOutput: ...

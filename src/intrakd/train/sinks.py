@@ -16,10 +16,12 @@ CONSOLE_KEYS = ("loss", "ce", "intra", "kd", "pass_rate", "train_acc", "{split}_
 
 
 def console_line(kind: str, record: dict[str, Any], epochs: int, eval_split: str) -> str:
-    """One epoch's record as the console shows it: ``[teacher] epoch 3/240 loss=... ce=...``."""
+    """One epoch's record as the console shows it: ``[teacher] epoch 3/240 loss=... ce=...``
+    (``epoch 3/270 (pre-training) ...`` in an objective's pre-training stage)."""
     keys = [key.format(split=eval_split) for key in CONSOLE_KEYS]
     shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
-    return f"[{kind}] epoch {record['epoch']}/{epochs} {shown}"
+    stage = " (pre-training)" if record.get("stage") == "init" else ""
+    return f"[{kind}] epoch {record['epoch']}/{epochs}{stage} {shown}"
 
 
 class TensorBoardLog:

@@ -1,0 +1,76 @@
+"""Flow of solution procedure (Yim, Joo, Bae & Kim, CVPR 2017): the student copies the teacher's
+FSP matrices, the Gram matrices between consecutive stage features.
+
+For two features ``F1 [B, C1, H, W]`` and ``F2 [B, C2, H, W]`` (the larger map average-pooled to the
+smaller's size first), ``G[b, i, j] = sum_{h,w} F1[b, i, h, w] F2[b, j, h, w] / (H W)`` (the paper's
+eq. 2). The loss of a pair is the mean of ``(G_student - G_teacher)^2`` over its ``B * C1 * C2``
+entries; the term is ``weight`` times the sum over consecutive pairs of every stage feature.
+
+As in RepDistiller (``train_student.py`` and ``helper/pretrain.py``, ``distiller_zoo/FSP.py``) the
+loss only initialises: it trains the student's body for ``init_epochs`` (30) before the main stage,
+which is then cross-entropy alone (plus KD with ``distill.kd_weight``) -- the paper's two stages. The
+student and the teacher need the same number of stage features with the same channel counts
+(RepDistiller refuses other pairs too: its table of different architectures has no FSP row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from intrakd.config import DistillConfig, setting
+from intrakd.data.tensor_data import Batch
+from intrakd.models import ModelOutput, probe
+from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
+from intrakd.objectives.registry import register_distiller
+
+
+def fsp_matrix(lower: Tensor, upper: Tensor) -> Tensor:
+    """``[B, C1, C2]`` FSP matrix of two ``[B, C, H, W]`` features, in float32."""
+    with torch.autocast(device_type=lower.device.type, enabled=False):
+        size = (min(lower.shape[2], upper.shape[2]), min(lower.shape[3], upper.shape[3]))
+        lower = F.adaptive_avg_pool2d(lower.float(), size).flatten(2)
+        upper = F.adaptive_avg_pool2d(upper.float(), size).flatten(2)
+        return lower @ upper.transpose(1, 2) / lower.shape[2]
+
+
+def fsp_loss(student_features: tuple[Tensor, ...], teacher_features: tuple[Tensor, ...]) -> Tensor:
+    """Sum over consecutive pairs of stage features of the mean squared FSP-matrix difference."""
+    losses = [(fsp_matrix(s1, s2) - fsp_matrix(t1, t2)).pow(2).mean()
+              for s1, s2, t1, t2 in zip(student_features, student_features[1:], teacher_features, teacher_features[1:])]
+    return torch.stack(losses).sum()
+
+
+@dataclass
+class FSPSettings(InitStageSettings):
+    """Flow of solution procedure (Yim et al., CVPR 2017): initialise the student on the teacher's FSP matrices."""
+
+    weight: float = setting(1.0, "weight of the FSP term of the pre-training stage", ">= 0")
+
+
+@register_distiller("fsp")
+class FSPObjective(Distiller):
+    """Flow of solution procedure (Yim et al., CVPR 2017): pre-training on Gram matrices between stages."""
+
+    settings_class = FSPSettings
+    recipe = (1.0, 0.0)
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
+        super().__init__(cfg, student, teacher, data)
+        s_channels = [f.shape[1] for f in probe(student, data.input_shape).features]
+        t_channels = [f.shape[1] for f in probe(teacher, data.input_shape).features]
+        if s_channels != t_channels or len(s_channels) < 2:
+            raise ValueError(f"FSP compares the student's and the teacher's Gram matrices between consecutive stages, "
+                             f"so both need the same stage channels (at least two stages), but the student has "
+                             f"{s_channels} and the teacher {t_channels}")
+
+    def init_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The student's body (not its classifier), as RepDistiller's init stage."""
+        return body_parameters(model)
+
+    def init_losses(self, student: ModelOutput, teacher: ModelOutput,
+                    batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"fsp": self.settings.weight * fsp_loss(student.features, teacher.features)}, {}
