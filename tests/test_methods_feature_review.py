@@ -155,7 +155,7 @@ def slow_mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def slow_pool(f: torch.Tensor, size: int) -> torch.Tensor:
-    n, c, h, w = f.shape
+    n, c, h, _ = f.shape
     out = torch.zeros(n, c, size, size, dtype=torch.float64)
     k = h // size
     for b in range(n):

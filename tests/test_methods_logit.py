@@ -10,6 +10,8 @@ import torch
 
 from intrakd.config import DataConfig, StudentConfig, load_config
 from intrakd.data import Batch, TensorDataset, build_datasets
+from intrakd.data.augment import Augmentation
+from intrakd.data.tensor_data import TensorBatches
 from intrakd.losses import kd_loss, standardize_logits
 from intrakd.losses.kd import STANDARDIZE_EPS
 from intrakd.models import create_model
@@ -20,8 +22,6 @@ from intrakd.objectives import (
     distill_recipe,
     logit_standardized_methods,
 )
-from intrakd.data.augment import Augmentation
-from intrakd.data.tensor_data import TensorBatches
 from intrakd.objectives.dkd import dkd_terms
 from intrakd.objectives.mlkd import MLKDObjective, batch_alignment, class_alignment, low_confidence_fractions
 from intrakd.presets import PRESETS

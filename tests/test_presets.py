@@ -1,12 +1,15 @@
 """Named recipes: every preset resolves to a valid configuration with the values of METHOD.md, and
 the CLI lists them and runs one with overrides on top."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from intrakd.cli import main
 from intrakd.config import StudentConfig, TeacherConfig, to_dict
 from intrakd.models import list_models
+from intrakd.objectives import methods_table
 from intrakd.presets import PRESETS, Published, get_preset, list_presets, preset_values
 
 # METHOD.md's CIFAR-100 pairs and published top-1 (teacher / student alone / KD)
@@ -194,3 +197,8 @@ def test_preset_run_goes_to_runs_preset_name(captured, monkeypatch, tmp_path):
     monkeypatch.setattr(intrakd.runs, "train_teacher", record)
     assert main(["train-teacher", "--preset", "cifar100/resnet56-resnet20/teacher-vanilla"]) == 0
     assert seen_out["out"] == "runs/cifar100/resnet56-resnet20/teacher-vanilla"
+
+
+def test_the_methods_page_holds_the_generated_table():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    assert methods_table() in page, "docs/methods.md is out of date: paste `intrakd methods --markdown` into it"

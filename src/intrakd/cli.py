@@ -175,9 +175,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from intrakd.objectives import describe_methods
+    from intrakd.objectives import describe_methods, methods_table
 
-    print(describe_methods())
+    print(methods_table() if args.markdown else describe_methods(), end="\n" if not args.markdown else "")
     return 0
 
 
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("methods", help="list the distillation methods and their settings")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the methods table (name, paper, kind, recipe, settings) as Markdown")
     p.set_defaults(func=cmd_methods)
 
     add_analysis_commands(sub)

@@ -126,11 +126,11 @@ def _build() -> dict[str, Preset]:
         recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
                      distill_recipe(method, teacher, student, logit_standardize=True))
                     for method in logit_standardized_methods()]
-        for label, title, recipe in recipes:
+        for name, title, recipe in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
                 values = _kd(student, teacher, data, student_optim, recipe)
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
-                presets.append(Preset(f"{base}/{label}-{variant}", "distill", values,
+                presets.append(Preset(f"{base}/{name}-{variant}", "distill", values,
                                       f"{prefix} {title} {teacher} -> {student}, {variant} teacher "
                                       f"(trained by --preset {teacher_preset})", published))
 

@@ -75,6 +75,7 @@ class ABSettings(InitStageSettings):
 class ABObjective(Distiller):
     """Activation boundaries (Heo et al., AAAI 2019): pre-training on the teacher's neuron on/off pattern."""
 
+    kind = "features"
     settings_class = ABSettings
     recipe = (1.0, 0.0)
 

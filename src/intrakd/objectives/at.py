@@ -46,6 +46,7 @@ class ATSettings:
 class ATObjective(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
 
+    kind = "features"
     settings_class = ATSettings
     recipe = (1.0, 0.0)
 

@@ -63,6 +63,7 @@ class CCSettings:
 class CCObjective(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019): the batch's RBF correlations of the embeddings."""
 
+    kind = "relations"
     settings_class = CCSettings
     recipe = (1.0, 0.0)
 

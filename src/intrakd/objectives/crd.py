@@ -73,6 +73,7 @@ class CRDSettings:
 class CRDObjective(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory per model."""
 
+    kind = "embedding"
     settings_class = CRDSettings
     recipe = (1.0, 0.0)
 

@@ -76,6 +76,10 @@ class Distiller(nn.Module):
     settings_class: ClassVar[type | None] = None
     """Dataclass of the method's own settings, the section ``distill.<method>`` (fields made with
     :func:`intrakd.config.setting`: default, help line, range rule); None: no settings of its own."""
+    kind: ClassVar[str]
+    """What the method transfers, for the methods table: ``logits``, ``features`` (stage feature
+    maps), ``embedding`` (the pooled embedding itself) or ``relations`` (relations among a batch's
+    samples)."""
     recipe: ClassVar[tuple[float, float]]
     """``(ce_weight, kd_weight)`` of the method's standard recipe (unset weights take these)."""
 

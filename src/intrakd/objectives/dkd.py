@@ -73,6 +73,7 @@ class DKDSettings:
 class DKDObjective(Distiller):
     """Decoupled KD (Zhao et al., CVPR 2022): target and non-target class KD weighted apart."""
 
+    kind = "logits"
     settings_class = DKDSettings
     recipe = (1.0, 0.0)
 

@@ -46,6 +46,7 @@ class FitNetSettings:
 class FitNetObjective(Distiller):
     """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
 
+    kind = "features"
     settings_class = FitNetSettings
     recipe = (1.0, 0.0)
 

@@ -55,6 +55,7 @@ class FSPSettings(InitStageSettings):
 class FSPObjective(Distiller):
     """Flow of solution procedure (Yim et al., CVPR 2017): pre-training on Gram matrices between stages."""
 
+    kind = "features"
     settings_class = FSPSettings
     recipe = (1.0, 0.0)
 

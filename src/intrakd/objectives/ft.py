@@ -106,6 +106,7 @@ STUDENTS_AT_RUN_LR = ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "ResNet50")
 class FTObjective(Distiller):
     """Factor transfer (Kim et al., NeurIPS 2018): L1 between a paraphraser's and a translator's factors."""
 
+    kind = "features"
     settings_class = FTSettings
     recipe = (1.0, 0.0)
 

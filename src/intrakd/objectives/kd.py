@@ -12,6 +12,7 @@ from intrakd.objectives.registry import register_distiller
 class KDObjective(Distiller):
     """Hinton et al. (2015): match the teacher's softened class probabilities."""
 
+    kind = "logits"
     recipe = (0.1, 0.9)
 
     @classmethod

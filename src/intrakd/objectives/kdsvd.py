@@ -122,6 +122,7 @@ class KDSVDSettings:
 class KDSVDObjective(Distiller):
     """Self-supervised KD using SVD (Lee et al., ECCV 2018): relations of consecutive stages' singular vectors."""
 
+    kind = "features"
     settings_class = KDSVDSettings
     recipe = (1.0, 0.0)
 

@@ -73,7 +73,7 @@ class MLKDSettings:
     """Multi-level logit distillation (Jin et al., CVPR 2023): instance, batch and class alignment."""
 
     weight: float = setting(0.9, "weight of every MLKD term (the reference's KD weight)", ">= 0")
-    extra_temperatures: list[float] = setting(
+    extra_temperatures: list[float] = setting(  # noqa: RUF009 (setting() returns a field: the list is copied)
         [3.0, 5.0, 2.0, 6.0], "temperatures of the prediction augmentation besides distill.temperature",
         "a non-empty list of numbers > 0")
 
@@ -82,6 +82,7 @@ class MLKDSettings:
 class MLKDObjective(Distiller):
     """Multi-level logit distillation (Jin et al., CVPR 2023): instance, batch, class alignment; strong views."""
 
+    kind = "logits"
     settings_class = MLKDSettings
     recipe = (0.1, 0.0)
     num_views = 2

@@ -53,6 +53,7 @@ class NSTSettings:
 class NSTObjective(Distiller):
     """Neuron selectivity transfer (Huang & Wang, 2017): polynomial-kernel MMD of the channels' activations."""
 
+    kind = "features"
     settings_class = NSTSettings
     recipe = (1.0, 0.0)
 

@@ -152,6 +152,7 @@ class OFDSettings:
 class OFDObjective(Distiller):
     """OFD (Heo et al., ICCV 2019): partial L2 to the teacher's margin-clipped pre-ReLU responses."""
 
+    kind = "features"
     settings_class = OFDSettings
     recipe = (1.0, 0.0)
 

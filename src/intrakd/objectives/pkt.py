@@ -48,6 +48,7 @@ class PKTSettings:
 class PKTObjective(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): the embeddings' kernel densities."""
 
+    kind = "embedding"
     settings_class = PKTSettings
     recipe = (1.0, 0.0)
 

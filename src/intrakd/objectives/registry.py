@@ -109,6 +109,17 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
+def methods_table() -> str:
+    """The methods as a Markdown table (``intrakd methods --markdown``, docs/methods.md): name, paper,
+    kind, recipe weights and default settings."""
+    lines = ["| method | paper | kind | recipe (CE, KD weight) | default settings |", "|---|---|---|---|---|"]
+    for name, cls in _DISTILLERS.items():
+        paper = (cls.__doc__ or "").strip().splitlines()[0]
+        settings = ", ".join(f"`{key}={value}`" for key, value in flatten(method_settings(name)).items()) or "-"
+        lines.append(f"| `{name}` | {paper} | {cls.kind} | {cls.recipe[0]}, {cls.recipe[1]} | {settings} |")
+    return "\n".join(lines) + "\n"
+
+
 def _setting_lines(prefix: str, section: type, fields: list[dataclasses.Field] | None = None) -> list[str]:
     """``prefix.name=default  help`` for every field of ``section`` made with ``setting()``."""
     return [f"{prefix}.{f.name}={_default(f)}  {f.metadata.get('help', '')}".rstrip()

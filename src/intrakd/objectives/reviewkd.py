@@ -116,6 +116,7 @@ class ReviewKDSettings:
 class ReviewKDObjective(Distiller):
     """ReviewKD (Chen et al., CVPR 2021): fused student levels regress the teacher's, deepest first."""
 
+    kind = "features"
     settings_class = ReviewKDSettings
     recipe = (1.0, 0.0)
 

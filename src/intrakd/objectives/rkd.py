@@ -62,6 +62,7 @@ class RKDSettings:
 class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
 
+    kind = "relations"
     settings_class = RKDSettings
     recipe = (1.0, 0.0)
 

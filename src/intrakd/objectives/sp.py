@@ -43,6 +43,7 @@ class SPSettings:
 class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
 
+    kind = "relations"
     settings_class = SPSettings
     recipe = (1.0, 0.0)
 

@@ -57,6 +57,7 @@ class VIDSettings:
 class VIDObjective(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): a Gaussian over each teacher stage."""
 
+    kind = "features"
     settings_class = VIDSettings
     recipe = (1.0, 0.0)
 
