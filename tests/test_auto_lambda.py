@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_resume import assert_same_run
+from test_resume import assert_same_run, crash_then_resume
 from torch import nn
 
 from intrakd.cli import main
@@ -25,7 +25,7 @@ from intrakd.losses.balance import (
 )
 from intrakd.models import ModelOutput
 from intrakd.objectives import IntraClassTeacherObjective
-from intrakd.train import Trainer, read_checkpoint
+from intrakd.train import read_checkpoint
 
 
 def run_rule(pairs: list[tuple[float, float]], target: float) -> list[float]:
@@ -196,21 +196,7 @@ AUTO_TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=2
 def test_auto_lambda_is_logged_saved_and_resumed_exactly(tmp_path, monkeypatch):
     assert main(["train-teacher", "--out", str(tmp_path / "straight"), *AUTO_TEACHER]) == 0
 
-    class Crash(Exception):
-        pass
-
-    original = Trainer.train_step
-
-    def crash_at_step_30(self, batch):
-        if self.global_step == 30:
-            raise Crash
-        original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_30)
-    with pytest.raises(Crash):
-        main(["train-teacher", "--out", str(tmp_path / "crashed"), *AUTO_TEACHER])
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert main(["train-teacher", "--resume", str(tmp_path / "crashed")]) == 0
+    crash_then_resume(monkeypatch, "train-teacher", tmp_path / "crashed", AUTO_TEACHER, step=30)
     assert_same_run(tmp_path / "straight", tmp_path / "crashed")
     state = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["objective"]
     assert state["balance.updates"].item() > 0 and state["balance.average"].item() > 0

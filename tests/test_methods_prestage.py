@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from test_resume import assert_same_run
+from test_resume import assert_same_run, crash_then_resume
 
 from intrakd.cli import main
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
@@ -22,7 +22,7 @@ from intrakd.objectives.fsp import FSPObjective, fsp_loss
 from intrakd.objectives.ft import FTObjective, ft_loss
 from intrakd.progress import run_intro
 from intrakd.runs import distill, seed_everything, train_teacher
-from intrakd.train import Trainer, read_checkpoint
+from intrakd.train import read_checkpoint
 from intrakd.train.sinks import console_line
 
 DIGITS = TrainSetInfo(10, torch.arange(20) % 10, (1, 8, 8))
@@ -278,21 +278,8 @@ def test_a_run_crashed_in_its_pre_training_stage_resumes_exactly(teacher_checkpo
             "distill.method=ab", *STUDENT["ab"][1], "distill.ab.init_epochs=2", "checkpoint.every_steps=3"]
     assert main(["distill", "--out", str(tmp_path / "straight"), *args]) == 0
 
-    class Crash(Exception):
-        pass
-
-    original = Trainer.train_step
-
-    def crash_in_the_second_init_epoch(self, batch):
-        if self.global_step == 13:  # 7 steps an epoch: in epoch 2 (pre-training), after the checkpoint at step 12
-            raise Crash
-        original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_in_the_second_init_epoch)
-    with pytest.raises(Crash):
-        main(["distill", "--out", str(tmp_path / "crashed"), *args])
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert main(["distill", "--resume", str(tmp_path / "crashed")]) == 0
+    # 7 steps an epoch: step 13 is in epoch 2 (pre-training), after the checkpoint at step 12
+    crash_then_resume(monkeypatch, "distill", tmp_path / "crashed", args, step=13)
     assert_same_run(tmp_path / "straight", tmp_path / "crashed")
     straight, crashed = (read_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("straight", "crashed"))
     for index, state in straight["init_optimizer"]["state"].items():

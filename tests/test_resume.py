@@ -59,6 +59,27 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert (summary_a["final_acc"], summary_a["best_acc"]) == (summary_b["final_acc"], summary_b["best_acc"])
 
 
+def crash_then_resume(monkeypatch, command: str, run: Path, args: list[str], step: int) -> None:
+    """``intrakd COMMAND --out RUN ARGS``, crashed by an exception in the training loop when it
+    reaches global ``step``, then ``--resume``d to its end."""
+
+    class Crash(Exception):
+        pass
+
+    original = Trainer.train_step
+
+    def crash_at_step(self, batch):
+        if self.global_step == step:
+            raise Crash
+        original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_step)
+    with pytest.raises(Crash):
+        main([command, "--out", str(run), *args])
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert main([command, "--resume", str(run)]) == 0
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted teacher run (in this process: one thread gives the same bits as the
@@ -193,22 +214,7 @@ def test_distill_crashed_and_resumed_equals_uninterrupted(tmp_path, reference, m
     student = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=2", "optim.milestones=[1]",
                "device=cpu", f"teacher={teacher}", "checkpoint.every_steps=5"]
     assert main(["distill", "--out", str(tmp_path / "straight"), *student]) == 0
-
-    class Crash(Exception):
-        pass
-
-    original = Trainer.train_step
-
-    def crash_at_step_27(self, batch):
-        if self.global_step == 27:
-            raise Crash
-        original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_27)
-    with pytest.raises(Crash):
-        main(["distill", "--out", str(tmp_path / "crashed"), *student])
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert main(["distill", "--resume", str(tmp_path / "crashed")]) == 0
+    crash_then_resume(monkeypatch, "distill", tmp_path / "crashed", student, step=27)
     assert_same_run(tmp_path / "straight", tmp_path / "crashed")
 
 
