@@ -86,6 +86,11 @@ def test_fixed_size_models_are_built_for_the_images():
     assert out.features[0].shape == (2, 192, 3, 4) and out.logits.shape == (2, 3)
 
 
+def test_a_model_with_two_classifiers_is_refused():
+    with pytest.raises(ValueError, match="has 2 classifiers .*choose a model without one"):
+        create_model("timm/deit_tiny_distilled_patch16_224", num_classes=3, image_shape=SMALL)
+
+
 def test_weights_from_a_local_file(tmp_path, capsys):
     torch.manual_seed(0)
     source = create_model("timm/resnet10t", num_classes=5, image_shape=SMALL).eval()

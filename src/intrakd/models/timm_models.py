@@ -54,10 +54,11 @@ class TimmClassifier(Classifier):
     def __init__(self, net: nn.Module, name: str) -> None:
         super().__init__()
         classifier = net.get_classifier()
-        if not isinstance(classifier, nn.Module):
-            raise ValueError(f"timm model {name!r} has {len(classifier)} classifiers (a distillation head): "
-                             "intrakd's models have one; choose a model without one")
-        self.net, self.name = net, name
+        if not isinstance(classifier, nn.Module):  # a tuple of heads
+            raise ValueError(  # noqa: TRY004 (a model the user chose: bad input)
+                f"timm model {name!r} has {len(classifier)} classifiers (a distillation head): "
+                "intrakd's models have one; choose a model without one")
+        self.net = net
         self.num_classes = net.num_classes
         self.embedding_dim = getattr(net, "head_hidden_size", None) or net.num_features
         self._classifier_inputs: list[Tensor] | None = None  # a list only while forward runs the head
