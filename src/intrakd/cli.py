@@ -149,11 +149,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from intrakd.models import describe_model, list_models
+    from intrakd.models import describe_model, list_families, list_models
 
-    names = list_models()
-    width = max(map(len, names))
-    print("\n".join(f"{name.ljust(width)}  {describe_model(name)}" for name in names))
+    if args.timm is not None:
+        from intrakd.models.timm_models import list_timm
+
+        found = list_timm(args.timm)
+        print("\n".join(found) if found else f"no timm model matches {args.timm!r}")
+        return 0
+    rows = [(name, describe_model(name)) for name in list_models()]
+    rows += [(f"{prefix}<name>", line) for prefix, line in list_families().items()]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name.ljust(width)}  {line}" for name, line in rows))
     return 0
 
 
@@ -294,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the model names")
+    p.add_argument("--timm", metavar="PATTERN", help="list the timm architectures matching a wildcard pattern, "
+                   "e.g. 'resnet*' or '*vit_tiny*' ('*': all), with their number of pretrained tags")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("presets", help="list the named recipes (or show one's full configuration)")

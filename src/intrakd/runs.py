@@ -150,7 +150,7 @@ def _may_change(difference: str) -> bool:
 def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
     """The files a run reads, which its run folder must not replace."""
     teacher = {"the teacher checkpoint": cfg.teacher} if isinstance(cfg, StudentConfig) else {}
-    return {**teacher, "the dataset": cfg.data.root}
+    return {**teacher, "the model's starting weights": cfg.weights, "the dataset": cfg.data.root}
 
 
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
@@ -302,8 +302,18 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
     run folder, the introduction and the engine, run to its end."""
     train_set, eval_set, split = data
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **provenance}
+    start: dict[str, Any] = {}
+    if cfg.weights is not None:
+        # recorded as an absolute path, so that --resume works from any working directory
+        cfg = dataclasses.replace(cfg, weights=os.path.abspath(cfg.weights))
+        start["weights"] = cfg.weights
+    if cfg.pretrained:
+        start["pretrained"] = True
     seed_everything(cfg.seed)
-    model = perf.prepare_model(create_model(cfg.model, num_classes=train_set.num_classes).to(device))
+    model = create_model(cfg.model, num_classes=train_set.num_classes, image_shape=train_set.image_shape, **start)
+    if cfg.weights is not None:
+        provenance["weights_sha256"] = file_sha256(Path(cfg.weights))
+    model = perf.prepare_model(model.to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = make_objective(model).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,

@@ -311,6 +311,12 @@ class DistConfig:
 @dataclass
 class TeacherConfig:
     model: str = "resnet32x4"
+    """A name of `intrakd models`: the zoo's, or timm/<architecture> (``pip install 'intrakd[timm]'``)."""
+    weights: str | None = None
+    """Local file of the model's starting weights (imagenet_* and timm/ models): a state dict, timm's,
+    torchvision's or an intrakd checkpoint's (timm/ models: a classifier of another size starts new)."""
+    pretrained: bool = False
+    """timm/ models: start from timm's published weights, downloaded (needs a network); off by default."""
     views: int = 2
     """Augmented views per image (the vanilla baseline may use 1 or 2; the intra loss needs 2)."""
     seed: int = 0
@@ -356,6 +362,11 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     model: str = "resnet8x4"
+    """The student: a name of `intrakd models` (see :class:`TeacherConfig`)."""
+    weights: str | None = None
+    """The student's starting weights (as :attr:`TeacherConfig.weights`)."""
+    pretrained: bool = False
+    """As :attr:`TeacherConfig.pretrained`."""
     teacher: str | None = None
     """Path of the teacher checkpoint (intrakd's own, or a {'model': state_dict} file)."""
     teacher_model: str | None = None

@@ -187,7 +187,8 @@ def classifier_from_checkpoint(
     """Rebuild the model stored in a checkpoint (intrakd's own or a ``{"model": state_dict}`` file).
 
     ``model_name`` is needed when the file does not name its architecture; ``num_classes`` when
-    given must agree with the checkpoint; the model must read images of ``image_shape`` when given.
+    given must agree with the checkpoint; when ``image_shape`` is given the model is built for such images
+    (a family's models: see :func:`create_model`) and must read them.
     """
     state = read_checkpoint(path)
     name = state.get("model_name") or model_name
@@ -203,7 +204,7 @@ def classifier_from_checkpoint(
     classes = stored_classes or num_classes
     if classes is None:
         raise ValueError(f"cannot tell how many classes the model in {path} has")
-    model = create_model(name, num_classes=classes)
+    model = create_model(name, num_classes=classes, image_shape=image_shape)
     load_weights(model, state["model"], f"checkpoint {path}", name)
     if image_shape is not None:
         check_reads_images(model, image_shape, f"the {name} in checkpoint {path}",

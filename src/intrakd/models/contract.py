@@ -26,6 +26,7 @@ class Classifier(nn.Module):
     Subclasses implement :meth:`stages` (the stage feature maps, earliest first), set
     ``embedding_dim`` and ``num_classes``, and hold their linear classifier in the attribute named by
     :attr:`head_name`. Pooling is adaptive, so every model runs at any input size its stages allow.
+    A wrapper of another library's model may override :meth:`forward` instead (``timm_models``).
     """
 
     num_classes: int
