@@ -41,8 +41,8 @@ def test_one_step_on_cifar_pair(models, method, teacher_name, student_name):
         return
     objective = create_distiller(cfg.distill, student, teacher, info)
     g = torch.Generator().manual_seed(1)
-    batch = Batch((torch.randn(BATCH, 3, 32, 32, generator=g),), torch.randint(0, 100, (BATCH,), generator=g),
-                  torch.randperm(200, generator=g)[:BATCH])
+    views = tuple(torch.randn(BATCH, 3, 32, 32, generator=g) for _ in range(objective.num_views))  # MLKD: two
+    batch = Batch(views, torch.randint(0, 100, (BATCH,), generator=g), torch.randperm(200, generator=g)[:BATCH])
     trainable = [*student.parameters(), *objective.parameters()]
     optimizer = torch.optim.SGD(trainable, lr=0.01)
     steps = [objective.init_step, objective] if objective.init_epochs else [objective]

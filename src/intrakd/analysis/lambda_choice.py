@@ -3,7 +3,7 @@ lambda").
 
 For every dataset (a sweep file whose teacher grid holds fixed lambdas and ``auto``, each teacher with
 its KD student, on the same seeds): the grid's best lambda is the one whose students have
-the highest mean validation accuracy; on test, ``auto`` is compared with it (paired by seed, 95% t
+the highest mean validation accuracy (a tie goes to the smaller lambda); on test, ``auto`` is compared with it (paired by seed, 95% t
 interval), and so is the best lambda of every other dataset used on this one.
 
     python -m intrakd.analysis.lambda_choice --dataset NAME SWEEP.yaml [RUN_ROOT] [--dataset ...] --out PREFIX
