@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from test_resume import crash_then_resume
 from torch import nn
 
 from intrakd.cli import main
@@ -20,7 +21,7 @@ from intrakd.models import create_model, list_families
 from intrakd.models.checkpoint import classifier_from_checkpoint, load_weights
 from intrakd.objectives import create_distiller
 from intrakd.objectives.distiller import TrainSetInfo
-from intrakd.train import Trainer, read_checkpoint
+from intrakd.train import read_checkpoint
 
 timm = pytest.importorskip("timm")
 
@@ -219,21 +220,7 @@ def test_timm_teacher_run_resumes_exactly_and_teaches_a_zoo_student(tmp_path, mo
     common = ["model=timm/resnet10t", *folder_args(data), "checkpoint.every_steps=2"]
     assert main(["train-teacher", "--out", str(tmp_path / "straight"), *common]) == 0
 
-    class Crash(Exception):
-        pass
-
-    original = Trainer.train_step
-
-    def crash_at_step_4(self, batch):
-        if self.global_step == 4:
-            raise Crash
-        original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_4)
-    with pytest.raises(Crash):
-        main(["train-teacher", "--out", str(tmp_path / "crashed"), *common])
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert main(["train-teacher", "--resume", str(tmp_path / "crashed")]) == 0
+    crash_then_resume(monkeypatch, "train-teacher", tmp_path / "crashed", common, step=4)
     straight = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     crashed = read_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.pt")
     assert straight["model_name"] == "timm/resnet10t" and straight["model"].keys() == crashed["model"].keys()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from intrakd.analysis.comparison import paired_interval
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
+from intrakd.config import intra_term_on
 
 ROLES = ("vanilla", "enriched", "ce_only", "kd_vanilla", "kd_enriched")
 PILOT_CRITERIA = {
@@ -30,11 +31,6 @@ PILOT_CRITERIA = {
     "self_negatives_per_anchor": "== 0",
 }
 """What the pilot must show (docs/results.md): the protocol is in the regime that the comparison needs."""
-
-
-def _enriched(intra_weight: float | str) -> bool:
-    """Whether a stored ``intra.weight`` (a number, or ``auto``) turns the intra-class term on."""
-    return intra_weight == "auto" or intra_weight > 0
 
 
 def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
@@ -48,10 +44,10 @@ def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
 
     def role(run: RunRecord) -> str:
         if run.kind == "student":
-            return "kd_enriched" if _enriched(run.config.get("teacher.intra.weight", 0)) else "kd_vanilla"
+            return "kd_enriched" if intra_term_on(run.config.get("teacher.intra.weight", 0)) else "kd_vanilla"
         if run.config.get("model") == student_model:
             return "ce_only"
-        return "enriched" if _enriched(run.config.get("intra.weight", 0)) else "vanilla"
+        return "enriched" if intra_term_on(run.config.get("intra.weight", 0)) else "vanilla"
 
     table: dict[str, dict[int, RunRecord]] = {name: {} for name in ROLES}
     configs: dict[str, dict[str, Any]] = {}

@@ -24,6 +24,7 @@ from typing import Any
 from intrakd.analysis.comparison import mean_std, paired_interval
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
 from intrakd.analysis.sweep import load_sweep, plan
+from intrakd.config import intra_term_on
 
 AUTO = "auto"
 CHOOSE_ON = "val_acc"
@@ -36,7 +37,7 @@ def _cells(runs: Sequence[RunRecord], kind: str, key: str) -> dict[Any, dict[int
     cells: dict[Any, dict[int, RunRecord]] = {}
     for run in runs:
         weight = run.config.get(key)
-        if run.kind == kind and weight is not None and (weight == AUTO or weight > 0):
+        if run.kind == kind and weight is not None and intra_term_on(weight):
             cells.setdefault(weight, {})[run.seed] = run
     return cells
 

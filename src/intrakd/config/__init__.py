@@ -25,6 +25,7 @@ from intrakd.config.schema import (
     StudentConfig,
     TeacherConfig,
     TrainConfig,
+    intra_term_on,
     key_in,
     register_distill_method,
     setting,
@@ -34,6 +35,7 @@ from intrakd.config.schema import (
 __all__ = [
     "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
     "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
-    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "key_in", "load_config", "parse_yaml_value",
+    "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "intra_term_on", "key_in",
+    "load_config", "parse_yaml_value",
     "read_yaml", "register_distill_method", "setting", "to_dict", "upgrade_stored",
 ]

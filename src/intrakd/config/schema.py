@@ -113,8 +113,14 @@ class IntraConfig:
 
     @property
     def enabled(self) -> bool:
-        """Whether the intra-class term is on (``weight`` is ``auto`` or positive)."""
-        return self.weight == "auto" or self.weight > 0
+        """Whether the intra-class term is on (:func:`intra_term_on`)."""
+        return intra_term_on(self.weight)
+
+
+def intra_term_on(weight: float | str) -> bool:
+    """Whether an ``intra.weight`` (a number, or ``auto``; also as read from a run folder) turns the
+    intra-class term on: ``auto`` or positive."""
+    return weight == "auto" or weight > 0
 
 
 def setting(default: Any, doc: str, rule: str | None = None) -> Any:

@@ -54,6 +54,12 @@ class InitStageSettings:
                                     "> 0")
 
 
+def linear_warmup(epoch: int, warmup_epochs: int) -> float:
+    """Weight factor of a term ramped up linearly: ``(epoch + 1) / warmup_epochs`` up to 1 (``epoch``
+    0-based; 1 throughout when ``warmup_epochs`` is 0)."""
+    return min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
+
+
 def body_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters of ``model`` except its classifier head (the attribute named ``head_name``)."""
     head = f"{model.head_name}."

@@ -18,7 +18,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import standardize_logits
 from intrakd.models import ModelOutput
-from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo
+from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo, linear_warmup
 from intrakd.objectives.registry import register_distiller
 
 PAIR_NCKD_WEIGHT: dict[tuple[str, str], float] = {
@@ -95,8 +95,7 @@ class DKDObjective(Distiller):
 
     def set_epoch(self, epoch: int) -> None:
         """The DKD term's weight factor: ``(epoch + 1) / warmup_epochs`` up to 1."""
-        epochs = self.settings.warmup_epochs
-        self.warmup = min((epoch + 1) / epochs, 1.0) if epochs > 0 else 1.0
+        self.warmup = linear_warmup(epoch, self.settings.warmup_epochs)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, setting
@@ -26,14 +25,13 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
 from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.stages import pool_to_smaller
 
 
 def fsp_matrix(lower: Tensor, upper: Tensor) -> Tensor:
     """``[B, C1, C2]`` FSP matrix of two ``[B, C, H, W]`` features, in float32."""
     with torch.autocast(device_type=lower.device.type, enabled=False):
-        size = (min(lower.shape[2], upper.shape[2]), min(lower.shape[3], upper.shape[3]))
-        lower = F.adaptive_avg_pool2d(lower.float(), size).flatten(2)
-        upper = F.adaptive_avg_pool2d(upper.float(), size).flatten(2)
+        lower, upper = (f.flatten(2) for f in pool_to_smaller(lower.float(), upper.float()))
         return lower @ upper.transpose(1, 2) / lower.shape[2]
 
 

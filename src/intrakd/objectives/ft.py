@@ -35,6 +35,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo
 from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.stages import pool_to_smaller
 
 
 def _conv_stack(channels: list[int], transposed: bool, batch_norm: bool) -> nn.Sequential:
@@ -77,10 +78,7 @@ def normalised_factor(factor: Tensor, factor_map: str) -> Tensor:
 def ft_loss(student_factor: Tensor, teacher_factor: Tensor, factor_map: str) -> Tensor:
     """Mean absolute difference of the normalised factors, the larger map pooled to the smaller's size."""
     with torch.autocast(device_type=student_factor.device.type, enabled=False):
-        s_size, t_size = student_factor.shape[-2:], teacher_factor.shape[-2:]
-        size = (min(s_size[0], t_size[0]), min(s_size[1], t_size[1]))
-        student_factor = F.adaptive_avg_pool2d(student_factor.float(), size)
-        teacher_factor = F.adaptive_avg_pool2d(teacher_factor.float(), size)
+        student_factor, teacher_factor = pool_to_smaller(student_factor.float(), teacher_factor.float())
         difference = normalised_factor(student_factor, factor_map) - normalised_factor(teacher_factor, factor_map)
         return difference.abs().mean()
 

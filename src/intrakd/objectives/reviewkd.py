@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
-from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.distiller import Distiller, TrainSetInfo, linear_warmup
 from intrakd.objectives.registry import register_distiller
 
 PAIR_WEIGHT: dict[tuple[str, str], float] = {
@@ -139,8 +139,7 @@ class ReviewKDObjective(Distiller):
 
     def set_epoch(self, epoch: int) -> None:
         """The ReviewKD term's weight factor: ``(epoch + 1) / warmup_epochs`` up to 1."""
-        epochs = self.settings.warmup_epochs
-        self.warmup = min((epoch + 1) / epochs, 1.0) if epochs > 0 else 1.0
+        self.warmup = linear_warmup(epoch, self.settings.warmup_epochs)
 
     def review(self, student_levels: list[Tensor], teacher_levels: list[Tensor]) -> list[Tensor]:
         """The ABF outputs, earliest level first, computed from the deepest level up."""
