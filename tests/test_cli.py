@@ -1,12 +1,15 @@
 """End to end through the command line: teacher, student, evaluate, demo; same seed, same numbers."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from intrakd.cli import main
+from intrakd.cli import EXIT_BROKEN_PIPE, main
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED_DATA / "cifar-100-python" / "train").exists(),
@@ -142,3 +145,16 @@ def test_real_cifar100_slice_teacher_and_student(tmp_path):
 def test_models_command_lists_zoo(capsys):
     assert main(["models"]) == 0
     assert "resnet8x4" in capsys.readouterr().out.split()
+
+
+def test_output_read_in_part_stops_quietly():
+    """`intrakd presets | head -1`: no traceback and no error line, the status a shell gives SIGPIPE
+    (here the reader has gone before the first write)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "intrakd", "presets"], check=False, stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (EXIT_BROKEN_PIPE, b"")

@@ -4,12 +4,19 @@ the CLI lists them and runs one with overrides on top."""
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from intrakd.cli import main
-from intrakd.config import StudentConfig, TeacherConfig, to_dict
-from intrakd.models import list_models
-from intrakd.objectives import methods_table
+from intrakd.config import StudentConfig, TeacherConfig, load_config, to_dict
+from intrakd.models import create_model, list_models
+from intrakd.objectives import (
+    TrainSetInfo,
+    create_distiller,
+    list_distillers,
+    methods_for_pair,
+    methods_table,
+)
 from intrakd.presets import PRESETS, Published, get_preset, list_presets, preset_values
 
 # METHOD.md's CIFAR-100 pairs and published top-1 (teacher / student alone / KD)
@@ -55,12 +62,14 @@ def test_cifar100_pairs_and_recipe():
         assert t.optim.lr == 0.05
         assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
-    from intrakd.objectives import list_distillers, logit_standardized_methods
+    from intrakd.objectives import logit_standardized_methods
 
     names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}
-    # enriched + vanilla teacher, KD, and every method (and logit-standardised recipe) with either teacher
-    methods = len(list_distillers()) + len(logit_standardized_methods())
-    assert len(names) == (3 + 2 * methods) * len(CIFAR100_PAIRS)
+    # enriched + vanilla teacher, KD, and every method that accepts the pair (and its logit-standardised
+    # recipe) with either teacher
+    methods = [len(methods_for_pair(*pair)) + len(set(logit_standardized_methods()) & set(methods_for_pair(*pair)))
+               for pair in CIFAR100_PAIRS]
+    assert len(names) == sum(3 + 2 * count for count in methods)
 
 
 def test_published_accuracies_only_where_method_md_gives_them():
@@ -105,6 +114,8 @@ def test_presets_command_lists_every_preset_with_key_settings(capsys):
     assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33")
     assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[6] == "0.01"
     assert rows["cifar100/vgg13-MobileNetV2/kd"].endswith("n/a")
+    # a method with a pre-training stage: its epochs, then the main stage's
+    assert rows["cifar100/resnet32x4-resnet8x4/ab-vanilla"].split()[4] == "30+240"
 
 
 def test_presets_command_shows_one_in_full(capsys):
@@ -160,14 +171,13 @@ def test_preset_errors(captured, capsys):
 
 
 def test_every_method_has_a_vanilla_and_an_enriched_teacher_preset():
-    from intrakd.objectives import list_distillers
     from intrakd.presets import PRESETS, default_run_dir
 
     for teacher, student in CIFAR100_PAIRS:
         base = f"cifar100/{teacher}-{student}"
         assert PRESETS[f"{base}/teacher-vanilla"].values["intra"]["weight"] == 0.0
         assert PRESETS[f"{base}/teacher-vanilla"].values["views"] == 2
-        for method in list_distillers():
+        for method in methods_for_pair(teacher, student):
             vanilla = PRESETS[f"{base}/{method}-vanilla"].values
             enriched = PRESETS[f"{base}/{method}-enriched"].values
             assert enriched["teacher"] == f"{default_run_dir(base + '/teacher')}/checkpoints/best.pt"
@@ -175,6 +185,24 @@ def test_every_method_has_a_vanilla_and_an_enriched_teacher_preset():
             assert {k: v for k, v in vanilla.items() if k != "teacher"} == \
                    {k: v for k, v in enriched.items() if k != "teacher"}
             assert vanilla["distill"]["method"] == method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("teacher", "student"), CIFAR100_PAIRS, ids=["-".join(p) for p in CIFAR100_PAIRS])
+def test_a_method_has_presets_for_exactly_the_pairs_it_can_distil(teacher, student):
+    """FSP needs the same stage channels in both models: no presets (and a refusal) for other pairs;
+    every other method accepts every pair."""
+    accepted = methods_for_pair(teacher, student)
+    assert set(list_distillers()) - set(accepted) <= {"fsp"}
+    assert (f"cifar100/{teacher}-{student}/fsp-vanilla" in PRESETS) == ("fsp" in accepted)
+    cfg = load_config(StudentConfig, overrides=["distill.method=fsp"])
+    models = [create_model(name, num_classes=100) for name in (student, teacher)]
+    info = TrainSetInfo(100, torch.arange(200) % 100, (3, 32, 32))
+    if "fsp" in accepted:
+        create_distiller(cfg.distill, *models, info)
+    else:
+        with pytest.raises(ValueError, match="the same stage channels"):
+            create_distiller(cfg.distill, *models, info)
 
 
 def test_dkd_preset_uses_the_dkd_recipe_not_kd_weights():

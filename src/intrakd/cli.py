@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,12 +22,15 @@ EXIT_NONFINITE = 3
 """A loss term was NaN or Inf (the last good checkpoint is kept)."""
 EXIT_IO_ERROR = 74
 """Writing failed, e.g. a full disk (sysexits' EX_IOERR; the previous checkpoint is kept)."""
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""The reader of the output went away, e.g. ``| head`` (what a shell reports for a program SIGPIPE stops)."""
 EXIT_STATUSES = f"""exit statuses:
   0     done
   {EXIT_BAD_INPUT}     bad input: configuration, files, dataset, run folder (nothing on disk was changed)
   {EXIT_NONFINITE}     a loss term was NaN or Inf (the last good checkpoint is kept)
   {EXIT_IO_ERROR}    a write failed, e.g. a full disk (the previous checkpoint is kept)
-  130   stopped by SIGINT, 143 stopped by SIGTERM (a checkpoint was written; continue with --resume DIR)"""
+  130   stopped by SIGINT, 143 stopped by SIGTERM (a checkpoint was written; continue with --resume DIR)
+  {EXIT_BROKEN_PIPE}   the reader of the output went away, e.g. `| head`"""
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -341,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             PermissionError) as err:
         _report(f"intrakd {args.command}: error: {err}")
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # whoever read the output stopped (`intrakd presets | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
     except OSError as err:
         run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
         hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""

@@ -11,11 +11,12 @@ teacher's architecture and leave its checkpoint to ``--teacher``.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from intrakd.config import RUN_COMMANDS, StudentConfig, TeacherConfig, load_config
-from intrakd.objectives import distill_recipe, list_distillers, logit_standardized_methods
+from intrakd.objectives import distill_recipe, list_distillers, logit_standardized_methods, methods_for_pair
 
 Kind = Literal["teacher", "distill"]
 
@@ -120,12 +121,14 @@ def _build() -> dict[str, Preset]:
                               f"{prefix} KD {teacher} -> {student}", published))
         if prefix != "cifar100":
             return
-        # every distillation method (and its logit-standardised recipe, where it has one) with either
-        # teacher: only the teacher checkpoint differs
-        recipes = [(method, method.upper(), distill_recipe(method, teacher, student)) for method in list_distillers()]
+        # every distillation method that accepts the pair (and its logit-standardised recipe, where it
+        # has one) with either teacher: only the teacher checkpoint differs
+        accepted = methods_for_pair(teacher, student)
+        recipes = [(method, method.upper(), distill_recipe(method, teacher, student))
+                   for method in list_distillers() if method in accepted]
         recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
                      distill_recipe(method, teacher, student, logit_standardize=True))
-                    for method in logit_standardized_methods()]
+                    for method in logit_standardized_methods() if method in accepted]
         for name, title, recipe in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
                 values = _kd(student, teacher, data, student_optim, recipe)
@@ -148,20 +151,30 @@ def _build() -> dict[str, Preset]:
     return {p.name: p for p in presets}
 
 
-PRESETS: dict[str, Preset] = _build()
+@functools.cache
+def all_presets() -> dict[str, Preset]:
+    """Every preset by name (built on first use: which methods accept a pair is found by building
+    its models on the meta device)."""
+    return _build()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PRESETS":  # the presets as a module attribute, built on first use
+        return all_presets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_presets(kind: Kind | None = None) -> list[Preset]:
     """All presets (of one kind), in registry order."""
-    return [p for p in PRESETS.values() if kind is None or p.kind == kind]
+    return [p for p in all_presets().values() if kind is None or p.kind == kind]
 
 
 def get_preset(name: str, kind: Kind | None = None) -> Preset:
     """The preset called ``name``; with ``kind``, it must be of that kind."""
-    if name not in PRESETS:
+    if name not in all_presets():
         raise ValueError(f"unknown preset {name!r}; `intrakd presets` lists them, e.g. "
                          f"{', '.join(p.name for p in list_presets(kind)[:2])}")
-    preset = PRESETS[name]
+    preset = all_presets()[name]
     if kind is not None and preset.kind != kind:
         command = RUN_COMMANDS["teacher" if preset.kind == "teacher" else "student"]
         raise ValueError(f"preset {name!r} is a {preset.kind} recipe: use it with `intrakd {command} --preset {name}`")
@@ -178,11 +191,13 @@ def presets_table() -> str:
     published teacher / student / KD top-1."""
     header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S / KD")
     rows = [header]
-    for p in PRESETS.values():
+    for p in all_presets().values():
         v = p.values
         kd = v.get("distill")
+        init_epochs = kd.get(kd["method"], {}).get("init_epochs", 0) if kd else 0  # a pre-training stage
+        epochs = f"{init_epochs}+{v['optim']['epochs']}" if init_epochs else str(v["optim"]["epochs"])
         rows.append((
-            p.name, p.kind, v["model"], v.get("teacher_model", "-"), str(v["optim"]["epochs"]),
+            p.name, p.kind, v["model"], v.get("teacher_model", "-"), epochs,
             str(v["data"]["batch_size"]), f"{v['optim']['lr']:g}",
             f"{kd['temperature']:g} / {kd['ce_weight']:g} / {kd['kd_weight']:g}" if kd else "-",
             str(p.published) if p.published else "n/a",

@@ -11,8 +11,8 @@ from intrakd.models import (  # noqa: F401  (fill the registry)
     imagenet,
     timm_models,
 )
-from intrakd.models.contract import Classifier, ModelOutput, check_reads_images, probe
+from intrakd.models.contract import Classifier, ModelOutput, check_reads_images, probe, stage_channels
 from intrakd.models.registry import create_model, describe_model, list_families, list_models, register_model
 
 __all__ = ["Classifier", "ModelOutput", "check_reads_images", "create_model", "describe_model", "list_families",
-           "list_models", "probe", "register_model"]
+           "list_models", "probe", "register_model", "stage_channels"]

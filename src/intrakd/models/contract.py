@@ -74,3 +74,8 @@ def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: 
             f"{described} cannot read this dataset's {channels}-channel {'x'.join(map(str, size))} images "
             f"({reason}): {fix}"
         ) from None
+
+
+def stage_channels(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, ...]:
+    """The channel counts of ``model``'s stage features for images of ``image_shape`` ``(C, H, W)``."""
+    return tuple(feature.shape[1] for feature in probe(model, image_shape).features)

@@ -30,6 +30,7 @@ from intrakd.objectives.registry import (
     list_distillers,
     logit_standardized_methods,
     method_settings,
+    methods_for_pair,
     methods_table,
     register_distiller,
 )
@@ -38,5 +39,5 @@ from intrakd.objectives.teacher import IntraClassTeacherObjective
 __all__ = [
     "Distiller", "IntraClassTeacherObjective", "StepResult", "TrainSetInfo", "create_distiller",
     "describe_methods", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
-    "methods_table", "register_distiller",
+    "methods_for_pair", "methods_table", "register_distiller",
 ]

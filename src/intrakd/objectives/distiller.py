@@ -105,6 +105,12 @@ class Distiller(nn.Module):
             self.init_epochs, self.init_lr = self.settings.init_epochs, self.settings.init_lr
 
     @classmethod
+    def accepts_pair(cls, teacher_model: str, student_model: str) -> bool:
+        """Whether the method can distil ``teacher_model`` into ``student_model`` (registered model
+        names); presets are made only for pairs it accepts. Every pair by default."""
+        return True
+
+    @classmethod
     def pair_settings(cls, teacher_model: str, student_model: str) -> dict[str, Any]:
         """Settings that the reference recipe tunes for this teacher/student pair (none by default)."""
         return {}

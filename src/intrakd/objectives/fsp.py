@@ -15,6 +15,7 @@ student and the teacher need the same number of stage features with the same cha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
-from intrakd.models import ModelOutput, probe
+from intrakd.models import ModelOutput, create_model, stage_channels
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
 from intrakd.objectives.registry import register_distiller
 from intrakd.objectives.stages import pool_to_smaller
@@ -59,12 +60,15 @@ class FSPObjective(Distiller):
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
-        s_channels = [f.shape[1] for f in probe(student, data.input_shape).features]
-        t_channels = [f.shape[1] for f in probe(teacher, data.input_shape).features]
-        if s_channels != t_channels or len(s_channels) < 2:
+        s_channels, t_channels = stage_channels(student, data.input_shape), stage_channels(teacher, data.input_shape)
+        if not _fsp_compatible(s_channels, t_channels):
             raise ValueError(f"FSP compares the student's and the teacher's Gram matrices between consecutive stages, "
                              f"so both need the same stage channels (at least two stages), but the student has "
                              f"{s_channels} and the teacher {t_channels}")
+
+    @classmethod
+    def accepts_pair(cls, teacher_model: str, student_model: str) -> bool:
+        return _fsp_compatible(_registered_stage_channels(student_model), _registered_stage_channels(teacher_model))
 
     def init_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The student's body (not its classifier), as RepDistiller's init stage."""
@@ -73,3 +77,15 @@ class FSPObjective(Distiller):
     def init_losses(self, student: ModelOutput, teacher: ModelOutput,
                     batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return {"fsp": self.settings.weight * fsp_loss(student.features, teacher.features)}, {}
+
+
+def _fsp_compatible(student_channels: tuple[int, ...], teacher_channels: tuple[int, ...]) -> bool:
+    return student_channels == teacher_channels and len(student_channels) >= 2
+
+
+@functools.cache
+def _registered_stage_channels(model_name: str) -> tuple[int, ...]:
+    """The stage channels of a registered model, built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=10)
+    return stage_channels(model, (3, 32, 32))

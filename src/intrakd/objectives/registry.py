@@ -41,6 +41,11 @@ def list_distillers() -> list[str]:
     return sorted(_DISTILLERS)
 
 
+def methods_for_pair(teacher_model: str, student_model: str) -> list[str]:
+    """The registered methods that accept this teacher/student pair, in registry order."""
+    return [name for name, cls in _DISTILLERS.items() if cls.accepts_pair(teacher_model, student_model)]
+
+
 def create_distiller(cfg: DistillConfig, student: nn.Module, teacher: nn.Module,
                      train_set: Split | TrainSetInfo) -> Distiller:
     """Build the student objective ``cfg.method`` for these models and training split (its
