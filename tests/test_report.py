@@ -167,3 +167,32 @@ def test_result_neutral_settings_do_not_split_a_group(sweep_dir):
     config_path.write_text(yaml.safe_dump(config))
     runs, _ = find_runs([sweep_dir / "teachers"])
     assert [len(g.runs) for g in group_runs(runs)] == [3, 3]
+
+
+def test_settings_newer_than_a_run_are_read_at_their_default(sweep_dir):
+    """A run written before a setting existed (no ``pretrained`` or ``weights`` in its config.yaml)
+    groups with runs that store that setting's default; a value other than the default splits."""
+    for seed, pretrained in ((1, False), (2, True)):
+        config_path = sweep_dir / "teachers" / "w0.0" / f"seed{seed}" / "config.yaml"
+        config_path.write_text(yaml.safe_dump({**yaml.safe_load(config_path.read_text()),
+                                               "pretrained": pretrained, "weights": None}))
+    runs, _ = find_runs([sweep_dir / "teachers"])
+    groups = group_runs(runs)
+    assert [(g.label, g.seeds) for g in groups] == [
+        ("intra.weight=0.0, pretrained=false", [0, 1]), ("intra.weight=0.0, pretrained=true", [2]),
+        ("intra.weight=0.02, pretrained=false", [0, 1, 2])]
+
+
+def test_paired_on_the_seeds_both_groups_hold(sweep_dir):
+    """An ablation run on fewer seeds than its baseline is paired on the seeds they share."""
+    runs, _ = find_runs([sweep_dir / "students"])
+    runs = [r for r in runs if not (r.config["teacher.intra.weight"] == 0.02 and r.seed == 2)]
+    vanilla, enriched = group_runs(runs)
+    d = difference(enriched, vanilla, "test_acc")
+    # seeds 0 and 1: 42 - 40 and 44 - 41 -> mean 2.5, sd 0.707, half-width t(0.975, 1) * sd / sqrt(2)
+    assert (d.method, d.n, d.diff) == ("paired", 2, pytest.approx(2.5))
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 1) * math.sqrt(0.5) / math.sqrt(2)
+    assert (d.low, d.high) == pytest.approx((2.5 - half, 2.5 + half))
+    assert difference(vanilla, enriched, "test_acc").diff == pytest.approx(-2.5)

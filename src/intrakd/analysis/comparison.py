@@ -129,22 +129,24 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
 def difference(group: Group, baseline: Group, metric: str, confidence: float = 0.95) -> Difference | None:
     """Difference of means of ``metric`` (group minus baseline) with its confidence interval.
 
-    Paired by seed when both groups hold the same set of distinct seeds (at least two):
-    :func:`paired_interval`. Otherwise :func:`welch_interval` (both groups need two runs). With too
-    few runs the bounds are NaN and the method 'n/a'. None when either group lacks the metric.
+    Paired by seed when the seeds of one group are all among the other's (at least two, one run a
+    seed in each group): the difference and :func:`paired_interval` over the seeds both hold (an
+    ablation run on seeds 0-2 against a baseline of seeds 0-7 is compared on seeds 0-2). Otherwise
+    the difference of the means and :func:`welch_interval` (both groups need two runs). With too few
+    runs the bounds are NaN and the method 'n/a'. None when either group lacks the metric.
     """
     a = {r.seed: r.metrics[metric] for r in group.runs if metric in r.metrics}
     b = {r.seed: r.metrics[metric] for r in baseline.runs if metric in r.metrics}
     values_a, values_b = group.values(metric), baseline.values(metric)
     if not values_a or not values_b:
         return None
+    seeds = sorted(set(a) & set(b)) if None not in a and None not in b else []
+    one_run_a_seed = len(a) == len(values_a) and len(b) == len(values_b)
+    if one_run_a_seed and len(seeds) >= 2 and (set(a) <= set(b) or set(b) <= set(a)):
+        x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+        low, high = paired_interval(x, y, confidence)
+        return Difference(metric, baseline.label, mean_std(x)[0] - mean_std(y)[0], low, high, "paired", len(seeds))
     diff = mean_std(values_a)[0] - mean_std(values_b)[0]
-    paired = (len(a) == len(values_a) and len(b) == len(values_b) and set(a) == set(b) and len(a) >= 2
-              and None not in a)
-    if paired:
-        seeds = sorted(a)
-        low, high = paired_interval([a[s] for s in seeds], [b[s] for s in seeds], confidence)
-        return Difference(metric, baseline.label, diff, low, high, "paired", len(seeds))
     n = min(len(values_a), len(values_b))
     if n >= 2:
         low, high = welch_interval(values_a, values_b, confidence)

@@ -62,10 +62,10 @@ def to_markdown(report: Report) -> str:
                                                          is None else "-") for m in compared]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Mean ± sample standard deviation over seeds. Differences: group mean minus the mean of its "
-                 "baseline group (the closest configuration with "
-                 f"{key}={format_value(value)}); 95% t interval, paired by seed when both groups hold the "
-                 "same seeds, else Welch.")
+    lines.append("Mean ± sample standard deviation over seeds. Differences: group minus its baseline group "
+                 f"(the closest configuration with {key}={format_value(value)}): when one group's seeds are "
+                 "among the other's, the mean of the per-seed differences over the seeds both hold with its "
+                 "95% t interval (paired); else the difference of the means with Welch's 95% interval.")
     if report.unfinished:
         lines += ["", f"Unfinished runs (not included): {len(report.unfinished)}: "
                   + ", ".join(str(p) for p in report.unfinished)]

@@ -11,12 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from intrakd.config import RESULT_NEUTRAL_KEYS, RUN_COMMANDS, key_in, read_yaml, upgrade_stored
+from intrakd.config import (
+    RESULT_NEUTRAL_KEYS,
+    RUN_COMMANDS,
+    StudentConfig,
+    TeacherConfig,
+    key_in,
+    read_yaml,
+    to_dict,
+    upgrade_stored,
+)
 from intrakd.config import flatten as flatten_config
 
 IGNORED_KEYS = ("seed", "command", *RESULT_NEUTRAL_KEYS)
 """Settings left out of a run's configuration as read here (:func:`~intrakd.config.key_in`): the
 result-neutral ones, the seed (runs over seeds are repeats) and the command (the run's kind)."""
+
+
+_CONFIG_CLASSES = {"teacher": TeacherConfig, "student": StudentConfig}
 
 
 @dataclass
@@ -55,7 +67,9 @@ def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str
     kinds = {command: kind for kind, command in RUN_COMMANDS.items()}
     kind = kinds.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
-    config = {k: v for k, v in flatten(raw).items() if not key_in(k, IGNORED_KEYS)}
+    # a setting newer than the run is at its default (upgrade_stored says where that is not so)
+    defaults = flatten(to_dict(_CONFIG_CLASSES[kind]())) if kind in _CONFIG_CLASSES else {}
+    config = {k: v for k, v in {**defaults, **flatten(raw)}.items() if not key_in(k, IGNORED_KEYS)}
     teacher = raw.get("teacher")
     if kind == "student" and isinstance(teacher, str):
         teacher_dir = _teacher_run_dir(teacher)
