@@ -68,7 +68,7 @@ def test_best_is_chosen_on_validation_and_compared_on_test(two_datasets):
     assert got["diff"] == pytest.approx(0.1) and (got["low"], got["high"]) == pytest.approx((want.low, want.high))
     assert a["auto_within_ci_of_best"] and not b["auto_within_ci_of_best"]
     assert a["other_best_here"]["b"]["lambda"] == 0.05 and a["other_best_here"]["b"]["diff"] == pytest.approx(-1.9667, abs=1e-3)
-    assert b["other_best_here"]["a"]["diff"] < 0
+    assert a["other_best_here"]["b"]["worse"] and b["other_best_here"]["a"]["worse"]
     assert summary["success"] is False  # auto fails on b
     assert a["auto_lambda"] == pytest.approx({"first_epoch": 0.04, "middle_epoch": 0.02, "last_epoch": 0.01,
                                               "mean": 0.07 / 3})
@@ -91,3 +91,14 @@ def test_missing_auto_runs_are_named(tmp_path, capsys):
     assert main(["--dataset", "a", str(spec), "--out", str(tmp_path / "x")]) == 2
     assert "needs students of intra.weight=auto" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_another_best_counts_as_worse_only_when_its_interval_is_below_zero(tmp_path, two_datasets):
+    """Dataset c prefers 0.05 on validation, but on test 0.01 is worse on two seeds and better on one:
+    a mean below 0 with an interval that spans 0 is not "worse"."""
+    c = make_dataset(tmp_path, "c", per_seed({0.01: 50, 0.05: 52, "auto": 51}),
+                     {0.01: [40, 43, 39], 0.05: [42, 41, 41.5], "auto": [42, 41, 41.5]})
+    summary = lambda_choice({"a": two_datasets["a"], "c": (c, None)})
+    here = summary["datasets"]["c"]["other_best_here"]["a"]
+    assert here["lambda"] == 0.01 and here["diff"] < 0 < here["high"] and here["worse"] is False
+    assert summary["datasets"]["c"]["auto_within_ci_of_best"] and summary["success"] is False
