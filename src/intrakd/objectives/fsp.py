@@ -64,7 +64,7 @@ class FSPObjective(Distiller):
         if not _fsp_compatible(s_channels, t_channels):
             raise ValueError(f"FSP compares the student's and the teacher's Gram matrices between consecutive stages, "
                              f"so both need the same stage channels (at least two stages), but the student has "
-                             f"{s_channels} and the teacher {t_channels}")
+                             f"{list(s_channels)} and the teacher {list(t_channels)}")
 
     @classmethod
     def accepts_pair(cls, teacher_model: str, student_model: str) -> bool:
