@@ -3,7 +3,8 @@
 # three datasets (configs/cifar20-16px-lambda.yaml, configs/cifar10div-16px.yaml,
 # configs/cifar20small-16px.yaml), from their runs:
 #   configs/lambda-report.sh [RUNS_1 RUNS_2 RUNS_3]   (default: the sweep files' out folders)
-# Writes docs/results/lambda.json and docs/results/lambda.md. Run from the repository root.
+# Writes docs/results/lambda.json and docs/results/lambda.md, and docs/results/cifar20small.{md,csv} (the third
+# dataset's cells against its vanilla teacher). Run from the repository root.
 set -euo pipefail
 python=${PYTHON:-python}
 "$python" -m intrakd.analysis.lambda_choice \
@@ -11,3 +12,6 @@ python=${PYTHON:-python}
     --dataset cifar10div-16px configs/cifar10div-16px.yaml ${2:-} \
     --dataset cifar20small-16px configs/cifar20small-16px.yaml ${3:-} \
     --out docs/results/lambda
+"${INTRAKD:-intrakd}" report "${3:-/work/experiments/cifar20small-16px}" --metrics test_acc val_acc train_acc last_pass_rate \
+    --compare test_acc --out docs/results/cifar20small \
+    --title "cifar20small-16px (configs/cifar20small-16px.yaml): every cell against the vanilla teacher (test split)"
