@@ -16,7 +16,7 @@ metrics=(test_acc train_acc test_intra_class_distance test_inter_class_distance 
     --out docs/results/main --summary docs/results/summary.json --protocol cifar20-16px
 ablations=()
 for cell in "$out"/teachers/intra.weight=0.02,* "$out"/teachers/intra.weight=0.01 "$out"/teachers/intra.weight=0.05 \
-            "$out"/teachers/intra.weight=0.1; do
+            "$out"/teachers/intra.weight=0.1 "$out"/teachers/intra.weight=0.2; do
     [ -d "$cell" ] && [ -d "$out/students/$(basename "$cell")" ] || continue
     name=$(basename "$cell")
     ablations+=("$cell" "$out/students/$name")
