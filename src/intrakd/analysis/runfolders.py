@@ -5,6 +5,7 @@ A run folder is one that holds ``config.yaml``; it is finished when it also hold
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +15,7 @@ from typing import Any
 from intrakd.config import (
     RESULT_NEUTRAL_KEYS,
     RUN_COMMANDS,
-    StudentConfig,
-    TeacherConfig,
+    RUN_CONFIGS,
     key_in,
     read_yaml,
     to_dict,
@@ -26,9 +26,6 @@ from intrakd.config import flatten as flatten_config
 IGNORED_KEYS = ("seed", "command", *RESULT_NEUTRAL_KEYS)
 """Settings left out of a run's configuration as read here (:func:`~intrakd.config.key_in`): the
 result-neutral ones, the seed (runs over seeds are repeats) and the command (the run's kind)."""
-
-
-_CONFIG_CLASSES = {"teacher": TeacherConfig, "student": StudentConfig}
 
 
 @dataclass
@@ -56,6 +53,12 @@ def _teacher_run_dir(checkpoint: str) -> Path | None:
     return None
 
 
+@functools.cache
+def _defaults(kind: str) -> dict[str, Any]:
+    """The flattened default configuration of a run kind (read-only: shared between calls)."""
+    return flatten(to_dict(RUN_CONFIGS[kind]()))
+
+
 def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str, int | None, dict[str, Any]]:
     """(kind, seed, flattened configuration without ignored keys) of a run folder.
 
@@ -68,7 +71,7 @@ def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str
     kind = kinds.get(raw.get("command"), raw.get("command") or "run")
     seed = raw.get("seed")
     # a setting newer than the run is at its default (upgrade_stored says where that is not so)
-    defaults = flatten(to_dict(_CONFIG_CLASSES[kind]())) if kind in _CONFIG_CLASSES else {}
+    defaults = _defaults(kind) if kind in RUN_CONFIGS else {}
     config = {k: v for k, v in {**defaults, **flatten(raw)}.items() if not key_in(k, IGNORED_KEYS)}
     teacher = raw.get("teacher")
     if kind == "student" and isinstance(teacher, str):

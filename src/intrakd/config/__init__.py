@@ -13,6 +13,7 @@ from intrakd.config.parse import (
 from intrakd.config.schema import (
     RESULT_NEUTRAL_KEYS,
     RUN_COMMANDS,
+    RUN_CONFIGS,
     CheckpointConfig,
     ConfigError,
     DataConfig,
@@ -33,7 +34,7 @@ from intrakd.config.schema import (
 )
 
 __all__ = [
-    "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
     "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "intra_term_on", "key_in",
     "load_config", "parse_yaml_value",

@@ -393,6 +393,10 @@ class StudentConfig:
         _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 
 
+RUN_CONFIGS: dict[str, type[TeacherConfig | StudentConfig]] = {"teacher": TeacherConfig, "student": StudentConfig}
+"""The configuration class of each run kind (the kinds of :data:`RUN_COMMANDS`)."""
+
+
 def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
     """A stored run configuration (config.yaml, a checkpoint's) read the way it was written.
 
