@@ -24,7 +24,7 @@ from intrakd.objectives import (
 )
 from intrakd.objectives.dkd import dkd_terms
 from intrakd.objectives.mlkd import MLKDObjective, batch_alignment, class_alignment, low_confidence_fractions
-from intrakd.presets import PRESETS
+from intrakd.presets import all_presets
 
 
 def slow_standardize(row: list[float]) -> list[float]:
@@ -174,10 +174,10 @@ def test_logit_standardized_recipes_follow_the_reference_commands():
         distill_recipe("crd", logit_standardize=True)
     for method in logit_standardized_methods():
         for variant in ("vanilla", "enriched"):
-            cfg = PRESETS[f"cifar100/resnet32x4-resnet8x4/{method}-ls-{variant}"].config()
+            cfg = all_presets()[f"cifar100/resnet32x4-resnet8x4/{method}-ls-{variant}"].config()
             assert cfg.distill.method == method and cfg.distill.logit_standardize
             assert cfg.distill.temperature == 2.0
-    assert "cifar100/resnet32x4-resnet8x4/crd-ls-vanilla" not in PRESETS
+    assert "cifar100/resnet32x4-resnet8x4/crd-ls-vanilla" not in all_presets()
     # without the option nothing changes for users: the default stays off
     assert load_config(StudentConfig).distill.logit_standardize is False
 

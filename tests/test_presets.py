@@ -17,7 +17,7 @@ from intrakd.objectives import (
     methods_for_pair,
     methods_table,
 )
-from intrakd.presets import PRESETS, Published, get_preset, list_presets, preset_values
+from intrakd.presets import Published, all_presets, get_preset, list_presets, preset_values
 
 # METHOD.md's CIFAR-100 pairs and published top-1 (teacher / student alone / KD)
 CIFAR100_PAIRS = [
@@ -31,9 +31,9 @@ PUBLISHED = {
 }
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", list(all_presets()))
 def test_every_preset_resolves_to_a_valid_configuration(name):
-    preset = PRESETS[name]
+    preset = all_presets()[name]
     cfg = preset.config()
     assert isinstance(cfg, TeacherConfig if preset.kind == "teacher" else StudentConfig)
     assert cfg.model in list_models()
@@ -75,7 +75,7 @@ def test_cifar100_pairs_and_recipe():
 def test_published_accuracies_only_where_method_md_gives_them():
     for teacher, student in CIFAR100_PAIRS:
         for suffix in ("teacher", "kd"):
-            published = PRESETS[f"cifar100/{teacher}-{student}/{suffix}"].published
+            published = all_presets()[f"cifar100/{teacher}-{student}/{suffix}"].published
             expected = PUBLISHED.get((teacher, student))
             assert published == (Published(*expected) if expected else None)
     assert all(p.published is None for p in list_presets() if not p.name.startswith("cifar100/"))
@@ -100,7 +100,7 @@ def test_tiny_imagenet_and_imagenet_recipes():
 def test_preset_values_are_copies():
     values = preset_values("cifar100/vgg13-vgg8/kd", "distill")
     values["optim"]["lr"] = 9.0
-    assert PRESETS["cifar100/vgg13-vgg8/kd"].values["optim"]["lr"] == 0.05
+    assert all_presets()["cifar100/vgg13-vgg8/kd"].values["optim"]["lr"] == 0.05
 
 
 def test_presets_command_lists_every_preset_with_key_settings(capsys):
@@ -108,7 +108,7 @@ def test_presets_command_lists_every_preset_with_key_settings(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "KIND", "MODEL"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == set(PRESETS)
+    assert set(rows) == set(all_presets())
     assert rows["cifar100/resnet32x4-resnet8x4/kd"].split()[1:8] == [
         "distill", "resnet8x4", "resnet32x4", "240", "64", "0.05", "4"]
     assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33")
@@ -122,7 +122,7 @@ def test_presets_command_shows_one_in_full(capsys):
     assert main(["presets", "cifar100/wrn_40_2-wrn_16_2/kd"]) == 0
     out = capsys.readouterr().out
     assert "# published top-1 teacher / student / KD: 75.61 / 73.26 / 74.92" in out
-    assert yaml.safe_load(out) == to_dict(PRESETS["cifar100/wrn_40_2-wrn_16_2/kd"].config())
+    assert yaml.safe_load(out) == to_dict(all_presets()["cifar100/wrn_40_2-wrn_16_2/kd"].config())
 
 
 @pytest.fixture
@@ -171,15 +171,15 @@ def test_preset_errors(captured, capsys):
 
 
 def test_every_method_has_a_vanilla_and_an_enriched_teacher_preset():
-    from intrakd.presets import PRESETS, default_run_dir
+    from intrakd.presets import default_run_dir
 
     for teacher, student in CIFAR100_PAIRS:
         base = f"cifar100/{teacher}-{student}"
-        assert PRESETS[f"{base}/teacher-vanilla"].values["intra"]["weight"] == 0.0
-        assert PRESETS[f"{base}/teacher-vanilla"].values["views"] == 2
+        assert all_presets()[f"{base}/teacher-vanilla"].values["intra"]["weight"] == 0.0
+        assert all_presets()[f"{base}/teacher-vanilla"].values["views"] == 2
         for method in methods_for_pair(teacher, student):
-            vanilla = PRESETS[f"{base}/{method}-vanilla"].values
-            enriched = PRESETS[f"{base}/{method}-enriched"].values
+            vanilla = all_presets()[f"{base}/{method}-vanilla"].values
+            enriched = all_presets()[f"{base}/{method}-enriched"].values
             assert enriched["teacher"] == f"{default_run_dir(base + '/teacher')}/checkpoints/best.pt"
             assert vanilla["teacher"] == f"{default_run_dir(base + '/teacher-vanilla')}/checkpoints/best.pt"
             assert {k: v for k, v in vanilla.items() if k != "teacher"} == \
@@ -194,7 +194,7 @@ def test_a_method_has_presets_for_exactly_the_pairs_it_can_distil(teacher, stude
     every other method accepts every pair."""
     accepted = methods_for_pair(teacher, student)
     assert set(list_distillers()) - set(accepted) <= {"fsp"}
-    assert (f"cifar100/{teacher}-{student}/fsp-vanilla" in PRESETS) == ("fsp" in accepted)
+    assert (f"cifar100/{teacher}-{student}/fsp-vanilla" in all_presets()) == ("fsp" in accepted)
     cfg = load_config(StudentConfig, overrides=["distill.method=fsp"])
     models = [create_model(name, num_classes=100) for name in (student, teacher)]
     info = TrainSetInfo(100, torch.arange(200) % 100, (3, 32, 32))

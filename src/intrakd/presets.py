@@ -158,11 +158,6 @@ def all_presets() -> dict[str, Preset]:
     return _build()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PRESETS":  # the presets as a module attribute, built on first use
-        return all_presets()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def list_presets(kind: Kind | None = None) -> list[Preset]:
     """All presets (of one kind), in registry order."""
