@@ -137,12 +137,12 @@ def same_superclass_share(logits: torch.Tensor, labels: torch.Tensor, superclass
 
 
 def _superclasses(run: RunRecord) -> torch.Tensor | None:
-    """The CIFAR-100 superclass of every class of a run (None for other datasets)."""
+    """The CIFAR-100 superclass of every class of a run (None for other datasets and superclass labels)."""
     from intrakd.data import cifar100_classes, resolve_cifar100_classes
     from intrakd.train import read_checkpoint
 
     data = read_checkpoint(run.path / "checkpoints" / "last.pt")["config"]["data"]
-    if data.get("dataset") != "cifar100":
+    if data.get("dataset") != "cifar100" or data.get("labels") == "coarse":  # coarse: classes are superclasses
         return None
     fine = resolve_cifar100_classes(data["root"], data["classes"]) if data.get("classes") else list(range(100))
     _, _, coarse_of = cifar100_classes(data["root"])

@@ -60,6 +60,11 @@ class DataConfig:
     """Train and evaluate on these classes only, relabelled 0..k-1 in the order given: class indices,
     or for cifar100 also fine class names and superclass names (a superclass stands for its 5 fine
     classes, e.g. [aquatic_mammals, fish]). None: every class."""
+    labels: Literal["fine", "coarse"] = "fine"
+    """cifar100: 'fine' (the 100 classes) or 'coarse': the 20 superclasses are the classes ("CIFAR-20",
+    each a union of 5 fine classes), relabelled 0..g-1 in superclass order (with ``classes``: the
+    superclasses of the classes given). The per-class counts (val_per_class, train_per_class,
+    eval_per_class) still count images per fine class, so every superclass keeps its classes balanced."""
     augment: Literal["auto", "pad_crop", "resized_crop"] = "auto"
     """Folder datasets: 'pad_crop' (resize to image_size, random crop with image_size/8 zero padding,
     flip), 'resized_crop' (RandomResizedCrop + flip; eval resize to image_size/0.875, centre crop), or
@@ -440,6 +445,9 @@ def _validate_common(
     _require_finite("optim", optim)
     if data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {data.workers}")
+    if data.labels == "coarse" and data.dataset != "cifar100":
+        raise ConfigError(f"data.labels=coarse needs cifar100's superclass labels; {data.dataset} has one "
+                          "level of labels: drop data.labels")
     if data.image_size is not None and data.image_size < 8:
         raise ConfigError(f"data.image_size must be >= 8 pixels, got {data.image_size}")
     if optim.epochs < 1:

@@ -3,10 +3,12 @@ Tiny ImageNet, ImageNet and any class-folder tree decoded from image files."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from intrakd.config import DataConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import unreadable_message
-from intrakd.data.cifar import cifar100_classes, load_cifar100, resolve_cifar100_classes
+from intrakd.data.cifar import cifar100_classes, coarse_labels, load_cifar100, resolve_cifar100_classes
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.imagefolder import (
     IMAGENET_MEAN,
@@ -71,6 +73,7 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train, test = _load_folders(cfg)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+    classes = list(range(train.num_classes))
     if cfg.classes is not None:
         if cfg.dataset == "cifar100":
             classes = resolve_cifar100_classes(cfg.root, cfg.classes)
@@ -90,6 +93,10 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train = train.subset(first_per_class(train.labels, train.num_classes, cfg.train_per_class))
     if cfg.eval_per_class:
         eval_set = eval_set.subset(first_per_class(eval_set.labels, eval_set.num_classes, cfg.eval_per_class))
+    if cfg.labels == "coarse":  # after the per-class counts: they count per fine class
+        to_coarse, groups = coarse_labels(cfg.root, classes)
+        train, eval_set = (dataclasses.replace(part, labels=to_coarse[part.labels], num_classes=groups)
+                           for part in (train, eval_set))
     unreadable: dict[str, str] = {}
     for part, where in ((train, "training"), (eval_set, split)):
         if isinstance(part, ImageFolderSplit):  # before any run folder is made
@@ -116,6 +123,7 @@ __all__ = [
     "UnreadableImageError",
     "build_datasets",
     "cifar100_classes",
+    "coarse_labels",
     "first_per_class",
     "folder_pipeline",
     "load_cifar100",

@@ -86,6 +86,18 @@ def resolve_cifar100_classes(root: str | Path, classes: list[int | str]) -> list
     return resolved
 
 
+def coarse_labels(root: str | Path, fine: list[int]) -> tuple[torch.Tensor, int]:
+    """(label map, number of superclasses) for training on superclasses: entry ``i`` of the map is the
+    coarse label of the class labelled ``i`` now (fine class ``fine[i]``); the superclasses present are
+    relabelled ``0..g-1`` in superclass index order (all 100 classes: the official coarse labels)."""
+    _, _, coarse_of = cifar100_classes(root)
+    present = sorted({coarse_of[c] for c in fine})
+    if len(present) < 2:
+        raise ValueError(f"data.labels=coarse: data.classes lie in {len(present)} superclass; name classes "
+                         "of at least 2 superclasses (with one, cross-entropy is zero)")
+    return torch.tensor([present.index(coarse_of[c]) for c in fine]), len(present)
+
+
 def load_cifar100(root: str | Path) -> tuple[TensorDataset, TensorDataset]:
     """(train, test) of CIFAR-100 as uint8 tensors, with the standard augmentation."""
     folder = resolve_cifar100_dir(root)
