@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from intrakd.config import DataConfig
+from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
 from intrakd.data import Augmentation, build_datasets, load_cifar100, load_digits_splits
 from intrakd.data.augment import random_crop, random_flip
 
@@ -158,6 +158,52 @@ def test_cifar_classes_by_fine_name_and_superclass(tmp_path):
         build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), classes=["vehicles"]))
 
 
+def write_fake_cifar_with_superclasses(root: Path, per_class=2) -> Path:
+    """Fake CIFAR-100 whose fine class c lies in superclass ``c % 20`` (not c // 5: the order matters)."""
+    folder = write_fake_cifar(root, per_class=per_class)
+    for split in ("train", "test"):
+        entry = pickle.loads((folder / split).read_bytes())
+        entry["coarse_labels"] = [c % 20 for c in entry["fine_labels"]]
+        (folder / split).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{c}" for c in range(100)],
+                                                "coarse_label_names": [f"super{g}" for g in range(20)]}))
+    return folder
+
+
+def test_coarse_labels_are_the_superclasses(tmp_path):
+    write_fake_cifar_with_superclasses(tmp_path, per_class=4)
+    original, _ = load_cifar100(tmp_path)
+    train, test, split = build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), labels="coarse"))
+    assert split == "test" and train.num_classes == test.num_classes == 20 and len(train) == 400
+    assert torch.equal(train.labels, original.labels % 20) and torch.equal(train.images, original.images)
+    # a subset: the superclasses present, relabelled 0..g-1 in superclass order, not in the order given
+    train, _, _ = build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), labels="coarse",
+                                            classes=["class47", "class3", "class23"]))
+    assert train.num_classes == 2
+    for fine, coarse in ((47, 1), (3, 0), (23, 0)):  # superclasses 7, 3, 3 -> 1, 0, 0
+        assert (train.labels[(train.images == original.images[original.labels == fine][0]).flatten(1)
+                             .all(1)] == coarse).all()
+    assert torch.bincount(train.labels).tolist() == [8, 4]
+
+
+def test_coarse_labels_count_images_per_fine_class(tmp_path):
+    write_fake_cifar_with_superclasses(tmp_path, per_class=6)
+    train, val, split = build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), labels="coarse",
+                                                  classes=["super1", "super2"], val_per_class=2,
+                                                  train_per_class=3))
+    assert split == "val" and train.num_classes == 2
+    assert torch.bincount(train.labels).tolist() == [5 * 3, 5 * 3]  # 5 fine classes x 3 images each
+    assert torch.bincount(val.labels).tolist() == [5 * 2, 5 * 2]
+
+
+def test_coarse_labels_need_two_superclasses_and_cifar100(tmp_path):
+    write_fake_cifar_with_superclasses(tmp_path)
+    with pytest.raises(ValueError, match="lie in 1 superclass; name classes of at least 2 superclasses"):
+        build_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), labels="coarse", classes=["super4"]))
+    with pytest.raises(ConfigError, match="data.labels=coarse needs cifar100's superclass labels; digits"):
+        load_config(TeacherConfig, overrides=["data.dataset=digits", "data.labels=coarse"])
+
+
 def test_tensor_images_resized_once_at_load_time():
     train, test, _ = build_datasets(DataConfig(dataset="digits", image_size=16))
     native, _, _ = build_datasets(DataConfig(dataset="digits"))
@@ -176,3 +222,11 @@ def test_real_cifar_superclasses_at_16_pixels():
     assert split == "val" and train.num_classes == 10
     assert len(train) == 10 * 450 and len(val) == 10 * 50 and train.images.shape[1:] == (3, 16, 16)
     assert train.augmentation.padding == 2
+
+
+@needs_cifar
+def test_real_cifar_coarse_labels_are_the_official_ones():
+    train, _, _ = build_datasets(DataConfig(dataset="cifar100", root=str(SHARED_CIFAR), labels="coarse"))
+    with (SHARED_CIFAR / "cifar-100-python" / "train").open("rb") as f:
+        official = pickle.load(f, encoding="latin1")["coarse_labels"]
+    assert train.num_classes == 20 and train.labels.tolist() == official
