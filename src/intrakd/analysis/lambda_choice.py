@@ -3,8 +3,9 @@ lambda").
 
 For every dataset (a sweep file whose teacher grid holds fixed lambdas and ``auto``, each teacher with
 its KD student, on the same seeds): the grid's best lambda is the one whose students have
-the highest mean validation accuracy (a tie goes to the smaller lambda); on test, ``auto`` is compared with it (paired by seed, 95% t
-interval), and so is the best lambda of every other dataset used on this one.
+the highest mean validation accuracy (a tie goes to the smaller lambda); on test, ``auto`` is compared
+with it (paired by seed, 95% t interval). For every pair of datasets, each one's best lambda is
+compared, used on the other, with the other's best.
 
     python -m intrakd.analysis.lambda_choice --dataset NAME SWEEP.yaml [RUN_ROOT] [--dataset ...] --out PREFIX
 
@@ -14,6 +15,7 @@ writes ``PREFIX.json`` (every figure) and ``PREFIX.md`` (the tables of docs/resu
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -62,10 +64,19 @@ def _lambda_in_force(teachers: dict[int, RunRecord], seeds: list[int]) -> dict[s
     return out
 
 
+def _ce_only_students(runs: Sequence[RunRecord], students: dict[Any, dict[int, RunRecord]]) -> dict[int, RunRecord]:
+    """``seed -> run`` of the student model trained alone (a teacher-kind run of the students' model
+    without the intra term), if the sweep holds one: the reference for "does KD work here?"."""
+    models = {run.config.get("model") for cell in students.values() for run in cell.values()}
+    return {run.seed: run for run in runs if run.kind == "teacher" and run.config.get("model") in models
+            and not intra_term_on(run.config.get("intra.weight", 0))}
+
+
 def dataset_comparison(sweep: str | Path, run_root: str | Path | None = None) -> dict[str, Any]:
-    """The grid, its best lambda (on students' validation accuracy) and ``auto`` minus the best on
-    test, for the finished runs of the sweep file ``sweep`` (in its ``out`` folder, or in ``run_root``),
-    restricted to the seeds that every cell has."""
+    """The grid, its best lambda (on students' validation accuracy), ``auto`` minus the best on
+    test, and every cell's student minus the CE-only student where the sweep trains one, for the
+    finished runs of the sweep file ``sweep`` (in its ``out`` folder, or in ``run_root``), restricted
+    to the seeds that every cell has."""
     spec = load_sweep(sweep)
     if run_root is not None:
         spec.out = Path(run_root)
@@ -89,37 +100,54 @@ def dataset_comparison(sweep: str | Path, run_root: str | Path | None = None) ->
                 row[f"{role}_{metric}"] = {"mean": mean, "std": std}
         cells[str(weight)] = row
     best = max(fixed, key=lambda w: cells[str(w)][f"student_{CHOOSE_ON}"]["mean"])
+    ce_only = _ce_only_students(runs, students)
     return {
         "run_dir": str(run_dir), "seeds": seeds, "fixed": fixed, "cells": cells, "best_fixed": best,
         "auto_minus_best": {role: _paired(table[AUTO], table[best], seeds, REPORT_ON)
                             for role, table in (("student", students), ("teacher", teachers))},
         "fixed_minus_best": {str(w): _paired(students[w], students[best], seeds, REPORT_ON) for w in fixed},
         "auto_lambda": _lambda_in_force(teachers[AUTO], seeds),
+        "kd_minus_ce_only": {str(w): _paired(students[w], ce_only, seeds, REPORT_ON) for w in [*fixed, AUTO]}
+        if set(seeds) <= set(ce_only) else {},
     }
 
 
+def _pair(name_a: str, a: dict[str, Any], name_b: str, b: dict[str, Any]) -> dict[str, Any]:
+    """The criteria for one pair of datasets: their best fixed lambdas differ, each one's best used on
+    the other is worse there (the interval of the paired difference below 0: a best that differs
+    only by noise does not count), and ``auto`` is within the 95% interval of the best on both."""
+
+    def elsewhere(best: Any, there: dict[str, Any]) -> dict[str, Any]:
+        if best == there["best_fixed"]:
+            return {"lambda": best, "same_best": True, "worse": False}
+        if str(best) not in there["fixed_minus_best"]:
+            return {"lambda": best, "not_in_grid": True, "worse": False}
+        difference = there["fixed_minus_best"][str(best)]
+        return {"lambda": best, **difference, "worse": bool(difference["high"] < 0)}
+
+    pair = {
+        "datasets": [name_a, name_b], "best_fixed": [a["best_fixed"], b["best_fixed"]],
+        "best_fixed_differs": a["best_fixed"] != b["best_fixed"],
+        "a_best_on_b": elsewhere(a["best_fixed"], b), "b_best_on_a": elsewhere(b["best_fixed"], a),
+        "auto_within_ci_of_best": [a["auto_within_ci_of_best"], b["auto_within_ci_of_best"]],
+    }
+    pair["success"] = bool(pair["best_fixed_differs"] and pair["a_best_on_b"]["worse"]
+                           and pair["b_best_on_a"]["worse"] and all(pair["auto_within_ci_of_best"]))
+    return pair
+
+
 def lambda_choice(datasets: dict[str, tuple[str | Path, str | Path | None]]) -> dict[str, Any]:
-    """:func:`dataset_comparison` of every dataset and the criteria of the comparison: ``auto`` within
-    the 95% interval of the best fixed lambda (the interval of the paired difference contains 0 or lies
-    above it), and every other dataset's best lambda, used here, worse than this dataset's best (the
-    interval of the paired difference below 0: a best lambda that differs only by noise does not count)."""
+    """:func:`dataset_comparison` of every dataset, whether ``auto`` is within the 95% interval of the
+    best fixed lambda there (the interval of the paired difference contains 0 or lies above it), and
+    the criteria of every pair of datasets (:func:`_pair`); the comparison succeeds on a pair that
+    meets all of them."""
     results = {name: dataset_comparison(*where) for name, where in datasets.items()}
-    for name, result in results.items():
-        difference = result["auto_minus_best"]["student"]
-        result["auto_within_ci_of_best"] = bool(difference["high"] >= 0)
-        others = {}
-        for other, other_result in results.items():
-            weight = other_result["best_fixed"]
-            if other != name and str(weight) in result["fixed_minus_best"]:
-                difference = result["fixed_minus_best"][str(weight)]
-                others[other] = {"lambda": weight, **difference, "worse": bool(difference["high"] < 0)}
-        result["other_best_here"] = others
-    bests = {r["best_fixed"] for r in results.values()}
+    for result in results.values():
+        result["auto_within_ci_of_best"] = bool(result["auto_minus_best"]["student"]["high"] >= 0)
+    pairs = [_pair(a, results[a], b, results[b]) for a, b in itertools.combinations(results, 2)]
     return {
         "chosen_on": f"student {CHOOSE_ON}", "reported_on": f"student {REPORT_ON}", "datasets": results,
-        "best_fixed_differs": len(bests) > 1,
-        "success": len(bests) > 1 and all(r["auto_within_ci_of_best"] for r in results.values())
-        and all(o["worse"] for r in results.values() for o in r["other_best_here"].values()),
+        "pairs": pairs, "success": any(pair["success"] for pair in pairs),
     }
 
 
@@ -131,6 +159,14 @@ def _ci(d: dict[str, float]) -> str:
     if math.isnan(d["low"]):
         return f"{d['diff']:+.2f} (n={d['n']}, no CI)"
     return f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def _elsewhere(other: dict[str, Any]) -> str:
+    if other.get("same_best"):
+        return "same lambda"
+    if other.get("not_in_grid"):
+        return f"{other['lambda']}: not in the grid there"
+    return f"{other['lambda']}: {'worse' if other['worse'] else 'not worse'}, {_ci(other)}"
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -154,15 +190,19 @@ def to_markdown(summary: dict[str, Any]) -> str:
                           f"{lam['first_epoch']:.4f}, middle {lam['middle_epoch']:.4f}, last {lam['last_epoch']:.4f}, "
                           f"mean over the run {lam['mean']:.4f}.")]
         lines += ["", f"auto minus best, teacher test_acc: {_ci(r['auto_minus_best']['teacher'])}.", ""]
-    lines += ["### Criteria", "", "| criterion | result |", "|---|---|",
-              f"| the best fixed lambda differs between the datasets | {summary['best_fixed_differs']} |"]
-    for name, r in summary["datasets"].items():
-        lines.append(f"| {name}: auto within the 95% CI of the best fixed lambda | {r['auto_within_ci_of_best']} "
-                     f"({_ci(r['auto_minus_best']['student'])}) |")
-        for other, o in r["other_best_here"].items():
-            lines.append(f"| {name}: {other}'s best lambda ({o['lambda']}) worse here (interval below 0) | "
-                         f"{o['worse']} ({_ci(o)}) |")
-    lines += [f"| all of the above | {summary['success']} |", ""]
+        if r["kd_minus_ce_only"]:
+            shown = ", ".join(f"{w} {_ci(d)}" for w, d in r["kd_minus_ce_only"].items())
+            lines += [f"KD student minus the CE-only student (test_acc, paired), teacher's lambda: {shown}.", ""]
+    lines += ["### Criteria", "",
+              ("| datasets (A / B) | best fixed lambda | auto within the 95% CI of the best, on A / on B "
+              "| A's best used on B | B's best used on A | all met |"), "|---|---|---|---|---|---|"]
+    for pair in summary["pairs"]:
+        (a, b), (best_a, best_b) = pair["datasets"], pair["best_fixed"]
+        within = " / ".join(f"{ok} ({_ci(summary['datasets'][n]['auto_minus_best']['student'])})"
+                            for ok, n in zip(pair["auto_within_ci_of_best"], (a, b), strict=True))
+        lines.append(f"| {a} / {b} | {best_a} / {best_b} | {within} | {_elsewhere(pair['a_best_on_b'])} "
+                     f"| {_elsewhere(pair['b_best_on_a'])} | {pair['success']} |")
+    lines += ["", f"Some pair meets every criterion: {summary['success']}.", ""]
     return "\n".join(lines)
 
 
