@@ -129,3 +129,26 @@ def test_soft_label_kl_and_superclass_share_on_known_answers():
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
     share, chance = same_superclass_share(logits, torch.tensor([0]), torch.tensor([0, 0, 1, 1]), 1.0)
     assert share == pytest.approx(0.3 / 0.6) and chance == pytest.approx(1 / 3)
+
+
+def test_superclass_of_each_class_is_only_known_for_fine_cifar_labels(tmp_path):
+    import pickle
+    from types import SimpleNamespace
+
+    from intrakd.analysis.evidence import _superclasses
+
+    folder = tmp_path / "cifar-100-python"  # fine class c in superclass c % 20
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / split).write_bytes(pickle.dumps({"fine_labels": list(range(100)),
+                                                   "coarse_labels": [c % 20 for c in range(100)]}))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{c}" for c in range(100)],
+                                                "coarse_label_names": [f"super{g}" for g in range(20)]}))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    run = SimpleNamespace(path=tmp_path / "run")
+    for data, want in (({"classes": [21, 3, 40]}, [1, 3, 0]), ({"classes": None}, [c % 20 for c in range(100)]),
+                       ({"classes": None, "labels": "coarse"}, None), ({"dataset": "digits"}, None)):
+        data = {"dataset": "cifar100", "root": str(tmp_path), **data}
+        torch.save({"model": {}, "config": {"data": data}}, run.path / "checkpoints" / "last.pt")
+        got = _superclasses(run)
+        assert (got if got is None else got.tolist()) == want, data
