@@ -158,7 +158,6 @@ def all_presets() -> dict[str, Preset]:
     return _build()
 
 
-
 def list_presets(kind: Kind | None = None) -> list[Preset]:
     """All presets (of one kind), in registry order."""
     return [p for p in all_presets().values() if kind is None or p.kind == kind]

@@ -33,6 +33,12 @@ PILOT_CRITERIA = {
 """What the pilot must show (docs/results.md): the protocol is in the regime that the comparison needs."""
 
 
+def is_ce_only_student(run: RunRecord, student_models: set[Any]) -> bool:
+    """Whether ``run`` is a student architecture trained alone: a teacher-kind run (cross-entropy
+    only, no teacher) of one of the KD students' models."""
+    return run.kind == "teacher" and run.config.get("model") in student_models
+
+
 def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
     """``role -> seed -> run`` for the runs of one teacher comparison; a ``ValueError`` naming the
     problem when a role is missing or two configurations claim it."""
@@ -40,12 +46,11 @@ def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
     student_models = {r.config.get("model") for r in students}
     if len(student_models) != 1:
         raise ValueError(f"expected the KD students of one architecture, found {sorted(map(str, student_models))}")
-    (student_model,) = student_models
 
     def role(run: RunRecord) -> str:
         if run.kind == "student":
             return "kd_enriched" if intra_term_on(run.config.get("teacher.intra.weight", 0)) else "kd_vanilla"
-        if run.config.get("model") == student_model:
+        if is_ce_only_student(run, student_models):
             return "ce_only"
         return "enriched" if intra_term_on(run.config.get("intra.weight", 0)) else "vanilla"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from intrakd.analysis.comparison import mean_std, paired_interval
+from intrakd.analysis.evidence import is_ce_only_student
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
 from intrakd.analysis.sweep import load_sweep, plan
 from intrakd.config import intra_term_on
@@ -65,11 +66,10 @@ def _lambda_in_force(teachers: dict[int, RunRecord], seeds: list[int]) -> dict[s
 
 
 def _ce_only_students(runs: Sequence[RunRecord], students: dict[Any, dict[int, RunRecord]]) -> dict[int, RunRecord]:
-    """``seed -> run`` of the student model trained alone (a teacher-kind run of the students' model
-    without the intra term), if the sweep holds one: the reference for "does KD work here?"."""
+    """``seed -> run`` of the students' model trained alone, if the sweep holds it: the reference for
+    "does KD work here?"."""
     models = {run.config.get("model") for cell in students.values() for run in cell.values()}
-    return {run.seed: run for run in runs if run.kind == "teacher" and run.config.get("model") in models
-            and not intra_term_on(run.config.get("intra.weight", 0))}
+    return {run.seed: run for run in runs if is_ce_only_student(run, models)}
 
 
 def dataset_comparison(sweep: str | Path, run_root: str | Path | None = None) -> dict[str, Any]:
