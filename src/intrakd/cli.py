@@ -261,6 +261,14 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pilot-seeds", type=int, default=3, help="seeds the pilot criteria are measured on (default 3)")
     p.set_defaults(func=_analysis("report"))
 
+    p = sub.add_parser("pool", help="pool one effect over several protocols: fixed effect and DerSimonian-Laird "
+                                    "random effects, with Cochran's Q, I^2 and tau^2")
+    p.add_argument("estimates", metavar="JSON",
+                   help='a list of {"name", "mean", "ci95": [low, high], "n"}: each a paired t interval over n seeds')
+    p.add_argument("--into", metavar="SUMMARY", help="also store the pooled estimate in this JSON file (an object)")
+    p.add_argument("--key", default="pooled_student_diff", help="key under which --into stores it")
+    p.set_defaults(func=_analysis("pool"))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,

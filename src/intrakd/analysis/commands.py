@@ -1,4 +1,4 @@
-"""The analysis subcommands of ``intrakd``: analyze, plot, sweep, report (parsers live in cli.py)."""
+"""The analysis subcommands of ``intrakd``: analyze, plot, sweep, report, pool (parsers live in cli.py)."""
 
 from __future__ import annotations
 
@@ -130,4 +130,53 @@ def cmd_report(args: argparse.Namespace) -> int:
         summary = headline(args.runs, args.protocol, args.pilot_seeds)
         Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n")
         print(f"written: {args.summary}")
+    return 0
+
+
+def _read_estimates(path: str) -> list[dict]:
+    """The estimates of ``intrakd pool``, each checked for name, mean, ci95 and n."""
+    items = json.loads(Path(path).read_text())
+    if not isinstance(items, list) or len(items) < 2:
+        raise ValueError(f"{path}: expected a JSON list of at least two estimates")
+    for item in items:
+        missing = [k for k in ("name", "mean", "ci95", "n") if k not in item]
+        if missing:
+            raise ValueError(f"{path}: estimate {item.get('name', item)!r} lacks {', '.join(missing)}; "
+                             f'give each {{"name", "mean", "ci95": [low, high], "n"}}')
+    return items
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Pool one effect over protocols; print a markdown table; optionally store it in a summary file."""
+    from intrakd.analysis.comparison import pool_effects, se_from_interval
+
+    items = _read_estimates(args.estimates)
+    target = None
+    if args.into:
+        target = json.loads(Path(args.into).read_text())
+        if not isinstance(target, dict):
+            raise ValueError(f"{args.into}: expected a JSON object to store the pooled estimate in")
+    ses = [se_from_interval(*item["ci95"], int(item["n"])) for item in items]
+    pooled = pool_effects([float(item["mean"]) for item in items], ses)
+    lines = ["| estimate | mean | 95% CI | n | standard error |", "|---|---|---|---|---|"]
+    for item, se in zip(items, ses, strict=True):
+        low, high = item["ci95"]
+        lines.append(f"| {item['name']} | {item['mean']:+.2f} | [{low:+.2f}, {high:+.2f}] | {item['n']} | {se:.3f} |")
+    for which, label in (("fixed", "fixed effect"), ("random", "random effects (DerSimonian-Laird)")):
+        mean = pooled.fixed if which == "fixed" else pooled.random
+        se = pooled.fixed_se if which == "fixed" else pooled.random_se
+        low, high = pooled.interval(which)
+        lines.append(f"| **{label}** | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | | {se:.3f} |")
+    lines.append(f"\nk = {pooled.k}; Q = {pooled.q:.2f} on {pooled.k - 1} df (p = {pooled.q_p:.3f}); "
+                 f"I^2 = {100 * pooled.i2:.0f}%; tau^2 = {pooled.tau2:.3f}")
+    print("\n".join(lines))
+    if target is not None:
+        target[args.key] = {
+            "k": pooled.k, "estimates": items,
+            "fixed": {"mean": pooled.fixed, "se": pooled.fixed_se, "ci95": list(pooled.interval("fixed"))},
+            "random": {"mean": pooled.random, "se": pooled.random_se, "ci95": list(pooled.interval("random"))},
+            "q": pooled.q, "q_p": pooled.q_p, "i2": pooled.i2, "tau2": pooled.tau2,
+        }
+        Path(args.into).write_text(json.dumps(target, indent=1) + "\n")
+        say(f"written: {args.into}")
     return 0

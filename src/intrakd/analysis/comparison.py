@@ -248,3 +248,88 @@ def build_report(
                 found = [difference(g, reference, m) for m in compared]
                 differences[i] = [d for d in found if d is not None]
     return Report(groups, shown, differences, unfinished, base)
+
+
+def sd_interval(sd: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of a standard deviation ``sd`` measured on ``n`` values (chi-square, df = n - 1)."""
+    df = n - 1
+    alpha = 1 - confidence
+    return (sd * math.sqrt(df / stats.chi2.ppf(1 - alpha / 2, df)),
+            sd * math.sqrt(df / stats.chi2.ppf(alpha / 2, df)))
+
+
+def seeds_for_halfwidth(sd: float, halfwidth: float, confidence: float = 0.95) -> int:
+    """Fewest paired seeds whose t interval of the mean difference has at most ``halfwidth``, for a spread
+    ``sd`` of the per-seed differences taken as known."""
+    n = 2
+    while stats.t.ppf(1 - (1 - confidence) / 2, n - 1) * sd / math.sqrt(n) > halfwidth:
+        n += 1
+    return n
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t test at level ``alpha`` against a true mean difference ``effect``,
+    ``n`` pairs whose differences have spread ``sd`` (noncentral t)."""
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    nc = effect / (sd / math.sqrt(n))
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def seeds_for_power(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> int:
+    """Fewest paired seeds for which :func:`paired_power` reaches ``power``."""
+    n = 2
+    while paired_power(effect, sd, n, alpha) < power:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Inverse-variance pooled estimate of one effect measured by several studies.
+
+    ``fixed``/``fixed_se``: fixed effect; ``random``/``random_se``: DerSimonian-Laird random effects;
+    ``q`` Cochran's Q on ``k - 1`` degrees of freedom with its p value, ``i2`` the share of the spread
+    beyond chance (0-1), ``tau2`` the between-study variance.
+    """
+
+    k: int
+    fixed: float
+    fixed_se: float
+    random: float
+    random_se: float
+    q: float
+    q_p: float
+    i2: float
+    tau2: float
+
+    def interval(self, which: str, confidence: float = 0.95) -> tuple[float, float]:
+        """Normal interval of ``which`` ("fixed" or "random")."""
+        z = stats.norm.ppf(1 - (1 - confidence) / 2)
+        mean, se = (self.fixed, self.fixed_se) if which == "fixed" else (self.random, self.random_se)
+        return mean - z * se, mean + z * se
+
+
+def se_from_interval(low: float, high: float, n: int, confidence: float = 0.95) -> float:
+    """Standard error behind a t interval ``[low, high]`` of a mean over ``n`` values (df = n - 1)."""
+    return (high - low) / 2 / stats.t.ppf(1 - (1 - confidence) / 2, n - 1)
+
+
+def pool_effects(estimates: Sequence[float], ses: Sequence[float]) -> Pooled:
+    """Fixed-effect and DerSimonian-Laird random-effects pooling of ``estimates`` with standard errors ``ses``."""
+    if len(estimates) != len(ses) or len(estimates) < 2:
+        raise ValueError(f"pooling needs at least two estimates, each with a standard error; "
+                         f"got {len(estimates)} estimates and {len(ses)} standard errors")
+    if any(not se > 0 for se in ses):
+        raise ValueError(f"every standard error must be positive; got {list(ses)}")
+    w = [1 / se**2 for se in ses]
+    sw = sum(w)
+    fixed = sum(wi * y for wi, y in zip(w, estimates, strict=True)) / sw
+    q = sum(wi * (y - fixed) ** 2 for wi, y in zip(w, estimates, strict=True))
+    df = len(estimates) - 1
+    tau2 = max(0.0, (q - df) / (sw - sum(wi**2 for wi in w) / sw))
+    wr = [1 / (se**2 + tau2) for se in ses]
+    random = sum(wi * y for wi, y in zip(wr, estimates, strict=True)) / sum(wr)
+    return Pooled(k=len(estimates), fixed=fixed, fixed_se=math.sqrt(1 / sw), random=random,
+                  random_se=math.sqrt(1 / sum(wr)), q=q, q_p=float(stats.chi2.sf(q, df)),
+                  i2=max(0.0, (q - df) / q) if q > 0 else 0.0, tau2=tau2)
