@@ -3,16 +3,24 @@
 Run: PYTHONPATH=src python configs/evidence-round3.py
 """
 
+import csv
 import json
 import math
+from pathlib import Path
 
 from scipy import stats
 
 from intrakd.analysis.comparison import (
-    mean_std, paired_interval, paired_power, sd_interval, seeds_for_halfwidth, seeds_for_power, welch_interval,
+    mean_std,
+    paired_interval,
+    paired_power,
+    sd_interval,
+    seeds_for_halfwidth,
+    seeds_for_power,
+    welch_interval,
 )
 
-s = json.load(open("docs/results/summary.json"))
+s = json.loads(Path("docs/results/summary.json").read_text())
 kv, ke, ce = (s["student_test_acc"][k] for k in ("kd_vanilla", "kd_enriched", "ce_only"))
 d = [e - v for e, v in zip(ke, kv)]
 m, sd = mean_std(d)
@@ -37,14 +45,13 @@ for name, arm in (("kd_vanilla", kv), ("kd_enriched", ke), ("ce_only", ce), ("va
     print(f"{name}: between-seed SD {mean_std(arm)[1]:.2f}, binomial SE on 2,000 images {b:.2f}, "
           f"ratio {b / mean_std(arm)[1]:.2f}")
 
-import csv  # noqa: E402
 
-rows = {r["configuration"]: r for r in csv.DictReader(open("docs/results/main.csv")) if r["kind"] == "teacher"}
+rows = {r["configuration"]: r for r in csv.DictReader(Path("docs/results/main.csv").read_text().splitlines()) if r["kind"] == "teacher"}
 van, enr = rows["intra.weight=0.0, model=wrn_16_2, views=2"], rows["intra.weight=0.02, model=wrn_16_2, views=2"]
 se = math.sqrt(float(van["test_inter_class_distance_std"]) ** 2 / 8 + float(enr["test_inter_class_distance_std"]) ** 2 / 8)
 gap = float(van["test_inter_class_distance_mean"]) - float(enr["test_inter_class_distance_mean"])
 print(f"inter-class distance fell by {gap:.4f} = {gap / se:.1f} standard errors of the unpaired difference")
-for r in csv.DictReader(open("docs/results/ablations.csv")):  # lambda 0.2: the two seeds from the mean and the t interval
+for r in csv.DictReader(Path("docs/results/ablations.csv").read_text().splitlines()):  # lambda 0.2: the two seeds from the mean and the t interval
     if r.get("diff_test_acc") and r["test_acc_n"] == "2" and "weight=0.2" in r["configuration"]:
         m, h = float(r["diff_test_acc"]), (float(r["diff_test_acc_ci_high"]) - float(r["diff_test_acc_ci_low"])) / 2
         e = h / stats.t.ppf(0.975, 1)
