@@ -45,8 +45,9 @@ class ToyObjective(Distiller):
 def toy_method(monkeypatch):
     """Register the toy method for one test (the registries are put back afterwards)."""
     monkeypatch.setattr(registry, "_DISTILLERS", dict(registry._DISTILLERS))
+    monkeypatch.setattr(registry, "_REFERENCES", dict(registry._REFERENCES))
     monkeypatch.setattr(schema, "DISTILL_METHODS", dict(schema.DISTILL_METHODS))
-    registry.register_distiller("toy")(ToyObjective)  # the one registry line
+    registry.register_distiller("toy", registry.ReferenceDifferences("none (a test method)"))(ToyObjective)  # the one registry line
     yield "toy"
 
 

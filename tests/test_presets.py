@@ -13,9 +13,11 @@ from intrakd.models import create_model, list_models
 from intrakd.objectives import (
     TrainSetInfo,
     create_distiller,
+    differences_table,
     list_distillers,
     methods_for_pair,
     methods_table,
+    reference_of,
 )
 from intrakd.presets import Published, all_presets, get_preset, list_presets, preset_values
 
@@ -230,3 +232,12 @@ def test_preset_run_goes_to_runs_preset_name(captured, monkeypatch, tmp_path):
 def test_the_methods_page_holds_the_generated_table():
     page = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert methods_table() in page, "docs/methods.md is out of date: paste `intrakd methods --markdown` into it"
+    assert differences_table() in page, "docs/methods.md is out of date: paste `intrakd methods --markdown` into it"
+
+
+def test_every_method_declares_its_reference_code():
+    for name in list_distillers():
+        reference = reference_of(name)
+        assert reference.reference, name
+        assert all(d.what and d.why and d.effect for d in reference.differences), name
+    assert differences_table().count("| none |") == sum(not reference_of(n).differences for n in list_distillers())

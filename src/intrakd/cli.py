@@ -186,9 +186,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from intrakd.objectives import describe_methods, methods_table
+    from intrakd.objectives import describe_methods, differences_table, methods_table
 
-    print(methods_table() if args.markdown else describe_methods(), end="\n" if not args.markdown else "")
+    if args.markdown:
+        print(methods_table() + "\n## Differences from the reference code\n\n" + differences_table(), end="")
+    else:
+        print(describe_methods())
     return 0
 
 

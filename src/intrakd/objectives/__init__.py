@@ -24,20 +24,24 @@ from intrakd.objectives import fsp  # noqa: F401
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import (
+    Difference,
+    ReferenceDifferences,
     create_distiller,
     describe_methods,
+    differences_table,
     distill_recipe,
     list_distillers,
     logit_standardized_methods,
     method_settings,
     methods_for_pair,
     methods_table,
+    reference_of,
     register_distiller,
 )
 from intrakd.objectives.teacher import IntraClassTeacherObjective
 
 __all__ = [
-    "Distiller", "IntraClassTeacherObjective", "StepResult", "TrainSetInfo", "create_distiller",
-    "describe_methods", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
-    "methods_for_pair", "methods_table", "register_distiller",
+    "Difference", "Distiller", "IntraClassTeacherObjective", "ReferenceDifferences", "StepResult", "TrainSetInfo",
+    "create_distiller", "describe_methods", "differences_table", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
+    "methods_for_pair", "methods_table", "reference_of", "register_distiller",
 ]

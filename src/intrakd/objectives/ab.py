@@ -32,7 +32,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import probe_stage_pairs, stage_pairs
 
 
@@ -71,7 +71,19 @@ class ABSettings(InitStageSettings):
     first_stage: int = setting(1, "first stage feature used (the benchmark skips the stem at index 0)", ">= 0")
 
 
-@register_distiller("ab")
+REFERENCE = ReferenceDifferences(
+    "RepDistiller: distiller_zoo/AB.py, helper/pretrain.py",
+    (
+        Difference(
+            "the student's stage output (after its ReLU) goes through a connector at every stage, where "
+            "RepDistiller reads pre-activation features without a connector when the shapes agree",
+            "the model contract returns post-ReLU stage outputs, which cannot take both signs",
+            "the teacher's on/off pattern is the same; the student side gains a connector"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("ab", REFERENCE)
 class ABObjective(Distiller):
     """Activation boundaries (Heo et al., AAAI 2019): pre-training on the teacher's neuron on/off pattern."""
 

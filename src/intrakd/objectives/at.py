@@ -17,7 +17,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -42,7 +42,11 @@ class ATSettings:
     first_stage: int = setting(1, "first stage feature used (the standard skips the stem at index 0)", ">= 0")
 
 
-@register_distiller("at")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/AT.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("at", REFERENCE)
 class ATObjective(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
 

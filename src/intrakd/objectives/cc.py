@@ -27,7 +27,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 
 
 def correlation_matrix(embedding: Tensor, gamma: float, order: int) -> Tensor:
@@ -59,7 +59,23 @@ class CCSettings:
     order: int = setting(2, "order P of the kernel's Taylor expansion", ">= 0")
 
 
-@register_distiller("cc")
+REFERENCE = ReferenceDifferences(
+    "RepDistiller: distiller_zoo/CC.py, models/util.py (LinearEmbed)",
+    (
+        Difference(
+            "the correlation is the paper's RBF kernel (order 2) of each model's embedding, not "
+            "RepDistiller's product of absolute head-output differences of consecutive samples",
+            "the paper's formula; RepDistiller's is another loss",
+            "a different loss value and gradient; weight 100 set for this formula"),
+        Difference(
+            "no learned head on the teacher's side: its correlations are those of its own embedding",
+            "a trained teacher-side head can drift towards the student and zero the loss",
+            "the target stays what the teacher learned"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("cc", REFERENCE)
 class CCObjective(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019): the batch's RBF correlations of the embeddings."""
 

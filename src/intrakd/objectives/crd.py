@@ -27,7 +27,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 
 
 def nce_loss(log_scores: Tensor, num_data: int) -> Tensor:
@@ -69,7 +69,19 @@ class CRDSettings:
                        "all samples uniformly")
 
 
-@register_distiller("crd")
+REFERENCE = ReferenceDifferences(
+    "RepDistiller: crd/criterion.py, crd/memory.py, dataset/cifar100.py",
+    (
+        Difference(
+            "negatives are drawn with replacement",
+            "simpler sampler; RepDistiller draws without replacement when nce_k is below the other-class "
+            "count (not yet changed, issue #24)",
+            "rare duplicate negatives (16,384 of 49,500)"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("crd", REFERENCE)
 class CRDObjective(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory per model."""
 

@@ -92,7 +92,8 @@ class Distiller(nn.Module):
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()
         if cfg.ce_weight is None or cfg.kd_weight is None:
-            raise ValueError("distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
+            raise ValueError(
+                "distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
         self.ce_weight, self.kd_weight, self.temperature = cfg.ce_weight, cfg.kd_weight, cfg.temperature
         self.logit_standardize = cfg.logit_standardize
         self.num_classes = data.num_classes

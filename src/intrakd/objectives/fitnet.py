@@ -12,7 +12,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 
 
 def connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Sequential:
@@ -42,7 +42,20 @@ class FitNetSettings:
                                   "negative)")
 
 
-@register_distiller("fitnet")
+REFERENCE = ReferenceDifferences(
+    "RepDistiller: models/util.py (ConvReg), distiller_zoo/FitNet.py; mdistiller: "
+    "mdistiller/distillers/FitNet.py",
+    (
+        Difference(
+            "connector: 3x3 conv without bias at equal sizes, ConvTranspose2d(k=f, stride=f) to upsample",
+            "RepDistiller/mdistiller ConvReg uses kernel 1 + s_H - t_H with bias (1x1 at equal sizes) and "
+            "ConvTranspose2d(k=4, s=2, p=1) (not yet changed, issue #24)",
+            "a larger connector at equal sizes"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("fitnet", REFERENCE)
 class FitNetObjective(Distiller):
     """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
 

@@ -25,7 +25,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, create_model, stage_channels
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller
 
 
@@ -50,7 +50,11 @@ class FSPSettings(InitStageSettings):
     weight: float = setting(1.0, "weight of the FSP term of the pre-training stage", ">= 0")
 
 
-@register_distiller("fsp")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/FSP.py, helper/pretrain.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("fsp", REFERENCE)
 class FSPObjective(Distiller):
     """Flow of solution procedure (Yim et al., CVPR 2017): pre-training on Gram matrices between stages."""
 

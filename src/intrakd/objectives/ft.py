@@ -34,7 +34,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller
 
 
@@ -100,7 +100,11 @@ STUDENTS_AT_RUN_LR = ("vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "ResNet50")
 """Students whose paraphraser RepDistiller pre-trains at the run's learning rate (0.01 for the others)."""
 
 
-@register_distiller("ft")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/FT.py, helper/pretrain.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("ft", REFERENCE)
 class FTObjective(Distiller):
     """Factor transfer (Kim et al., NeurIPS 2018): L1 between a paraphraser's and a translator's factors."""
 

@@ -32,7 +32,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 STUDENT_EXTRA_VECTORS = 3
@@ -118,7 +118,18 @@ class KDSVDSettings:
     first_stage: int = setting(1, "first stage feature used (the reference skips the stem at index 0)", ">= 0")
 
 
-@register_distiller("kdsvd")
+REFERENCE = ReferenceDifferences(
+    "mdistiller: mdistiller/distillers/KDSVD.py; RepDistiller: distiller_zoo/KDSVD.py",
+    (
+        Difference(
+            "singular vectors get a fixed sign",
+            "the references keep whatever sign the SVD routine returns, which differs between CPU and GPU",
+            "the same loss on every device; equal to the reference up to that sign"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("kdsvd", REFERENCE)
 class KDSVDObjective(Distiller):
     """Self-supervised KD using SVD (Lee et al., ECCV 2018): relations of consecutive stages' singular vectors."""
 

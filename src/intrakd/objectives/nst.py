@@ -21,7 +21,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -49,7 +49,11 @@ class NSTSettings:
     first_stage: int = setting(1, "first stage feature used (the reference skips the stem at index 0)", ">= 0")
 
 
-@register_distiller("nst")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/NST.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("nst", REFERENCE)
 class NSTObjective(Distiller):
     """Neuron selectivity transfer (Huang & Wang, 2017): polynomial-kernel MMD of the channels' activations."""
 

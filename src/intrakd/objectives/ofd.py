@@ -46,7 +46,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 
 
 def gaussian_margin(bn: nn.BatchNorm2d) -> Tensor:
@@ -148,7 +148,30 @@ class OFDSettings:
                                   "from the last)", ">= 0")
 
 
-@register_distiller("ofd")
+REFERENCE = ReferenceDifferences(
+    "mdistiller: mdistiller/distillers/OFD.py",
+    (
+        Difference(
+            "the teacher's pre-ReLU response is recovered from its stage output (clipped zeros replaced by "
+            "the margin, or the reading BatchNorm applied), and the student's feature is its stage output "
+            "after the ReLU",
+            "the model contract returns stage outputs, not pre-ReLU responses",
+            "targets in (m, 0] become m on post-activation designs; positive responses exact"),
+        Difference(
+            "clipped zeros are filled with the margin before pooling a larger teacher map, the margin "
+            "applied after it",
+            "the clipped zeros carry no value to average",
+            "small; only where the teacher's map is larger"),
+        Difference(
+            "the teacher runs in eval mode (BatchNorm on running statistics)",
+            "the trainer keeps every teacher frozen in eval mode; mdistiller keeps OFD's teacher in training"
+            " mode (not yet changed, issue #24)",
+            "teacher targets from running rather than batch statistics"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("ofd", REFERENCE)
 class OFDObjective(Distiller):
     """OFD (Heo et al., ICCV 2019): partial L2 to the teacher's margin-clipped pre-ReLU responses."""
 

@@ -18,7 +18,7 @@ from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 
 PKT_EPS = 1e-7
 
@@ -44,7 +44,11 @@ class PKTSettings:
     weight: float = setting(30000.0, "weight of the PKT term", ">= 0")
 
 
-@register_distiller("pkt")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/PKT.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("pkt", REFERENCE)
 class PKTObjective(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): the embeddings' kernel densities."""
 

@@ -1,15 +1,16 @@
 """Registry of distillation methods (student objectives); the trainer never names one.
 
 Adding a method is one module in ``intrakd/objectives`` (its settings dataclass, recipe and
-:class:`~intrakd.objectives.distiller.Distiller` subclass decorated with :func:`register_distiller`)
-and its import line in ``objectives/__init__.py``; registering also adds its settings section to the
-configuration schema.
+:class:`~intrakd.objectives.distiller.Distiller` subclass decorated with :func:`register_distiller`,
+which takes the method's :class:`ReferenceDifferences`) and its import line in
+``objectives/__init__.py``; registering also adds its settings section to the configuration schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -19,11 +20,36 @@ from intrakd.data.tensor_data import Split
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 
 _DISTILLERS: dict[str, type[Distiller]] = {}
+_REFERENCES: dict[str, ReferenceDifferences] = {}
 
 
-def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+@dataclass(frozen=True)
+class Difference:
+    """One deliberate difference of a method from the reference code its presets cite."""
+
+    what: str
+    """What intrakd does otherwise than the reference code."""
+    why: str
+    """Why it does."""
+    effect: str
+    """The expected effect on the loss or the result."""
+
+
+@dataclass(frozen=True)
+class ReferenceDifferences:
+    """The reference code a method follows and every deliberate difference from it (the table
+    "Differences from the reference code" of docs/methods.md, ``intrakd methods --markdown``)."""
+
+    reference: str
+    """The reference file(s), ``repository: path``."""
+    differences: tuple[Difference, ...] = ()
+    """Empty: the method computes what the reference code computes."""
+
+
+def register_distiller(name: str, reference: ReferenceDifferences) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator: register a student objective under ``name``, with its ``settings_class``
-    (the section ``distill.<name>``) and ``recipe`` in the configuration schema."""
+    (the section ``distill.<name>``) and ``recipe`` in the configuration schema, and the reference
+    code it follows with its deliberate differences from it (``reference``)."""
 
     def add(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
@@ -31,6 +57,7 @@ def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]
         register_distill_method(DistillMethodSpec(name, cls.settings_class, cls.recipe))
         cls.method = name
         _DISTILLERS[name] = cls
+        _REFERENCES[name] = reference
         return cls
 
     return add
@@ -105,7 +132,8 @@ def describe_methods() -> str:
         if standardized is not None:
             changed = {key: value for key, value in flatten(standardized).items()
                        if flatten(distill_recipe(name)).get(key) != value}
-            lines.append("    with logit standardisation (presets <pair>/" + name + "-ls-vanilla|-ls-enriched): "
+            lines.append(
+                "    with logit standardisation (presets <pair>/" + name + "-ls-vanilla|-ls-enriched): "
                          + " ".join(f"distill.{key}={value}" for key, value in changed.items()))
         lines.append("")
     lines.append("Every method takes these settings (each method's recipe fills the weights left unset):")
@@ -122,6 +150,22 @@ def methods_table() -> str:
         paper = (cls.__doc__ or "").strip().splitlines()[0]
         settings = ", ".join(f"`{key}={value}`" for key, value in flatten(method_settings(name)).items()) or "-"
         lines.append(f"| `{name}` | {paper} | {cls.kind} | {cls.recipe[0]}, {cls.recipe[1]} | {settings} |")
+    return "\n".join(lines) + "\n"
+
+
+def reference_of(name: str) -> ReferenceDifferences:
+    """The reference code method ``name`` follows and its deliberate differences from it."""
+    _check(name)
+    return _REFERENCES[name]
+
+
+def differences_table() -> str:
+    """The table "Differences from the reference code" (``intrakd methods --markdown``,
+    docs/methods.md): one row per difference, "none" for a method without any."""
+    lines = ["| method | reference file | what differs | why | expected effect |", "|---|---|---|---|---|"]
+    for name, ref in _REFERENCES.items():
+        rows = ref.differences or (Difference("none", "-", "-"),)
+        lines += [f"| `{name}` | {ref.reference} | {row.what} | {row.why} | {row.effect} |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

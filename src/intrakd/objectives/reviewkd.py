@@ -38,7 +38,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo, linear_warmup
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
 
 PAIR_WEIGHT: dict[tuple[str, str], float] = {
     ("resnet32x4", "ShuffleV2"): 8.0,
@@ -112,7 +112,24 @@ class ReviewKDSettings:
                                      "(0: none)", ">= 0")
 
 
-@register_distiller("reviewkd")
+REFERENCE = ReferenceDifferences(
+    "mdistiller: mdistiller/distillers/ReviewKD.py",
+    (
+        Difference(
+            "the teacher's levels are its stage outputs (after the ReLU for most models), not its pre-ReLU "
+            "responses",
+            "the model contract returns stage outputs",
+            "targets are non-negative; the student fits them the same way"),
+        Difference(
+            "the levels are chosen by one rule for every architecture (on ShuffleV2: stages 2, 3 and the "
+            "head map, where the authors review stages 1 to 3)",
+            "no per-architecture lists",
+            "none on ResNet, WRN, ShuffleV1; another level set on ShuffleV2"),
+    ))
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("reviewkd", REFERENCE)
 class ReviewKDObjective(Distiller):
     """ReviewKD (Chen et al., CVPR 2021): fused student levels regress the teacher's, deepest first."""
 

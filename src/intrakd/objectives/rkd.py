@@ -19,7 +19,7 @@ from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 
 
 def distance_potential(embedding: Tensor) -> Tensor:
@@ -58,7 +58,11 @@ class RKDSettings:
     angle_weight: float = setting(50.0, "weight of the triplet-angle term", ">= 0")
 
 
-@register_distiller("rkd")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/RKD.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("rkd", REFERENCE)
 class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
 

@@ -16,7 +16,7 @@ from intrakd.config import setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
@@ -39,7 +39,11 @@ class SPSettings:
     weight: float = setting(3000.0, "weight of the similarity-preserving term", ">= 0")
 
 
-@register_distiller("sp")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/SP.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("sp", REFERENCE)
 class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
 

@@ -21,7 +21,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -53,7 +53,11 @@ class VIDSettings:
     first_stage: int = setting(1, "first stage feature used (the reference skips the stem at index 0)", ">= 0")
 
 
-@register_distiller("vid")
+REFERENCE = ReferenceDifferences("RepDistiller: distiller_zoo/VID.py")
+"""The reference code this method follows, and its deliberate differences from it."""
+
+
+@register_distiller("vid", REFERENCE)
 class VIDObjective(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): a Gaussian over each teacher stage."""
 
