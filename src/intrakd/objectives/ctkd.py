@@ -17,7 +17,10 @@ softmaxes and the ``T^2`` factor.
 Reference code (zhengli97/CTKD): ``models/temp_global.py`` (``Global_T``, the reversal layer),
 ``train_student.py`` (``CosineDecay`` with ``--decay_max 0 --decay_min -1 --decay_loops 10``, counted
 from epoch 1; ``t_start`` 1, ``t_end`` 20; the module in the SGD's parameters), ``helper/loops.py``.
-Its ``CosineDecay`` value is the reversal layer's factor itself, ``-lambda`` here. The instance-wise
+Its ``CosineDecay`` value is the reversal layer's factor itself, ``-lambda`` here. Its DKD loss has no
+warm-up and its one DKD command (resnet56 -> resnet20, beta 2) has no published CIFAR-100 figure;
+the ``dkd-ctkd`` presets keep DKD's own recipe (mdistiller's per-pair weights and 20-epoch warm-up,
+which the DKD paper uses against the early instability of large NCKD weights). The instance-wise
 variant (a temperature per sample from an MLP) is not published in that repository and is not
 implemented here.
 """
@@ -38,7 +41,7 @@ INITIAL_PARAMETER = 1.0
 """``theta`` at the start of training (the reference's ``torch.ones(1)``)."""
 
 
-def reverse_gradient(x: Tensor, strength: float) -> Tensor:
+def reverse_gradient(x: Tensor, strength: float | Tensor) -> Tensor:
     """Gradient reversal: ``x`` in the forward pass (bit for bit), the incoming gradient times
     ``-strength`` in the backward pass."""
     frozen = x.detach()
@@ -90,13 +93,14 @@ class CurriculumTemperature(LearnedTemperature):
     def __init__(self, settings: CTKDSettings) -> None:
         super().__init__(settings)
         self.theta = nn.Parameter(torch.full((1,), INITIAL_PARAMETER))
-        self.strength = 0.0
-        """The reversal strength lambda of the current epoch (set by :meth:`set_epoch`)."""
+        # The reversal strength lambda of the current epoch (set by set_epoch, derived from the epoch:
+        # not saved). A tensor, not a number, so that a compiled step does not recompile as it changes.
+        self.register_buffer("strength", torch.zeros(()), persistent=False)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         s = self.settings
-        self.strength = curriculum_strength(epoch, s.lambda_min, s.lambda_max, s.curriculum_epochs)
+        self.strength.fill_(curriculum_strength(epoch, s.lambda_min, s.lambda_max, s.curriculum_epochs))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         theta = reverse_gradient(self.theta, self.strength)
@@ -104,5 +108,4 @@ class CurriculumTemperature(LearnedTemperature):
         return (s.min_temperature + s.temperature_range * torch.sigmoid(theta)).squeeze(0)
 
     def stats(self) -> dict[str, Tensor]:
-        # a host scalar: no copy to the device
-        return {"ctkd_lambda": torch.tensor(self.strength)}
+        return {"ctkd_lambda": self.strength.clone()}
