@@ -10,7 +10,12 @@ import torch
 from intrakd.config import StudentConfig, load_config
 from intrakd.data import Augmentation, TensorDataset
 from intrakd.models import create_model
-from intrakd.objectives import create_distiller, list_distillers
+from intrakd.objectives import (
+    create_distiller,
+    learned_temperature_methods,
+    list_distillers,
+    list_temperatures,
+)
 from intrakd.train.loop import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -25,11 +30,15 @@ def cifar_like() -> TensorDataset:
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("method", list_distillers())
+@pytest.mark.parametrize("method", list_distillers() + [f"{method}+{temperature}" for temperature in list_temperatures()
+                                                        for method in learned_temperature_methods()])
 def test_method_steps_on_cuda_without_host_sync(cifar_like, method, amp):
+    """``method``: a method's name, or ``method+temperature`` with a learned temperature."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    cfg = load_config(StudentConfig, overrides=[f"distill.method={method}"])
+    method, _, temperature = method.partition("+")
+    cfg = load_config(StudentConfig, overrides=[f"distill.method={method}",
+                                                *([f"distill.temperature={temperature}"] if temperature else [])])
     student = create_model("resnet8x4", num_classes=100).to(device)
     teacher = create_model("resnet32x4", num_classes=100).to(device).eval().requires_grad_(False)
     objective = create_distiller(cfg.distill, student, teacher, cifar_like).to(device)

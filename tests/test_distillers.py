@@ -25,7 +25,7 @@ from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
 
 METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd",
-           "mlkd", "ab", "ft", "fsp"]
+           "mlkd", "ab", "ft", "fsp", "dist"]
 DIGITS_OVERRIDES = {"fitnet": ["distill.fitnet.hint_layer=1"],  # the digits CNNs have 2 stage features
                     "kdsvd": ["distill.kdsvd.first_stage=0"],  # KDSVD relates consecutive stages: needs both
                     "ab": ["distill.ab.first_stage=0"]}
@@ -487,7 +487,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
      ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd', 'ab', 'ft', 'fsp'")),
+      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd', 'ab', 'ft', 'fsp', 'dist'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),
@@ -495,7 +495,10 @@ def test_weights_default_to_the_method_recipe_unless_set():
     ("distill.rkd.angle_weight=-1", "distill.rkd.angle_weight must be >= 0, got -1.0"),
     ("distill.kd_weight=-0.5", "distill.kd_weight must be >= 0, got -0.5"),
     ("distill.crd.num_negatives=0", "distill.crd.num_negatives must be >= 1, got 0"),
-    ("distill.temperature=0", "distill.temperature must be > 0, got 0.0"),
+    ("distill.temperature=0", "distill.temperature must be > 0 (or a learned temperature: ctkd), got 0.0"),
+    ("distill.temperature=warm",
+     ("distill.temperature: 'warm' fits none of its forms: expected float, got 'warm'; or 'warm' is not one "
+      "of 'ctkd'")),
 ])
 def test_config_errors(override, message):
     with pytest.raises(ConfigError) as info:

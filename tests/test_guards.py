@@ -74,7 +74,7 @@ def test_bad_teacher_configuration(tmp_path, capsys, override, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("distill.temperature=0", "distill.temperature must be > 0, got 0.0"),
+    ("distill.temperature=0", "distill.temperature must be > 0 (or a learned temperature: ctkd), got 0.0"),
     ("distill.kd_weight=-1", "distill.kd_weight must be >= 0, got -1.0"),
     ("distill.method=nope", "distill.method: 'nope' is not one of 'kd', 'dkd', 'crd'"),
 ])

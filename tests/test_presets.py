@@ -64,12 +64,13 @@ def test_cifar100_pairs_and_recipe():
         assert t.optim.lr == 0.05
         assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
         assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
-    from intrakd.objectives import logit_standardized_methods
+    from intrakd.objectives import learned_temperature_methods, list_temperatures, logit_standardized_methods
 
     names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}
     # enriched + vanilla teacher, KD, and every method that accepts the pair (and its logit-standardised
-    # recipe) with either teacher
+    # recipe, and its recipe with each learned temperature) with either teacher
     methods = [len(methods_for_pair(*pair)) + len(set(logit_standardized_methods()) & set(methods_for_pair(*pair)))
+               + len(list_temperatures()) * len(set(learned_temperature_methods()) & set(methods_for_pair(*pair)))
                for pair in CIFAR100_PAIRS]
     assert len(names) == sum(3 + 2 * count for count in methods)
 
@@ -113,9 +114,14 @@ def test_presets_command_lists_every_preset_with_key_settings(capsys):
     assert set(rows) == set(all_presets())
     assert rows["cifar100/resnet32x4-resnet8x4/kd"].split()[1:8] == [
         "distill", "resnet8x4", "resnet32x4", "240", "64", "0.05", "4"]
-    assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33")
+    assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33  n/a")
     assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[6] == "0.01"
-    assert rows["cifar100/vgg13-MobileNetV2/kd"].endswith("n/a")
+    assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[-2:] == ["n/a", "n/a"]
+    # the method's own published top-1, where its paper gives one for the pair
+    assert rows["cifar100/resnet32x4-resnet8x4/dist-vanilla"].endswith("79.42 / 72.50 / 73.33  76.31")
+    assert rows["cifar100/resnet32x4-resnet8x4/kd-ctkd-enriched"].split()[7:10] == ["ctkd", "/", "0.1"]
+    assert rows["cifar100/resnet32x4-resnet8x4/kd-ctkd-enriched"].endswith("73.39")
+    assert rows["cifar100/resnet32x4-resnet8x4/dkd-ctkd-vanilla"].endswith("n/a")
     # a method with a pre-training stage: its epochs, then the main stage's
     assert rows["cifar100/resnet32x4-resnet8x4/ab-vanilla"].split()[4] == "30+240"
 

@@ -179,6 +179,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(f"# {preset.name}: {preset.description}")
         if preset.published:
             print(f"# published top-1 teacher / student / KD: {preset.published}")
+        if preset.method_published is not None:
+            print(f"# published top-1 of this method for the pair: {preset.method_published:.2f}")
         print(yaml.safe_dump(to_dict(preset.config()), sort_keys=False), end="")
     else:
         print(presets_table())

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from intrakd.config import RUN_COMMANDS, StudentConfig, TeacherConfig, load_config
-from intrakd.objectives import distill_recipe, list_distillers, logit_standardized_methods, methods_for_pair
+from intrakd.objectives import (
+    distill_recipe,
+    learned_temperature_methods,
+    learned_temperature_recipe,
+    list_distillers,
+    list_temperatures,
+    logit_standardized_methods,
+    methods_for_pair,
+    published_top1,
+)
 
 Kind = Literal["teacher", "distill"]
 
@@ -40,6 +49,9 @@ class Preset:
     values: dict[str, Any]
     description: str
     published: Published | None = None
+    method_published: float | None = None
+    """CIFAR-100 top-1 (%) that the paper of the preset's method reports for its pair (the method with
+    the standard teacher); None where it reports none."""
 
     def config(self) -> TeacherConfig | StudentConfig:
         """The configuration this preset resolves to (validated)."""
@@ -122,20 +134,27 @@ def _build() -> dict[str, Preset]:
         if prefix != "cifar100":
             return
         # every distillation method that accepts the pair (and its logit-standardised recipe, where it
-        # has one) with either teacher: only the teacher checkpoint differs
+        # has one; and with each learned temperature, for the methods that take one) with either
+        # teacher: only the teacher checkpoint differs
         accepted = methods_for_pair(teacher, student)
-        recipes = [(method, method.upper(), distill_recipe(method, teacher, student))
+        recipes = [(method, method.upper(), distill_recipe(method, teacher, student),
+                    published_top1(method, teacher, student))
                    for method in list_distillers() if method in accepted]
         recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
-                     distill_recipe(method, teacher, student, logit_standardize=True))
+                     distill_recipe(method, teacher, student, logit_standardize=True), None)
                     for method in logit_standardized_methods() if method in accepted]
-        for name, title, recipe in recipes:
+        recipes += [(f"{method}-{temperature}", f"{method.upper()} with the {temperature.upper()} temperature",
+                     learned_temperature_recipe(temperature, method, teacher, student),
+                     published_top1(method, teacher, student, temperature))
+                    for temperature in list_temperatures() for method in learned_temperature_methods()
+                    if method in accepted]
+        for name, title, recipe, method_published in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
                 values = _kd(student, teacher, data, student_optim, recipe)
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
                 presets.append(Preset(f"{base}/{name}-{variant}", "distill", values,
                                       f"{prefix} {title} {teacher} -> {student}, {variant} teacher "
-                                      f"(trained by --preset {teacher_preset})", published))
+                                      f"(trained by --preset {teacher_preset})", published, method_published))
 
     for teacher, student, published in CIFAR100_PAIRS:
         student_optim = dict(CIFAR100_OPTIM)
@@ -182,8 +201,9 @@ def preset_values(name: str, kind: Kind) -> dict[str, Any]:
 
 def presets_table() -> str:
     """One line per preset with its key settings and, for the CIFAR pairs that have them, the
-    published teacher / student / KD top-1."""
-    header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S / KD")
+    published teacher / student / KD top-1 and the top-1 the preset's method's paper reports."""
+    header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S / KD",
+              "PUBLISHED METHOD")
     rows = [header]
     for p in all_presets().values():
         v = p.values
@@ -193,8 +213,14 @@ def presets_table() -> str:
         rows.append((
             p.name, p.kind, v["model"], v.get("teacher_model", "-"), epochs,
             str(v["data"]["batch_size"]), f"{v['optim']['lr']:g}",
-            f"{kd['temperature']:g} / {kd['ce_weight']:g} / {kd['kd_weight']:g}" if kd else "-",
+            f"{_number(kd['temperature'])} / {kd['ce_weight']:g} / {kd['kd_weight']:g}" if kd else "-",
             str(p.published) if p.published else "n/a",
+            f"{p.method_published:.2f}" if p.method_published is not None else "n/a",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _number(value: float | str) -> str:
+    """A setting that is a number or a name (``distill.temperature``: 4, or ``ctkd``)."""
+    return value if isinstance(value, str) else f"{value:g}"

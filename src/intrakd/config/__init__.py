@@ -21,6 +21,7 @@ from intrakd.config.schema import (
     DistillConfig,
     DistillMethodSpec,
     IntraConfig,
+    LearnedTemperatureSpec,
     OptimConfig,
     PerfConfig,
     StudentConfig,
@@ -29,14 +30,15 @@ from intrakd.config.schema import (
     intra_term_on,
     key_in,
     register_distill_method,
+    register_learned_temperature,
     setting,
     upgrade_stored,
 )
 
 __all__ = [
     "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
-    "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
+    "DistillConfig", "DistillMethodSpec", "IntraConfig", "LearnedTemperatureSpec", "OptimConfig", "PerfConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "intra_term_on", "key_in",
     "load_config", "parse_yaml_value",
-    "read_yaml", "register_distill_method", "setting", "to_dict", "upgrade_stored",
+    "read_yaml", "register_distill_method", "register_learned_temperature", "setting", "to_dict", "upgrade_stored",
 ]

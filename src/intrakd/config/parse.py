@@ -37,7 +37,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{key}: {value!r} fits none of its forms: "
+                          + "; or ".join(error.removeprefix(f"{key}: ") for error in errors))
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

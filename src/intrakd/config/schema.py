@@ -166,25 +166,57 @@ class DistillMethodSpec:
     """Dataclass of the method's own settings (the section ``distill.<name>``), or None."""
     recipe: tuple[float, float]
     """``(ce_weight, kd_weight)`` of the method's standard CIFAR-100 recipe."""
+    learned_temperature: bool = False
+    """Whether the method's logit terms take a learned temperature (``distill.temperature=<name>``)."""
+
+
+@dataclass(frozen=True)
+class LearnedTemperatureSpec:
+    """What the configuration knows of a learned temperature (``distill.temperature=<name>``, e.g.
+    ``ctkd``): its settings section ``distill.<name>``."""
+
+    name: str
+    settings: type
 
 
 DISTILL_METHODS: dict[str, DistillMethodSpec] = {}
 """The registered methods, in registration order (``intrakd.objectives`` registers them on import)."""
+LEARNED_TEMPERATURES: dict[str, LearnedTemperatureSpec] = {}
+"""The registered learned temperatures, in registration order (``intrakd.objectives`` registers them)."""
+
+
+def _check_section_name(name: str, settings: type | None, what: str) -> None:
+    """A new section's name must be free: no method, learned temperature or common setting has it."""
+    taken = DISTILL_METHODS.keys() | LEARNED_TEMPERATURES.keys() | {f.name for f in dataclasses.fields(DistillConfig)}
+    if name in taken:
+        raise ValueError(f"{what} {name!r} registered twice (or named like a method, a learned temperature "
+                         "or a setting)")
+    if settings is not None and not dataclasses.is_dataclass(settings):
+        raise TypeError(f"the settings of {what} {name!r} must be a dataclass, got {settings!r}")
 
 
 def register_distill_method(spec: DistillMethodSpec) -> None:
     """Add a method's section and recipe to the schema (called by ``objectives.register_distiller``)."""
-    if spec.name in DISTILL_METHODS or spec.name in {f.name for f in dataclasses.fields(DistillConfig)}:
-        raise ValueError(f"distillation method {spec.name!r} registered twice (or named like a setting)")
-    if spec.settings is not None and not dataclasses.is_dataclass(spec.settings):
-        raise TypeError(f"the settings of method {spec.name!r} must be a dataclass, got {spec.settings!r}")
+    _check_section_name(spec.name, spec.settings, "distillation method")
     DISTILL_METHODS[spec.name] = spec
+
+
+def register_learned_temperature(spec: LearnedTemperatureSpec) -> None:
+    """Add a learned temperature's name and settings section to the schema (called by
+    ``objectives.register_temperature``)."""
+    _check_section_name(spec.name, spec.settings, "learned temperature")
+    LEARNED_TEMPERATURES[spec.name] = spec
 
 
 def _registered_methods() -> dict[str, DistillMethodSpec]:
     if not DISTILL_METHODS:
         raise ConfigError("no distillation method is registered: import intrakd.objectives first")
     return DISTILL_METHODS
+
+
+def _sections() -> dict[str, DistillMethodSpec | LearnedTemperatureSpec]:
+    """The settings sections of ``distill``: the methods', then the learned temperatures'."""
+    return {**_registered_methods(), **LEARNED_TEMPERATURES}
 
 
 @dataclass(init=False)
@@ -202,8 +234,9 @@ class DistillConfig:
                                       ">= 0")
     kd_weight: float | None = setting(None, "Weight of Hinton's KD term ``T^2 KL`` (unset: the method's recipe; > 0 "
                                             "adds KD to any method).", ">= 0")
-    temperature: float = setting(4.0, "Softmax temperature of the logit terms (KD, DKD, MLKD's base temperature).",
-                                 "> 0")
+    temperature: float | str = setting(
+        4.0, "Softmax temperature of the logit terms (KD, DKD, DIST, MLKD's base temperature): a number > 0, "
+             "or the name of a learned temperature (listed above, with the methods that take it).")
     logit_standardize: bool = setting(
         False, "Z-score each sample's teacher and student logits before the temperature softmax of every "
                "KL term (KD, DKD, MLKD's instance level; Sun et al., CVPR 2024). The paper's CIFAR-100 recipe "
@@ -213,10 +246,10 @@ class DistillConfig:
     """The methods' settings by method name (written inline: ``distill.<method>.<setting>``)."""
 
     def __init__(self, method: str = "kd", ce_weight: float | None = None, kd_weight: float | None = None,
-                 temperature: float = 4.0, logit_standardize: bool = False, **sections: Any) -> None:
+                 temperature: float | str = 4.0, logit_standardize: bool = False, **sections: Any) -> None:
         self.method, self.ce_weight, self.kd_weight, self.temperature = method, ce_weight, kd_weight, temperature
         self.logit_standardize = logit_standardize
-        specs = {name: spec for name, spec in _registered_methods().items() if spec.settings is not None}
+        specs = {name: spec for name, spec in _sections().items() if spec.settings is not None}
         unknown = sorted(sections.keys() - specs.keys())
         if unknown:
             raise ConfigError(f"unknown config key distill.{unknown[0]}; valid keys here: "
@@ -233,11 +266,12 @@ class DistillConfig:
     @classmethod
     def config_fields(cls) -> dict[str, Any]:
         """The keys of the section and their types: the common settings, then one section per
-        registered method that has settings."""
+        registered method that has settings and per learned temperature."""
         methods = _registered_methods()
+        temperature = float | Literal[tuple(LEARNED_TEMPERATURES)] if LEARNED_TEMPERATURES else float
         return {"method": Literal[tuple(methods)], "ce_weight": float | None, "kd_weight": float | None,
-                "temperature": float, "logit_standardize": bool,
-                **{name: spec.settings for name, spec in methods.items() if spec.settings is not None}}
+                "temperature": temperature, "logit_standardize": bool,
+                **{name: spec.settings for name, spec in _sections().items() if spec.settings is not None}}
 
     @classmethod
     def recipe(cls, method: str = "kd") -> DistillConfig:
@@ -254,9 +288,25 @@ class DistillConfig:
         ce, kd = methods[self.method].recipe
         self.ce_weight = ce if self.ce_weight is None else self.ce_weight
         self.kd_weight = kd if self.kd_weight is None else self.kd_weight
+        self._validate_temperature(methods)
         check_rules("distill", self)
         for name, section in self.sections.items():
             check_rules(f"distill.{name}", section)
+
+    def _validate_temperature(self, methods: dict[str, DistillMethodSpec]) -> None:
+        value = self.temperature
+        if isinstance(value, str):
+            if value not in LEARNED_TEMPERATURES:
+                raise ConfigError(f"distill.temperature: {value!r} is neither a number > 0 nor a learned temperature "
+                                  f"(available: {', '.join(LEARNED_TEMPERATURES) or 'none'})")
+            if not methods[self.method].learned_temperature:
+                takers = [name for name, spec in methods.items() if spec.learned_temperature]
+                raise ConfigError(f"distill.temperature={value}: method {self.method!r} takes a fixed temperature "
+                                  f"only; the methods that take a learned one: {', '.join(takers)} (or set "
+                                  "distill.temperature to a number > 0)")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"distill.temperature must be > 0 (or a learned temperature: "
+                              f"{', '.join(LEARNED_TEMPERATURES) or 'none'}), got {value!r}")
 
 
 @dataclass

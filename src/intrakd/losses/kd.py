@@ -19,10 +19,13 @@ def standardize_logits(logits: Tensor) -> Tensor:
     return (logits - mean) / (std + STANDARDIZE_EPS)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, standardize: bool = False) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor,
+            standardize: bool = False) -> Tensor:
     """``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch, computed in float32;
-    ``standardize``: each model's logits are first z-scored per sample (:func:`standardize_logits`)."""
-    if temperature <= 0:
+    ``standardize``: each model's logits are first z-scored per sample (:func:`standardize_logits`).
+    ``temperature``: a number, or a learned one as a 0-dim tensor, through which the loss is
+    differentiable (the ``T^2`` factor included)."""
+    if not isinstance(temperature, Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         student, teacher = student_logits.float(), teacher_logits.float()

@@ -20,6 +20,8 @@ from intrakd.objectives import mlkd  # noqa: F401
 from intrakd.objectives import ab  # noqa: F401
 from intrakd.objectives import ft  # noqa: F401
 from intrakd.objectives import fsp  # noqa: F401
+from intrakd.objectives import dist  # noqa: F401
+from intrakd.objectives import ctkd  # noqa: F401  (a learned temperature, not a method)
 # isort: on
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -30,18 +32,23 @@ from intrakd.objectives.registry import (
     describe_methods,
     differences_table,
     distill_recipe,
+    learned_temperature_methods,
+    learned_temperature_recipe,
     list_distillers,
     logit_standardized_methods,
     method_settings,
     methods_for_pair,
     methods_table,
+    published_top1,
     reference_of,
     register_distiller,
 )
 from intrakd.objectives.teacher import IntraClassTeacherObjective
+from intrakd.objectives.temperature import LearnedTemperature, list_temperatures, register_temperature
 
 __all__ = [
-    "Difference", "Distiller", "IntraClassTeacherObjective", "ReferenceDifferences", "StepResult", "TrainSetInfo",
-    "create_distiller", "describe_methods", "differences_table", "distill_recipe", "list_distillers", "logit_standardized_methods", "method_settings",
-    "methods_for_pair", "methods_table", "reference_of", "register_distiller",
+    "Difference", "Distiller", "IntraClassTeacherObjective", "LearnedTemperature", "ReferenceDifferences", "StepResult", "TrainSetInfo", "create_distiller",
+    "describe_methods", "differences_table", "distill_recipe", "learned_temperature_methods", "learned_temperature_recipe",
+    "list_distillers", "list_temperatures", "logit_standardized_methods", "method_settings", "methods_for_pair",
+    "methods_table", "published_top1", "reference_of", "register_distiller", "register_temperature",
 ]

@@ -16,6 +16,7 @@ from intrakd.data.tensor_data import Batch, Split
 from intrakd.losses import kd_loss
 from intrakd.models import ModelOutput
 from intrakd.objectives.base import StepResult
+from intrakd.objectives.temperature import create_temperature
 
 LOGIT_STANDARDIZED: dict[str, Any] = {"logit_standardize": True, "temperature": 2.0, "ce_weight": 1.0}
 """What the logit-standardisation recipe (Sun et al., CVPR 2024; the CIFAR-100 commands of their
@@ -88,13 +89,24 @@ class Distiller(nn.Module):
     samples)."""
     recipe: ClassVar[tuple[float, float]]
     """``(ce_weight, kd_weight)`` of the method's standard recipe (unset weights take these)."""
+    takes_learned_temperature: ClassVar[bool] = False
+    """Whether the method's logit terms take a learned temperature (``distill.temperature=ctkd``):
+    they then read it from :meth:`softmax_temperature`, never from ``self.temperature``."""
+    published: ClassVar[dict[tuple[str, str], float]] = {}
+    """CIFAR-100 top-1 (%) the method's paper reports, by ``(teacher, student)``, for its presets."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()
         if cfg.ce_weight is None or cfg.kd_weight is None:
-            raise ValueError(
-                "distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
-        self.ce_weight, self.kd_weight, self.temperature = cfg.ce_weight, cfg.kd_weight, cfg.temperature
+            raise ValueError("distill config not validated: ce_weight / kd_weight unset (call cfg.validate())")
+        self.ce_weight, self.kd_weight = cfg.ce_weight, cfg.kd_weight
+        self.learned_temperature = create_temperature(cfg)
+        """The learned temperature (a submodule: trained and checkpointed with the objective), or None."""
+        if self.learned_temperature is not None and not self.takes_learned_temperature:
+            raise ValueError(f"distill.temperature={cfg.temperature}: method {self.method!r} takes a fixed "
+                             "temperature only")
+        self.temperature: float | None = None if self.learned_temperature is not None else cfg.temperature
+        """``distill.temperature`` when it is a number (None with a learned temperature)."""
         self.logit_standardize = cfg.logit_standardize
         self.num_classes = data.num_classes
         self.settings: Any = getattr(cfg, self.method) if self.settings_class is not None else None
@@ -131,7 +143,17 @@ class Distiller(nn.Module):
         return None if weights is None else {**recipe, **LOGIT_STANDARDIZED, **weights}
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer before every epoch (0-based); methods with a schedule override it."""
+        """Called by the trainer before every epoch (0-based); methods with a schedule override it
+        (and call this one: it passes the epoch on to the learned temperature)."""
+        if self.learned_temperature is not None:
+            self.learned_temperature.set_epoch(epoch)
+
+    def softmax_temperature(self, student_logits: Tensor, teacher_logits: Tensor) -> float | Tensor:
+        """The temperature of this step's logit terms: ``distill.temperature``, or the learned
+        temperature's output (a 0-dim tensor carrying its gradient)."""
+        if self.learned_temperature is None:
+            return self.temperature
+        return self.learned_temperature(student_logits, teacher_logits)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -163,8 +185,9 @@ class Distiller(nn.Module):
         return model(images), teacher_out
 
     def kd_term(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        """Hinton's KD term, unweighted, at ``distill.temperature`` (logits standardised if so set)."""
-        return kd_loss(student_logits, teacher_logits, self.temperature, self.logit_standardize)
+        """Hinton's KD term, unweighted, at :meth:`softmax_temperature` (logits standardised if so set)."""
+        return kd_loss(student_logits, teacher_logits, self.softmax_temperature(student_logits, teacher_logits),
+                       self.logit_standardize)
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
@@ -173,4 +196,7 @@ class Distiller(nn.Module):
             losses["kd"] = self.kd_weight * self.kd_term(student_out.logits, teacher_out.logits)
         terms, stats = self.method_losses(student_out, teacher_out, batch)
         losses.update(terms)
+        if self.learned_temperature is not None:
+            temperature = self.softmax_temperature(student_out.logits, teacher_out.logits)
+            stats = {**stats, "temperature": temperature.detach(), **self.learned_temperature.stats()}
         return StepResult(losses, student_out.logits, stats)

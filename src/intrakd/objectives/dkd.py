@@ -32,10 +32,11 @@ PAIR_NCKD_WEIGHT: dict[tuple[str, str], float] = {
 """``(teacher, student) -> nckd_weight`` of the reference CIFAR-100 recipe where it differs from 8."""
 
 
-def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float,
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float | Tensor,
               standardize: bool = False) -> tuple[Tensor, Tensor]:
     """Per-sample ``(TCKD, NCKD)``, each times ``T^2``, computed in float32 with log-sum-exp;
-    ``standardize``: each model's logits are first z-scored per sample (:func:`standardize_logits`)."""
+    ``standardize``: each model's logits are first z-scored per sample (:func:`standardize_logits`);
+    ``temperature``: a number or a learned 0-dim tensor (the terms are differentiable through it)."""
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         # the label mask, without one_hot's host-synchronising range check
         target = torch.zeros_like(student_logits, dtype=torch.bool).scatter_(1, labels[:, None], True)
@@ -93,6 +94,7 @@ class DKDObjective(Distiller):
     kind = "logits"
     settings_class = DKDSettings
     recipe = (1.0, 0.0)
+    takes_learned_temperature = True
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
@@ -112,12 +114,13 @@ class DKDObjective(Distiller):
 
     def set_epoch(self, epoch: int) -> None:
         """The DKD term's weight factor: ``(epoch + 1) / warmup_epochs`` up to 1."""
+        super().set_epoch(epoch)
         self.warmup = linear_warmup(epoch, self.settings.warmup_epochs)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        tckd, nckd = dkd_terms(student.logits, teacher.logits, batch.labels, self.temperature,
-                               self.logit_standardize)
+        temperature = self.softmax_temperature(student.logits, teacher.logits)
+        tckd, nckd = dkd_terms(student.logits, teacher.logits, batch.labels, temperature, self.logit_standardize)
         tckd, nckd = tckd.mean(), nckd.mean()
         loss = self.warmup * (self.settings.tckd_weight * tckd + self.settings.nckd_weight * nckd)
         # the warm-up factor as a host scalar: no copy to the device

@@ -31,6 +31,7 @@ class KDObjective(Distiller):
 
     kind = "logits"
     recipe = (0.1, 0.9)
+    takes_learned_temperature = True
 
     @classmethod
     def logit_standardized_weights(cls, recipe: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from torch import nn
 from intrakd.config import DistillConfig, DistillMethodSpec, flatten, register_distill_method, to_dict
 from intrakd.data.tensor_data import Split
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
+from intrakd.objectives.temperature import list_temperatures, temperature_class
 
 _DISTILLERS: dict[str, type[Distiller]] = {}
 _REFERENCES: dict[str, ReferenceDifferences] = {}
@@ -54,7 +55,8 @@ def register_distiller(name: str, reference: ReferenceDifferences) -> Callable[[
     def add(cls: type[Distiller]) -> type[Distiller]:
         if name in _DISTILLERS:
             raise ValueError(f"distiller {name!r} registered twice")
-        register_distill_method(DistillMethodSpec(name, cls.settings_class, cls.recipe))
+        register_distill_method(DistillMethodSpec(name, cls.settings_class, cls.recipe,
+                                                  cls.takes_learned_temperature))
         cls.method = name
         _DISTILLERS[name] = cls
         _REFERENCES[name] = reference
@@ -113,6 +115,32 @@ def distill_recipe(name: str, teacher_model: str | None = None, student_model: s
     return standardized
 
 
+def learned_temperature_methods() -> list[str]:
+    """The methods whose logit terms take a learned temperature (``distill.temperature=<name>``)."""
+    return [name for name, cls in _DISTILLERS.items() if cls.takes_learned_temperature]
+
+
+def learned_temperature_recipe(temperature: str, name: str, teacher_model: str | None = None,
+                               student_model: str | None = None) -> dict[str, Any]:
+    """The ``distill`` section of method ``name``'s standard recipe (:func:`distill_recipe`) with the
+    learned ``temperature`` and its standard settings in place of the fixed temperature."""
+    cls = temperature_class(temperature)
+    if name not in learned_temperature_methods():
+        raise ValueError(f"method {name!r} takes a fixed temperature only; the methods that take a learned one: "
+                         + ", ".join(learned_temperature_methods()))
+    recipe = distill_recipe(name, teacher_model, student_model)
+    return {**recipe, "temperature": temperature, temperature: to_dict(cls.settings_class())}
+
+
+def published_top1(name: str, teacher_model: str, student_model: str, temperature: str | None = None) -> float | None:
+    """The CIFAR-100 top-1 (%) that the paper of method ``name`` (with the learned ``temperature``:
+    that temperature's paper) reports for this pair; None where it reports none."""
+    _check(name)
+    if temperature is None:
+        return _DISTILLERS[name].published.get((teacher_model, student_model))
+    return temperature_class(temperature).published.get((name, teacher_model, student_model))
+
+
 def logit_standardized_methods() -> list[str]:
     """The methods with a logit-standardised recipe (Sun et al., CVPR 2024), in registry order."""
     return [name for name, cls in _DISTILLERS.items()
@@ -136,6 +164,13 @@ def describe_methods() -> str:
                 "    with logit standardisation (presets <pair>/" + name + "-ls-vanilla|-ls-enriched): "
                          + " ".join(f"distill.{key}={value}" for key, value in changed.items()))
         lines.append("")
+    for name in list_temperatures():
+        cls = temperature_class(name)
+        lines.append(f"{name} (a learned temperature, not a method): {(cls.__doc__ or '').strip().splitlines()[0]}")
+        lines.append(f"    distill.temperature={name}  with the methods {', '.join(learned_temperature_methods())} "
+                     f"(presets <pair>/<method>-{name}-vanilla|-enriched)")
+        lines += [f"    {line}" for line in _setting_lines(f"distill.{name}", cls.settings_class)]
+        lines.append("")
     lines.append("Every method takes these settings (each method's recipe fills the weights left unset):")
     common = [f for f in dataclasses.fields(DistillConfig) if "help" in f.metadata and f.name != "method"]
     lines += [f"    {line}" for line in _setting_lines("distill", DistillConfig, common)]
@@ -144,12 +179,20 @@ def describe_methods() -> str:
 
 def methods_table() -> str:
     """The methods as a Markdown table (``intrakd methods --markdown``, docs/methods.md): name, paper,
-    kind, recipe weights and default settings."""
+    kind, recipe weights and default settings; then the learned temperatures and the methods that take them."""
     lines = ["| method | paper | kind | recipe (CE, KD weight) | default settings |", "|---|---|---|---|---|"]
     for name, cls in _DISTILLERS.items():
         paper = (cls.__doc__ or "").strip().splitlines()[0]
         settings = ", ".join(f"`{key}={value}`" for key, value in flatten(method_settings(name)).items()) or "-"
         lines.append(f"| `{name}` | {paper} | {cls.kind} | {cls.recipe[0]}, {cls.recipe[1]} | {settings} |")
+    lines += ["", "| learned temperature (`distill.temperature=`) | paper | methods that take it | default settings |",
+              "|---|---|---|---|"]
+    takers = ", ".join(f"`{name}`" for name in learned_temperature_methods())
+    for name in list_temperatures():
+        cls = temperature_class(name)
+        paper = (cls.__doc__ or "").strip().splitlines()[0]
+        settings = ", ".join(f"`{key}={value}`" for key, value in to_dict(cls.settings_class()).items())
+        lines.append(f"| `{name}` | {paper} | {takers} | {settings} |")
     return "\n".join(lines) + "\n"
 
 
