@@ -42,7 +42,7 @@ from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
 from intrakd.progress import run_intro, say
 from intrakd.train.accel import PerfSettings, resolve_perf
-from intrakd.train.checkpoint import (
+from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
     check_format,

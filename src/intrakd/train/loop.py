@@ -29,7 +29,7 @@ from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainCon
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.progress import Progress
 from intrakd.train.accel import PerfSettings
-from intrakd.train.checkpoint import (
+from intrakd.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointStore,
