@@ -18,8 +18,8 @@ import torch
 from intrakd.cli import main
 from intrakd.config import TeacherConfig, load_config, to_dict
 from intrakd.data import load_digits_splits
-from intrakd.train import Trainer, read_checkpoint
 from intrakd.models.checkpoint import CheckpointStore
+from intrakd.train import Trainer, read_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=3", "optim.milestones=[2]",

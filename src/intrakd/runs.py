@@ -39,9 +39,6 @@ from intrakd.config import (
 )
 from intrakd.data import Split, build_datasets
 from intrakd.models import check_reads_images, create_model
-from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.progress import run_intro, say
-from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -51,6 +48,9 @@ from intrakd.models.checkpoint import (
     read_checkpoint,
     write_atomic,
 )
+from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.progress import run_intro, say
+from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
 from intrakd.train.runfolder import RUN_MARKERS, RunFolder
 from intrakd.train.signals import Interrupted

@@ -27,8 +27,6 @@ from tqdm import tqdm
 from intrakd import distributed
 from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
-from intrakd.progress import Progress
-from intrakd.train.accel import PerfSettings
 from intrakd.models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -37,6 +35,8 @@ from intrakd.models.checkpoint import (
     check_format,
     write_atomic,
 )
+from intrakd.progress import Progress
+from intrakd.train.accel import PerfSettings
 from intrakd.train.evaluate import evaluate
 from intrakd.train.guards import NonFiniteLoss, NonFiniteWatch, all_finite
 from intrakd.train.meter import EpochMeter
