@@ -25,7 +25,8 @@ from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_
 from intrakd.objectives.base import StepResult
 from intrakd.train import accel
 from intrakd.train.accel import PerfSettings, resolve_perf
-from intrakd.train.loop import EpochMeter, build_optimizer
+from intrakd.train.meter import EpochMeter
+from intrakd.train.stages import build_optimizer
 
 CPU = torch.device("cpu")
 

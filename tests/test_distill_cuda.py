@@ -11,7 +11,7 @@ from intrakd.config import StudentConfig, load_config
 from intrakd.data import Augmentation, TensorDataset
 from intrakd.models import create_model
 from intrakd.objectives import create_distiller, list_distillers
-from intrakd.train.loop import build_optimizer
+from intrakd.train.stages import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -84,7 +84,7 @@ def train(scenario: str, tmp: Path) -> dict:
         info=RunInfo("teacher", "tiny", 4, {}, "test"), teacher=teacher,
     )
     trainer.fit()
-    metrics = [json.loads(line) for line in trainer.metrics_lines]
+    metrics = [json.loads(line) for line in trainer.state.metrics_lines]
     return {"losses": torch.stack(recorder.losses), "metrics": metrics, "model": model.state_dict(),
             "objective": objective.state_dict()}
 

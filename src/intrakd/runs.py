@@ -231,14 +231,13 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
     """Run ``trainer`` to its end. A new run that fails before it kept an epoch or a checkpoint is
     undone (its folder as before it started); otherwise a replaced run's files are deleted."""
     if state is not None:
-        trainer.load_state_dict(state)
-        trainer.last_checkpoint = path
+        trainer.load(state, path)
     try:
         summary = trainer.fit({**extra_summary, "perf": trainer.perf.describe(),
                                "world_size": distributed.world_size()})
     except Exception as err:
         if folder is not None:
-            kept = trainer.last_checkpoint is not None or bool(trainer.metrics_lines)
+            kept = trainer.state.last_checkpoint is not None or bool(trainer.state.metrics_lines)
             if kept or isinstance(err, Interrupted):
                 folder.settle()
             else:
