@@ -55,7 +55,8 @@ from intrakd.data.tensor_data import TensorDataset
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.train.accel import PerfSettings
-from intrakd.train.loop import RunInfo, Trainer, build_optimizer
+from intrakd.train.loop import RunInfo, Trainer
+from intrakd.train.stages import build_optimizer
 
 NUM_CLASSES = 100
 REFERENCE_WORKERS = 2

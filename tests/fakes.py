@@ -53,6 +53,6 @@ class TinyNet(Classifier):
 
 def cache_memory(cache: FeatureCache) -> tuple[Tensor, Tensor]:
     """A feature cache's entries flattened to ``[C*K, D]`` and their labels ``[C*K]`` (-1 where a slot
-    is unusable): the flat memory form that ``intra_class_terms`` also accepts."""
+    is unusable): the flat layout of a ``Memory`` record."""
     labels = torch.arange(cache.num_classes, device=cache.features.device)[:, None].expand(-1, cache.capacity)
     return cache.features.reshape(-1, cache.dim), torch.where(cache.valid(), labels, -1).reshape(-1)

@@ -19,13 +19,14 @@ from intrakd.config import (
     load_config,
 )
 from intrakd.data.tensor_data import Batch
-from intrakd.losses import intra_class_terms, kd_loss
+from intrakd.losses import Memory, intra_class_terms, kd_loss
 from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.objectives.base import StepResult
 from intrakd.train import accel
 from intrakd.train.accel import PerfSettings, resolve_perf
-from intrakd.train.loop import EpochMeter, build_optimizer
+from intrakd.train.meter import EpochMeter
+from intrakd.train.stages import build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -236,8 +237,7 @@ def test_per_class_memory_gives_the_flattened_memorys_terms_and_gradients(symmet
     gate = torch.rand(2 * batch if symmetric else batch) < 0.8
     flat, flat_labels = cache_memory(cache)
     results = []
-    for kwargs in ({"memory": flat, "memory_labels": flat_labels},
-                   {"class_memory": cache.features, "class_memory_valid": cache.valid()}):
+    for kwargs in ({"memory": [Memory.of(flat, flat_labels)]}, {"memory": [cache.memory(with_ids=False)]}):
         a, p = a0.clone().requires_grad_(), p0.clone().requires_grad_()
         per_anchor, contributing = intra_class_terms(a, p, labels, anchor_mask=gate, temperature=tau,
                                                      normalize=normalize, symmetric=symmetric, min_negatives=2,
@@ -256,9 +256,10 @@ def test_per_class_memory_gives_the_flattened_memorys_terms_and_gradients(symmet
 
 
 def test_per_class_memory_shapes_are_checked():
-    with pytest.raises(ValueError, match=r"class_memory must be \[C, K, D\] and class_memory_valid \[C, K\]"):
-        intra_class_terms(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]),
-                          class_memory=torch.randn(3, 4), class_memory_valid=torch.ones(3, dtype=torch.bool))
+    wrong = Memory.of(torch.randn(3, 4, 2), torch.zeros(3, dtype=torch.long), valid=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"a memory's features must be \[M, D\] or \[C, K, D\] and its labels, ids "
+                                         r"and valid \[M\] or \[C, K\], got \(3, 4, 2\) and \(3,\), \(3, 4\), \(3,\)"):
+        intra_class_terms(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([0, 1]), memory=[wrong])
 
 
 def test_cache_write_matches_a_sequential_ring_buffer():

@@ -81,7 +81,7 @@ def test_skip_keeps_resume_exact(tmp_path, monkeypatch):
 
     def step_then_ctrl_c(self, batch):
         original(self, batch)
-        if self.global_step == 5:
+        if self.state.global_step == 5:
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
@@ -102,7 +102,7 @@ def test_a_run_stopped_by_an_image_gone_bad_in_epoch_2_resumes_with_skip(tmp_pat
 
     def spoil_after_epoch_1(self, batch):
         original(self, batch)
-        if self.global_step == 3:  # the last step of epoch 1 (16 images, batches of 4)
+        if self.state.global_step == 3:  # the last step of epoch 1 (16 images, batches of 4)
             spoiled.write_bytes(b"not an image")
 
     monkeypatch.setattr(Trainer, "train_step", spoil_after_epoch_1)

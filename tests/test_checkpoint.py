@@ -14,8 +14,8 @@ import pytest
 import torch
 from fakes import FullDisk
 
-import intrakd.train.checkpoint as checkpoint_module
-from intrakd.train.checkpoint import (
+import intrakd.models.checkpoint as checkpoint_module
+from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
     CheckpointWriteError,

@@ -16,7 +16,7 @@ from intrakd.objectives import (
     list_distillers,
     list_temperatures,
 )
-from intrakd.train.loop import build_optimizer
+from intrakd.train.stages import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -13,9 +13,9 @@ from intrakd.cli import main
 from intrakd.config import StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.models import create_model
+from intrakd.models.checkpoint import read_checkpoint
 from intrakd.objectives import create_distiller, distill_recipe
 from intrakd.runs import distill, train_teacher
-from intrakd.train.checkpoint import read_checkpoint
 
 COMMON = {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 50, "eval_per_class": 20},
           "optim": {"epochs": 1, "milestones": [1]}}

@@ -26,6 +26,7 @@ from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
+from intrakd.objectives.teacher import PeerBatch
 from intrakd.train.loop import RunInfo, Trainer
 
 GLOBAL_BATCH = 16
@@ -84,7 +85,7 @@ def train(scenario: str, tmp: Path) -> dict:
         info=RunInfo("teacher", "tiny", 4, {}, "test"), teacher=teacher,
     )
     trainer.fit()
-    metrics = [json.loads(line) for line in trainer.metrics_lines]
+    metrics = [json.loads(line) for line in trainer.state.metrics_lines]
     return {"losses": torch.stack(recorder.losses), "metrics": metrics, "model": model.state_dict(),
             "objective": objective.state_dict()}
 
@@ -217,12 +218,12 @@ def test_helpers_are_identities_in_one_process():
     assert distributed.mean_across_ranks(values) is values
     model = TinyNet()
     assert distributed.wrap_model(model, sync_batchnorm=True) is model
-    peers = distributed.PeerBatch(x, x, torch.tensor([0, 1, 0]), torch.tensor([True, False, True]))
-    memory, labels = torch.randn(2, 2), torch.tensor([0, -1])
-    assert peers.negatives(memory, labels) == (memory, labels, None)
-    z, y, gate, ids = peers.cache_rows()
+    peers = PeerBatch(x, x, torch.tensor([0, 1, 0]), torch.tensor([True, False, True]))
+    assert peers.others is None
+    z, y, ids, gate = peers.rows
     assert torch.equal(z, x) and not z.requires_grad and y.tolist() == [0, 1, 0] and gate.tolist() == [True, False, True]
     assert ids.tolist() == [-1, -1, -1]
+    assert distributed.gather_tensors(x) is x
     assert distributed.run_on_main(lambda: 7) == 7
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from fakes import FullDisk
 
-import intrakd.train.checkpoint as checkpoint_module
+import intrakd.models.checkpoint as checkpoint_module
 from intrakd.cli import EXIT_BAD_INPUT, EXIT_IO_ERROR, EXIT_NONFINITE, main
 from intrakd.models import create_model
+from intrakd.models.checkpoint import CheckpointStore, verify_checkpoint
 from intrakd.objectives import IntraClassTeacherObjective
 from intrakd.train import read_checkpoint
-from intrakd.train.checkpoint import CheckpointStore, verify_checkpoint
 from intrakd.train.guards import NonFiniteWatch
 
 TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "intra.weight=0.1", "device=cpu"]

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intrakd.losses import classification_margin, intra_class_contrastive_loss, kd_loss
+from intrakd.losses import Memory, classification_margin, intra_class_contrastive_loss, kd_loss
+
+
+def fast_intra_loss(anchors, positives, labels, memory=None, memory_labels=None, memory_ids=None, **options):
+    """The loss under test, given the slow loop's flat-memory arguments as one :class:`Memory` record."""
+    records = [] if memory is None else [Memory.of(memory, memory_labels, memory_ids)]
+    return intra_class_contrastive_loss(anchors, positives, labels, memory=records, **options)
 
 
 def slow_intra_loss(anchors, positives, labels, memory=None, memory_labels=None, anchor_mask=None,
@@ -63,7 +69,7 @@ def test_intra_loss_matches_slow_loop(dtype, symmetric, use_memory, temperature)
         kwargs = {"anchor_mask": mask, "temperature": temperature, "symmetric": symmetric}
         if use_memory:
             kwargs.update(memory=mem, memory_labels=mem_y)
-        got = intra_class_contrastive_loss(a, p, y, **kwargs)
+        got = fast_intra_loss(a, p, y, **kwargs)
         want = slow_intra_loss(a, p, y, **kwargs)
         assert got.dtype == torch.float32
         assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -71,7 +77,7 @@ def test_intra_loss_matches_slow_loop(dtype, symmetric, use_memory, temperature)
 
 def test_unnormalized_seed_form_matches_slow_loop():
     a, p, y, mem, mem_y, _ = random_case(7)
-    got = intra_class_contrastive_loss(a, p, y, memory=mem, memory_labels=mem_y, temperature=1.0, normalize=False)
+    got = fast_intra_loss(a, p, y, memory=mem, memory_labels=mem_y, temperature=1.0, normalize=False)
     want = slow_intra_loss(a, p, y, memory=mem, memory_labels=mem_y, temperature=1.0, normalize=False)
     assert got.item() == pytest.approx(want, rel=1e-5)
 
@@ -79,7 +85,7 @@ def test_unnormalized_seed_form_matches_slow_loop():
 def test_min_negatives_excludes_anchors_with_too_few():
     a, p, y, mem, mem_y, _ = random_case(3, batch=16, classes=4)
     for k in (1, 2, 3, 5):
-        got = intra_class_contrastive_loss(a, p, y, memory=mem, memory_labels=mem_y, min_negatives=k)
+        got = fast_intra_loss(a, p, y, memory=mem, memory_labels=mem_y, min_negatives=k)
         want = slow_intra_loss(a, p, y, memory=mem, memory_labels=mem_y, min_negatives=k)
         assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
 
@@ -87,7 +93,7 @@ def test_min_negatives_excludes_anchors_with_too_few():
 def test_symmetric_mask_may_gate_each_view_separately():
     a, p, y, _, _, _ = random_case(11, batch=10, classes=2)
     mask = torch.arange(20) % 3 != 0
-    got = intra_class_contrastive_loss(a, p, y, anchor_mask=mask, symmetric=True)
+    got = fast_intra_loss(a, p, y, anchor_mask=mask, symmetric=True)
     assert got.item() == pytest.approx(slow_intra_loss(a, p, y, anchor_mask=mask, symmetric=True), rel=1e-5)
 
 
@@ -95,9 +101,9 @@ def test_bf16_autocast_computes_in_float32():
     a, p, y, mem, mem_y, mask = random_case(5, batch=32, dim=16, classes=4, memory=24)
     want = slow_intra_loss(a, p, y, memory=mem, memory_labels=mem_y, anchor_mask=mask, temperature=0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got_fp32_inputs = intra_class_contrastive_loss(a, p, y, memory=mem, memory_labels=mem_y,
+        got_fp32_inputs = fast_intra_loss(a, p, y, memory=mem, memory_labels=mem_y,
                                                        anchor_mask=mask, temperature=0.05)
-        got_bf16_inputs = intra_class_contrastive_loss(a.bfloat16(), p.bfloat16(), y, memory=mem.bfloat16(),
+        got_bf16_inputs = fast_intra_loss(a.bfloat16(), p.bfloat16(), y, memory=mem.bfloat16(),
                                                        memory_labels=mem_y, anchor_mask=mask, temperature=0.05)
     assert got_fp32_inputs.dtype == torch.float32
     assert got_fp32_inputs.item() == pytest.approx(want, rel=1e-5)
@@ -112,7 +118,7 @@ def test_gradcheck_float64():
     p.requires_grad_(True)
 
     def fn(a, p):
-        return intra_class_contrastive_loss(a.double(), p.double(), y, memory=mem, memory_labels=mem_y,
+        return fast_intra_loss(a.double(), p.double(), y, memory=mem, memory_labels=mem_y,
                                             anchor_mask=mask, temperature=0.5, symmetric=True)
 
     # the loss is computed in float32 internally: compare numerically at float32 tolerance
@@ -122,7 +128,7 @@ def test_gradcheck_float64():
 def test_gradient_matches_slow_loop_autograd():
     a, p, y, mem, mem_y, mask = random_case(9, batch=8, dim=5, classes=2, memory=6, dtype=torch.float64)
     a1, p1 = a.clone().requires_grad_(True), p.clone().requires_grad_(True)
-    intra_class_contrastive_loss(a1, p1, y, memory=mem, memory_labels=mem_y, anchor_mask=mask).backward()
+    fast_intra_loss(a1, p1, y, memory=mem, memory_labels=mem_y, anchor_mask=mask).backward()
     a2, p2 = a.clone().requires_grad_(True), p.clone().requires_grad_(True)
     za, zp, zm = F.normalize(a2, dim=1), F.normalize(p2, dim=1), F.normalize(mem, dim=1)
     terms = []
@@ -143,7 +149,7 @@ def test_no_negatives_gives_differentiable_zero():
     a = torch.randn(4, 3, requires_grad=True)
     p = torch.randn(4, 3, requires_grad=True)
     y = torch.arange(4)  # every image its own class: no negatives anywhere
-    loss = intra_class_contrastive_loss(a, p, y, temperature=0.05)
+    loss = fast_intra_loss(a, p, y, temperature=0.05)
     assert loss.item() == 0.0
     loss.backward()
     assert a.grad is not None and torch.count_nonzero(a.grad) == 0
@@ -152,7 +158,7 @@ def test_no_negatives_gives_differentiable_zero():
 def test_all_anchors_masked_gives_zero():
     a, p, y, mem, mem_y, _ = random_case(1)
     mask = torch.zeros(a.shape[0], dtype=torch.bool)
-    loss = intra_class_contrastive_loss(a.requires_grad_(), p, y, memory=mem, memory_labels=mem_y, anchor_mask=mask)
+    loss = fast_intra_loss(a.requires_grad_(), p, y, memory=mem, memory_labels=mem_y, anchor_mask=mask)
     assert loss.item() == 0.0
     loss.backward()
 
@@ -160,7 +166,7 @@ def test_all_anchors_masked_gives_zero():
 def test_single_class_uses_every_other_image():
     a, p, _, _, _, _ = random_case(4, batch=5)
     y = torch.zeros(5, dtype=torch.long)
-    got = intra_class_contrastive_loss(a, p, y, temperature=0.05)
+    got = fast_intra_loss(a, p, y, temperature=0.05)
     want = slow_intra_loss(a, p, y, temperature=0.05)
     assert torch.isfinite(got) and got.item() == pytest.approx(want, rel=1e-5)
 
@@ -169,12 +175,12 @@ def test_empty_memory_and_extreme_temperature_stay_finite():
     a = torch.randn(8, 4) * 100
     p = -a
     y = torch.zeros(8, dtype=torch.long)
-    loss = intra_class_contrastive_loss(a, p, y, memory=torch.zeros(0, 4), memory_labels=torch.zeros(0, dtype=torch.long),
+    loss = fast_intra_loss(a, p, y, memory=torch.zeros(0, 4), memory_labels=torch.zeros(0, dtype=torch.long),
                                         temperature=0.05)
     assert torch.isfinite(loss)
     # identical negatives and positive: l = log(1 + n)
     z = torch.ones(3, 2)
-    loss = intra_class_contrastive_loss(z, z, torch.zeros(3, dtype=torch.long))
+    loss = fast_intra_loss(z, z, torch.zeros(3, dtype=torch.long))
     assert loss.item() == pytest.approx(math.log(1 + 4), rel=1e-6)
 
 
@@ -182,7 +188,7 @@ def test_known_value_two_images():
     # a0 = p0 = e1; other image of the same class at e2 (both views): a0.p0 = 1, a0.n = 0
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 0])
-    loss = intra_class_contrastive_loss(a, a.clone(), y, temperature=0.5)
+    loss = fast_intra_loss(a, a.clone(), y, temperature=0.5)
     assert loss.item() == pytest.approx(math.log(1 + 2 * math.exp(-1 / 0.5)), rel=1e-6)
 
 
@@ -224,11 +230,22 @@ def test_memory_rows_of_the_anchors_own_image_are_not_negatives(symmetric):
                               torch.randint(40, 60, (16,), generator=g))
         mem_ids[-1] = -1
         kwargs = {"memory": mem, "memory_labels": mem_y, "anchor_mask": mask, "symmetric": symmetric}
-        got = intra_class_contrastive_loss(a, p, y, anchor_ids=ids, memory_ids=mem_ids, **kwargs)
+        got = fast_intra_loss(a, p, y, anchor_ids=ids, memory_ids=mem_ids, **kwargs)
         want = slow_intra_loss(a, p, y, anchor_ids=ids, memory_ids=mem_ids, **kwargs)
         assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
         # the exclusion matters in this case: without ids the loss differs
-        assert intra_class_contrastive_loss(a, p, y, **kwargs).item() != pytest.approx(want, rel=1e-5)
+        assert fast_intra_loss(a, p, y, **kwargs).item() != pytest.approx(want, rel=1e-5)
+
+
+def test_invalid_memory_rows_are_no_negatives():
+    for seed in range(3):
+        a, p, y, mem, mem_y, mask = random_case(seed, memory=16)
+        valid = torch.rand(16, generator=torch.Generator().manual_seed(seed)) < 0.5
+        got = intra_class_contrastive_loss(a, p, y, memory=[Memory.of(mem, mem_y, valid=valid)], anchor_mask=mask)
+        want = slow_intra_loss(a, p, y, memory=mem, memory_labels=torch.where(valid, mem_y, -1), anchor_mask=mask)
+        assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert got.item() != pytest.approx(fast_intra_loss(a, p, y, memory=mem, memory_labels=mem_y,
+                                                           anchor_mask=mask).item(), rel=1e-5)
 
 
 def test_class_memory_ids_exclude_like_flat_memory_ids():
@@ -243,8 +260,8 @@ def test_class_memory_ids_exclude_like_flat_memory_ids():
     class_ids = torch.randint(95, 112, (classes, capacity), generator=g)  # some equal anchors' ids
     flat_labels = torch.where(valid, torch.arange(classes)[:, None], -1).reshape(-1)
     for symmetric in (False, True):
-        got = intra_class_contrastive_loss(a, p, y, class_memory=class_memory, class_memory_valid=valid,
-                                           class_memory_ids=class_ids, anchor_ids=ids, symmetric=symmetric)
+        per_class = Memory(class_memory, torch.arange(classes)[:, None].expand(classes, capacity), class_ids, valid)
+        got = intra_class_contrastive_loss(a, p, y, memory=[per_class], anchor_ids=ids, symmetric=symmetric)
         want = slow_intra_loss(a, p, y, memory=class_memory.reshape(-1, dim), memory_labels=flat_labels,
                                anchor_ids=ids, memory_ids=class_ids.reshape(-1), symmetric=symmetric)
         assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)

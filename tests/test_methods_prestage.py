@@ -20,7 +20,7 @@ from intrakd.objectives import TrainSetInfo, create_distiller, distill_recipe
 from intrakd.objectives.ab import ABObjective, ab_connector
 from intrakd.objectives.fsp import FSPObjective, fsp_loss
 from intrakd.objectives.ft import FTObjective, ft_loss
-from intrakd.progress import run_intro
+from intrakd.progress import RunPlan, run_intro
 from intrakd.runs import distill, seed_everything, train_teacher
 from intrakd.train import read_checkpoint
 from intrakd.train.sinks import console_line
@@ -213,8 +213,8 @@ def test_init_stage_settings_are_checked_and_may_be_zero():
 
 
 def test_the_run_says_and_shows_the_stage():
-    intro = run_intro("distill", "s", "out", None, "digits", 10, 10, "test", 5, "m", 8, 240, 64, "cpu", "fp32", 1,
-                      init_epochs=30)
+    intro = run_intro(RunPlan("distill", "s", "out", None, "digits", 10, 10, "test", 5, "m", steps_per_epoch=8,
+                              epochs=240, batch_size=64, device="cpu", precision="fp32", init_epochs=30))
     assert "8 steps/epoch x 270 epochs (30 pre-training + 240), batch 64" in intro[2]
     assert console_line("s", {"epoch": 3, "stage": "init", "loss": 1.0}, 270, "test") == \
         "[s] epoch 3/270 (pre-training) loss=1"

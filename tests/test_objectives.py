@@ -8,7 +8,7 @@ from torch import nn
 
 from intrakd.config import DistillConfig, IntraConfig
 from intrakd.data import Batch
-from intrakd.losses import intra_class_contrastive_loss, kd_loss
+from intrakd.losses import Memory, intra_class_contrastive_loss, kd_loss
 from intrakd.models import ModelOutput
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo
 from intrakd.objectives.kd import KDObjective
@@ -54,7 +54,7 @@ def test_enriched_teacher_terms_gate_and_cache_order():
     memory_before, labels_before = (t.clone() for t in cache_memory(objective.cache))
     result = objective(model, b2)
     z1, z2 = F.normalize(b2.views[0], dim=1), F.normalize(b2.views[1], dim=1)
-    want = intra_class_contrastive_loss(z1, z2, b2.labels, memory=memory_before, memory_labels=labels_before,
+    want = intra_class_contrastive_loss(z1, z2, b2.labels, memory=[Memory.of(memory_before, labels_before)],
                                         symmetric=True)
     torch.testing.assert_close(result.losses["intra"], 0.5 * want)
     assert result.stats["pass_rate"].item() == 1.0
@@ -131,11 +131,10 @@ def test_the_cache_never_gives_an_anchor_its_own_older_embedding(exclude_self):
     assert torch.isin(cached_ids, first.indices).any()
     # the reference: the flat-memory form (checked against a slow loop in test_losses), each anchor
     # skipping the cached rows of its own image when exclude_self
-    want = intra_class_contrastive_loss(z1, z2, first.labels, memory=cached, memory_labels=cached_labels,
-                                        anchor_ids=first.indices if exclude_self else None,
-                                        memory_ids=cached_ids, symmetric=True)
+    want = intra_class_contrastive_loss(z1, z2, first.labels, memory=[Memory.of(cached, cached_labels, cached_ids)],
+                                        anchor_ids=first.indices if exclude_self else None, symmetric=True)
     torch.testing.assert_close(result.losses["intra"], want)
-    with_own = intra_class_contrastive_loss(z1, z2, first.labels, memory=cached, memory_labels=cached_labels,
+    with_own = intra_class_contrastive_loss(z1, z2, first.labels, memory=[Memory.of(cached, cached_labels)],
                                             symmetric=True)
     assert (result.losses["intra"].item() == pytest.approx(with_own.item())) is not exclude_self
     assert result.stats["cache_own_entries"].item() > 0

@@ -18,8 +18,8 @@ import torch
 from intrakd.cli import main
 from intrakd.config import TeacherConfig, load_config, to_dict
 from intrakd.data import load_digits_splits
+from intrakd.models.checkpoint import CheckpointStore
 from intrakd.train import Trainer, read_checkpoint
-from intrakd.train.checkpoint import CheckpointStore
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TEACHER = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=3", "optim.milestones=[2]",
@@ -69,7 +69,7 @@ def crash_then_resume(monkeypatch, command: str, run: Path, args: list[str], ste
     original = Trainer.train_step
 
     def crash_at_step(self, batch):
-        if self.global_step == step:
+        if self.state.global_step == step:
             raise Crash
         original(self, batch)
 
@@ -149,7 +149,7 @@ def test_sigint_in_process_saves_exits_130_and_resumes_exactly(tmp_path, referen
 
     def step_then_ctrl_c(self, batch):
         original(self, batch)
-        if self.global_step == 30:
+        if self.state.global_step == 30:
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
@@ -171,7 +171,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, reference, monkeyp
     original = Trainer.train_step
 
     def crash_at_step_40(self, batch):
-        if self.global_step == 40:
+        if self.state.global_step == 40:
             raise Crash
         original(self, batch)
 
@@ -268,7 +268,7 @@ def test_crash_between_metrics_line_and_checkpoint_leaves_no_duplicate_line(tmp_
     original = Trainer.save_checkpoint
 
     def crash_at_the_end_of_epoch_2(self, best=False):
-        if (self.epoch, self.step) == (2, 0):
+        if (self.state.epoch, self.state.step) == (2, 0):
             raise Crash
         return original(self, best)
 

@@ -13,8 +13,9 @@ Semantics (the same run on 1 or N processes):
 * The trainable model is wrapped in DDP (gradients averaged over ranks); parameters of the
   objective itself (a projection head) are averaged by :func:`average_gradients`. A frozen teacher
   is never wrapped. Optional SyncBatchNorm (CUDA only) makes batch-norm statistics global.
-* The teacher objective exchanges this step's embeddings with :class:`PeerBatch`: the other ranks'
-  images of the global batch are negatives too, the intra-class loss is averaged over the anchors of
+* The teacher objective exchanges this step's embeddings (``objectives/teacher.py``'s ``PeerBatch``,
+  built on :func:`gather_rows` and :func:`gather_tensors`): the other ranks' images of the global
+  batch are negatives too, the intra-class loss is averaged over the anchors of
   the whole global batch, and every rank writes all ranks' gated samples, in rank order, into its
   feature cache, so the caches stay identical on every rank and equal to a single process's.
 * Metrics are averaged over ranks (:func:`mean_across_ranks`); rank 0 alone writes the run folder.
@@ -170,50 +171,12 @@ def sum_across_ranks(x: Tensor) -> Tensor:
     return funcol.all_reduce(x.detach(), "sum", dist.group.WORLD)
 
 
-class PeerBatch:
-    """This step's embeddings, labels, sample ids and gate of every rank, for the intra-class loss
-    and the cache.
-
-    Built from this rank's views ``z1, z2`` (``[b, D]`` float32), ``labels [b]``, ``ids [b]`` (the
-    images' sample indices, -1 where unknown) and ``gate [b]`` (the first view's margin gate) with one
-    differentiable all-gather of the embeddings and one plain all-gather of the labels, ids and gate.
-    In one process it holds the inputs as they are.
-    """
-
-    def __init__(self, z1: Tensor, z2: Tensor, labels: Tensor, gate: Tensor, ids: Tensor | None = None) -> None:
-        ids = torch.full_like(labels, -1) if ids is None else ids.to(labels.device, torch.long)
-        self.z1, self.z2, self.labels, self.ids, self.gate = z1, z2, labels, ids, gate
-        self.peer_z1 = self.peer_z2 = self.peer_labels = self.peer_ids = None
-        if not is_distributed():
-            return
-        b, dim = z1.shape
-        rows = gather_rows(torch.cat([z1, z2], dim=1))  # [N * b, 2D], rank order
-        tags = funcol.all_gather_tensor(torch.stack([labels.long(), ids, gate.long()], dim=1), 0,
-                                        dist.group.WORLD)  # [N * b, 3]
-        mine = rank() * b
-        peers, peer_tags = (torch.cat([x[:mine], x[mine + b :]]) for x in (rows, tags))
-        self.peer_z1, self.peer_z2 = peers[:, :dim], peers[:, dim:]
-        self.peer_labels, self.peer_ids = peer_tags[:, 0], peer_tags[:, 1]
-        self.cache_z1 = rows.detach()[:, :dim]
-        self.cache_labels, self.cache_ids, self.cache_gate = tags[:, 0], tags[:, 1], tags[:, 2] > 0
-
-    def negatives(self, memory: Tensor | None, memory_labels: Tensor | None, memory_ids: Tensor | None = None
-                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """``memory``, its labels and its sample ids extended by both views of the other ranks'
-        images (which carry gradient back to their ranks); unchanged in one process."""
-        if self.peer_z1 is None:
-            return memory, memory_labels, memory_ids
-        extra = [self.peer_z1, self.peer_z2] + ([memory] if memory is not None else [])
-        extra_labels = [self.peer_labels, self.peer_labels] + ([memory_labels] if memory_labels is not None else [])
-        extra_ids = [self.peer_ids, self.peer_ids] + (
-            [memory_ids if memory_ids is not None else torch.full_like(memory_labels, -1)] if memory is not None else [])
-        return torch.cat(extra), torch.cat(extra_labels), torch.cat(extra_ids)
-
-    def cache_rows(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(first-view embeddings, labels, gate, sample ids) of the global batch in rank order, detached."""
-        if self.peer_z1 is None:
-            return self.z1.detach(), self.labels, self.gate, self.ids
-        return self.cache_z1, self.cache_labels, self.cache_gate, self.cache_ids
+def gather_tensors(x: Tensor) -> Tensor:
+    """Every rank's ``x`` (same shape on each) concatenated along dim 0 in rank order, without
+    gradient (the identity in one process)."""
+    if not is_distributed():
+        return x
+    return funcol.all_gather_tensor(x, 0, dist.group.WORLD)
 
 
 def mean_across_ranks(values: dict[str, Tensor]) -> dict[str, Tensor]:

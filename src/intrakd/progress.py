@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TextIO
 
 from tqdm import tqdm
@@ -49,20 +50,44 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def run_intro(command: str, label: str, run_dir: str, resumed_from: str | None, dataset: str, train_images: int,
-              num_classes: int, eval_split: str, eval_images: int, model: str, steps_per_epoch: int, epochs: int,
-              batch_size: int, device: str, precision: str, processes: int, init_epochs: int = 0) -> list[str]:
-    """What a training run will do, in four lines (printed before its first step); ``init_epochs`` of
-    a pre-training stage come before the ``epochs`` of the main stage."""
-    state = f"resuming from {resumed_from}" if resumed_from else "new run"
-    stages = f"{init_epochs + epochs} epochs ({init_epochs} pre-training + {epochs})" if init_epochs else \
-        f"{epochs} epochs"
+@dataclass(frozen=True)
+class RunPlan:
+    """What a training run will do, as its introduction says it."""
+
+    command: str
+    label: str
+    run_dir: str
+    resumed_from: str | None
+    """The checkpoint it continues from ('its beginning' when none was written); None: a new run."""
+    dataset: str
+    train_images: int
+    num_classes: int
+    eval_split: str
+    eval_images: int
+    model: str
+    steps_per_epoch: int
+    epochs: int
+    """Epochs of the main stage."""
+    batch_size: int
+    device: str
+    precision: str
+    processes: int = 1
+    init_epochs: int = 0
+    """Epochs of a pre-training stage, before the main stage's."""
+
+
+def run_intro(plan: RunPlan) -> list[str]:
+    """What a training run will do, in four lines (printed before its first step)."""
+    p = plan
+    state = f"resuming from {p.resumed_from}" if p.resumed_from else "new run"
+    stages = f"{p.init_epochs + p.epochs} epochs ({p.init_epochs} pre-training + {p.epochs})" if p.init_epochs else \
+        f"{p.epochs} epochs"
     return [
-        f"intrakd {command}: {label} -> {run_dir} ({state})",
-        (f"  data    {dataset}: {train_images} training images, {num_classes} classes; "
-         f"evaluated on {eval_split}: {eval_images} images"),
-        f"  model   {model}: {steps_per_epoch} steps/epoch x {stages}, batch {batch_size}",
-        f"  device  {device}, precision {precision}" + (f", {processes} processes" if processes > 1 else ""),
+        f"intrakd {p.command}: {p.label} -> {p.run_dir} ({state})",
+        (f"  data    {p.dataset}: {p.train_images} training images, {p.num_classes} classes; "
+         f"evaluated on {p.eval_split}: {p.eval_images} images"),
+        f"  model   {p.model}: {p.steps_per_epoch} steps/epoch x {stages}, batch {p.batch_size}",
+        f"  device  {p.device}, precision {p.precision}" + (f", {p.processes} processes" if p.processes > 1 else ""),
     ]
 
 

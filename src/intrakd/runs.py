@@ -15,6 +15,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,10 +40,7 @@ from intrakd.config import (
 )
 from intrakd.data import Split, build_datasets
 from intrakd.models import check_reads_images, create_model
-from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.progress import run_intro, say
-from intrakd.train.accel import PerfSettings, resolve_perf
-from intrakd.train.checkpoint import (
+from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
     check_format,
@@ -51,8 +49,11 @@ from intrakd.train.checkpoint import (
     read_checkpoint,
     write_atomic,
 )
+from intrakd.objectives import IntraClassTeacherObjective, create_distiller
+from intrakd.progress import RunPlan, run_intro, say
+from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
-from intrakd.train.runfolder import RUN_MARKERS, RunFolder
+from intrakd.train.runfolder import RunFolder
 from intrakd.train.signals import Interrupted
 
 RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
@@ -60,9 +61,6 @@ RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "check
 """Settings a resumed run may change: where it runs and finds its inputs (the teacher's content is
 checked by its sha256), how often it saves, and whether it skips non-finite steps. Any other
 difference (``optim.epochs`` included) is refused: the run would no longer be the one it continues."""
-
-RUN_FILES = RUN_MARKERS
-"""What makes a folder a run folder."""
 
 MODEL_FOR_THE_IMAGES = "choose a model made for such images with model=NAME (`intrakd models` lists them)"
 """The fix named when the configured model cannot read the dataset's images."""
@@ -96,14 +94,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite`` (which removes
-    the previous run's generated files and keeps the others)."""
-    folder = RunFolder.open_new(out, overwrite)
-    folder.settle()
-    return folder.path
 
 
 def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
@@ -231,14 +221,13 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
     """Run ``trainer`` to its end. A new run that fails before it kept an epoch or a checkpoint is
     undone (its folder as before it started); otherwise a replaced run's files are deleted."""
     if state is not None:
-        trainer.load_state_dict(state)
-        trainer.last_checkpoint = path
+        trainer.load(state, path)
     try:
         summary = trainer.fit({**extra_summary, "perf": trainer.perf.describe(),
                                "world_size": distributed.world_size()})
     except Exception as err:
         if folder is not None:
-            kept = trainer.last_checkpoint is not None or bool(trainer.metrics_lines)
+            kept = trainer.state.last_checkpoint is not None or bool(trainer.state.metrics_lines)
             if kept or isinstance(err, Interrupted):
                 folder.settle()
             else:
@@ -249,17 +238,6 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
     return summary
 
 
-def _intro(command: str, label: str, run_dir: Path, path: Path | None, resume: bool, cfg: TeacherConfig | StudentConfig,
-           train_set: Any, eval_set: Any, split: str, steps: int, perf: PerfSettings, init_epochs: int) -> None:
-    """Say what the run will do, before its first step."""
-    resumed = (str(path) if path is not None else "its beginning") if resume else None
-    for line in run_intro(command, label, str(run_dir), resumed, cfg.data.dataset, len(train_set),
-                          train_set.num_classes, split, len(eval_set), cfg.model, steps, cfg.optim.epochs,
-                          cfg.data.batch_size, str(perf.device), perf.describe()["precision"],
-                          distributed.world_size(), init_epochs):
-        say(line)
-
-
 def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
                   label: str | None = None) -> dict[str, Any]:
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
@@ -268,10 +246,9 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or ("enriched teacher" if cfg.intra.enabled else "vanilla teacher")
-    return _fit(TeacherConfig, cfg, out, "train-teacher", label, label, device, perf, (train_set, eval_set, split),
-                {}, lambda model: IntraClassTeacherObjective(cfg.intra, train_set.num_classes, model.embedding_dim,
-                                                            cfg.views),
-                overwrite=overwrite, resume=resume)
+    job = RunJob(TeacherConfig, "train-teacher", label, label, {}, lambda model: IntraClassTeacherObjective(
+        cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views))
+    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
@@ -288,20 +265,35 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
                                             train_set.image_shape)
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     label = label or "student"
-    return _fit(StudentConfig, cfg, out, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})",
-                device, perf, (train_set, eval_set, split), {"teacher_sha256": file_sha256(Path(cfg.teacher))},
-                lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher=teacher,
-                overwrite=overwrite, resume=resume)
+    job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})",
+                 {"teacher_sha256": file_sha256(Path(cfg.teacher))},
+                 lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher)
+    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
 
 
-def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, command: str, label: str, title: str,
-         device: torch.device, perf: PerfSettings, data: tuple[Split, Split, str], provenance: dict[str, Any],
-         make_objective: Callable[[nn.Module], nn.Module], teacher: nn.Module | None = None, *,
-         overwrite: bool, resume: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunJob:
+    """What sets a teacher run and a student run apart, for :func:`_fit`."""
+
+    cls: type[TeacherConfig | StudentConfig]
+    command: str
+    label: str
+    """The run's name in its log lines."""
+    title: str
+    """What the introduction calls the run."""
+    provenance: dict[str, Any]
+    """Facts about its inputs a resumed run must find unchanged (besides the data's size)."""
+    make_objective: Callable[[nn.Module], nn.Module]
+    teacher: nn.Module | None = None
+
+
+def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, device: torch.device,
+         perf: PerfSettings, data: tuple[Split, Split, str], *, overwrite: bool, resume: bool) -> dict[str, Any]:
     """What a teacher run and a student run share: the seeded model and objective, the batches, the
     run folder, the introduction and the engine, run to its end."""
     train_set, eval_set, split = data
-    provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **provenance}
+    command, teacher = job.command, job.teacher
+    provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **job.provenance}
     start: dict[str, Any] = {}
     if cfg.weights is not None:
         # recorded as an absolute path, so that --resume works from any working directory
@@ -315,17 +307,25 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
         provenance["weights_sha256"] = file_sha256(Path(cfg.weights))
     model = perf.prepare_model(model.to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
-    objective = make_objective(model).to(device)
+    objective = job.make_objective(model).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,
                                              objective.strong_views)
-    run_dir, state, path, folder = _open_on_main(cls, cfg, out, command, provenance,
+    run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
-    _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf,
-           getattr(objective, "init_epochs", 0))  # an objective's pre-training stage (train/objective.py)
+    resumed = (str(path) if path is not None else "its beginning") if resume else None
+    for line in run_intro(RunPlan(
+        command, job.title, str(run_dir), resumed, cfg.data.dataset, len(train_set), train_set.num_classes, split,
+        len(eval_set), cfg.model, steps_per_epoch=len(train_batches), epochs=cfg.optim.epochs,
+        batch_size=cfg.data.batch_size, device=str(perf.device), precision=perf.describe()["precision"],
+        processes=distributed.world_size(),
+        init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
+    )):
+        say(line)
     kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
     trainer = Trainer(
         model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
-        run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
+        run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
+                                      job.label),
         teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
         perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from intrakd.losses.intra import Memory
+
 
 class FeatureCache(nn.Module):
     """One ring buffer of ``capacity`` embeddings per class, held as module buffers.
@@ -50,6 +52,12 @@ class FeatureCache(nn.Module):
         if self.max_age is not None:
             valid = valid & (self.step - self.written_at <= self.max_age)
         return valid
+
+    def memory(self, with_ids: bool = True) -> Memory:
+        """The usable entries as a per-class :class:`Memory` of negatives (``with_ids=False``: every
+        entry's sample unknown, so that an older embedding of the anchor's own image may serve)."""
+        labels = torch.arange(self.num_classes, device=self.ids.device)[:, None].expand_as(self.ids)
+        return Memory(self.features, labels, self.ids if with_ids else torch.full_like(self.ids, -1), self.valid())
 
     @torch.no_grad()
     def write(self, features: Tensor, labels: Tensor, mask: Tensor | None = None, ids: Tensor | None = None) -> None:

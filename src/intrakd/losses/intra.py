@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,28 +32,62 @@ def _same_sample(ids: Tensor, other: Tensor) -> Tensor:
     return (ids == other) & (ids >= 0)
 
 
+class Memory(NamedTuple):
+    """Embeddings besides the batch's that serve as negatives: the feature cache's entries, or the
+    views of the other data-parallel ranks' images.
+
+    Two layouts, one record: ``features [M, D]`` with ``labels, ids, valid [M]``, or, held per class
+    (a :class:`FeatureCache`), ``features [C, K, D]`` with ``labels, ids, valid [C, K]`` where row
+    ``c`` holds class ``c``'s entries: an anchor of class ``y`` then meets only ``features[y]``
+    (``K`` comparisons, not ``C * K``).
+    """
+
+    features: Tensor
+    labels: Tensor
+    """Class of each row."""
+    ids: Tensor
+    """Sample index of each row (-1: unknown): an entry of the anchor's own image is never its negative."""
+    valid: Tensor
+    """bool: the rows that may serve (an empty or aged-out cache slot may not)."""
+
+    @classmethod
+    def of(cls, features: Tensor, labels: Tensor, ids: Tensor | None = None, valid: Tensor | None = None) -> Memory:
+        """A record with every id unknown and every row valid unless given."""
+        shape = features.shape[:-1]
+        return cls(features, labels, torch.full(shape, -1, dtype=torch.long, device=features.device)
+                   if ids is None else ids.long(),
+                   torch.ones(shape, dtype=torch.bool, device=features.device) if valid is None else valid.bool())
+
+    @property
+    def per_class(self) -> bool:
+        return self.features.ndim == 3
+
+
 def intra_class_terms(
     anchors: Tensor,
     positives: Tensor,
     labels: Tensor,
     *,
-    memory: Tensor | None = None,
-    memory_labels: Tensor | None = None,
-    class_memory: Tensor | None = None,
-    class_memory_valid: Tensor | None = None,
+    memory: Sequence[Memory] = (),
     anchor_ids: Tensor | None = None,
-    memory_ids: Tensor | None = None,
-    class_memory_ids: Tensor | None = None,
     anchor_mask: Tensor | None = None,
     temperature: float = 0.1,
     normalize: bool = True,
     symmetric: bool = False,
     min_negatives: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Per-anchor losses ``l(a)`` and the mask of anchors that contribute (the loss itself, their
-    mean over contributing anchors, is :func:`intra_class_contrastive_loss`).
+    """Per-anchor losses ``l(a)`` and the mask of anchors that contribute; the loss is their mean over
+    contributing anchors (:func:`intra_class_contrastive_loss`).
 
-    With ``symmetric=True`` the rows of ``positives`` are anchors too (each with its own anchor row as
+    For anchor ``a_i`` with positive ``p_i`` (the other view of its image)::
+
+        l_i = log(1 + sum_{n in N(i)} exp((a_i . n - a_i . p_i) / tau))
+
+    where the negatives ``N(i)`` are the embeddings of the anchor's class that are not its own image:
+    both views of the batch's other rows ``j`` with ``labels[j] == labels[i]``, and the valid rows of
+    every ``memory`` of that class whose sample id is not the anchor's. Anchor ``i`` contributes when
+    ``anchor_mask[i]`` (the margin gate) holds and ``|N(i)| >= min_negatives``. With
+    ``symmetric=True`` the rows of ``positives`` are anchors too (each with its own anchor row as
     positive); the returned tensors then have ``2 * B`` rows, anchors first. Computed in float32
     whatever the autocast dtype.
 
@@ -60,19 +95,8 @@ def intra_class_terms(
         anchors: ``[B, D]`` embeddings of the first view.
         positives: ``[B, D]`` embeddings of the second view of the same images.
         labels: ``[B]`` class indices.
-        memory: optional ``[M, D]`` cached embeddings (detached) of earlier batches.
-        memory_labels: ``[M]`` class of each memory row, -1 for an unused row.
-        class_memory: optional ``[C, K, D]`` memory held per class (a :class:`FeatureCache`'s
-            ``features``): an anchor of class ``y`` has the usable entries of ``class_memory[y]`` as
-            negatives. The same negatives as the flattened rows given as ``memory`` with their class
-            as label, at ``K`` instead of ``C * K`` comparisons per anchor.
-        class_memory_valid: ``[C, K]`` bool, the usable entries of ``class_memory`` (default: all).
-        anchor_ids: optional ``[B]`` sample indices of the batch's images (-1: unknown). A memory
-            row or ``class_memory`` entry with the same id is a cached embedding of the anchor's own
-            image and never its negative (it is nearly the positive).
-        memory_ids: ``[M]`` sample index of each ``memory`` row (default: all unknown, -1).
-        class_memory_ids: ``[C, K]`` sample index of each ``class_memory`` entry (a
-            :class:`FeatureCache`'s ``ids``; default: all unknown).
+        memory: further negatives, each a :class:`Memory` (the cache, the other ranks' views).
+        anchor_ids: optional ``[B]`` sample indices of the batch's images (-1: unknown).
         anchor_mask: optional ``[B]`` bool, anchors allowed to contribute (the margin gate); with
             ``symmetric=True`` it may have ``2 * B`` rows (one gate per view).
         temperature: ``tau`` > 0.
@@ -85,10 +109,11 @@ def intra_class_terms(
                          f"and {tuple(positives.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if class_memory is not None and (class_memory.ndim != 3 or (
-            class_memory_valid is not None and class_memory_valid.shape != class_memory.shape[:2])):
-        raise ValueError(f"class_memory must be [C, K, D] and class_memory_valid [C, K], got "
-                         f"{tuple(class_memory.shape)} and {tuple(getattr(class_memory_valid, 'shape', ()))}")
+    for m in memory:
+        if m.features.ndim not in (2, 3) or any(t.shape != m.features.shape[:-1] for t in m[1:]):
+            raise ValueError(f"a memory's features must be [M, D] or [C, K, D] and its labels, ids and valid "
+                             f"[M] or [C, K], got {tuple(m.features.shape)} and "
+                             f"{', '.join(str(tuple(t.shape)) for t in m[1:])}")
     batch = anchors.shape[0]
     device = anchors.device
     with torch.autocast(device_type=device.type, enabled=False):
@@ -104,20 +129,21 @@ def intra_class_terms(
         candidate_labels = torch.cat([labels, labels])
         candidate_positions = torch.cat([positions, positions])
         candidate_samples = torch.cat([samples, samples])
+        candidate_valid = torch.ones_like(candidate_labels, dtype=torch.bool)
         if symmetric:
             a, p = candidates, torch.cat([p, a])
             labels, positions, samples = candidate_labels, candidate_positions, candidate_samples
             if anchor_mask is not None and anchor_mask.shape[0] == batch:
                 anchor_mask = torch.cat([anchor_mask, anchor_mask])
-        if memory is not None and memory.shape[0] > 0:
-            if memory_labels is None:
-                raise ValueError("memory given without memory_labels")
-            m = memory.float()
-            candidates = torch.cat([candidates, F.normalize(m, dim=1) if normalize else m])
-            candidate_labels = torch.cat([candidate_labels, memory_labels])
-            candidate_positions = torch.cat([candidate_positions, torch.full_like(memory_labels, -1)])
-            candidate_samples = torch.cat([candidate_samples, torch.full_like(memory_labels, -1)
-                                           if memory_ids is None else memory_ids.long()])
+        for m in memory:  # rows of any class: more candidates, compared with every anchor
+            if m.per_class or m.features.shape[0] == 0:
+                continue
+            rows = m.features.float()
+            candidates = torch.cat([candidates, F.normalize(rows, dim=1) if normalize else rows])
+            candidate_labels = torch.cat([candidate_labels, m.labels])
+            candidate_positions = torch.cat([candidate_positions, torch.full_like(m.labels, -1)])
+            candidate_samples = torch.cat([candidate_samples, m.ids.long()])
+            candidate_valid = torch.cat([candidate_valid, m.valid])
 
         scaled = a * (1.0 / temperature)  # a / tau, so every similarity below is already divided by tau
         positive_logit = (scaled * p).sum(dim=1, keepdim=True)
@@ -130,19 +156,18 @@ def intra_class_terms(
             (labels[:, None] == candidate_labels[None, :])
             & (positions[:, None] != candidate_positions[None, :])
             & ~_same_sample(samples[:, None], candidate_samples[None, :])
+            & candidate_valid[None, :]
         )
         lowest = torch.finfo(gaps.dtype).min
         blocks = [gaps.masked_fill(~is_negative, lowest)]
         negatives = is_negative.sum(dim=1)
-        if class_memory is not None:
-            # each anchor meets only the K entries of its own class: A x K x D work, not A x C*K x D
-            own = class_memory[labels].float()  # [A, K, D]
+        for m in memory:  # held per class: each anchor meets only its own class's K entries
+            if not m.per_class:
+                continue
+            own = m.features[labels].float()  # [A, K, D]
             if normalize:
                 own = F.normalize(own, dim=2)
-            usable = (class_memory_valid[labels] if class_memory_valid is not None
-                      else torch.ones(own.shape[:2], dtype=torch.bool, device=device))
-            if class_memory_ids is not None:
-                usable = usable & ~_same_sample(samples[:, None], class_memory_ids[labels])
+            usable = m.valid[labels] & ~_same_sample(samples[:, None], m.ids[labels])
             memory_gaps = torch.bmm(own, scaled[:, :, None]).squeeze(2) - positive_logit
             blocks.append(memory_gaps.masked_fill(~usable, lowest))
             negatives = negatives + usable.sum(dim=1)
@@ -157,19 +182,8 @@ def intra_class_terms(
 def intra_class_contrastive_loss(anchors: Tensor, positives: Tensor, labels: Tensor, **options: Any) -> Tensor:
     """Intra-class contrastive loss: pull two views of one image together, push its class apart.
 
-    For anchor ``a_i`` with positive ``p_i``: ``l_i = log(1 + sum_n exp((a_i.n - a_i.p_i) / tau))``
-    where the negatives ``n`` are the rows ``j != i`` of ``anchors`` and ``positives`` with
-    ``labels[j] == labels[i]`` and the rows of ``memory`` whose ``memory_labels`` equal
-    ``labels[i]`` (use a label of -1 for an empty memory slot). The result is the mean of ``l_i``
-    over contributing anchors (``anchor_mask`` true and at least ``min_negatives`` negatives), and a
-    differentiable zero when none contributes. ``symmetric=True`` makes positives anchors too.
-
-    Args:
-        anchors: ``[B, D]`` embeddings of the first view.
-        positives: ``[B, D]`` embeddings of the second view of the same images.
-        labels: ``[B]`` class indices.
-        options: the keyword arguments of :func:`intra_class_terms` (memories, sample ids, gate,
-            temperature, normalisation, symmetry, minimum number of negatives), documented there.
+    The mean of :func:`intra_class_terms`'s ``l_i`` (formula there) over the contributing anchors, and
+    a differentiable zero when none contributes; ``options`` are that function's keyword arguments.
     """
     per_anchor, contributing = intra_class_terms(anchors, positives, labels, **options)
     weights = contributing.float()

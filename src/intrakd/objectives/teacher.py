@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from intrakd import distributed
 from intrakd.config import IntraConfig
 from intrakd.data.tensor_data import Batch
-from intrakd.losses import FeatureCache, classification_margin, intra_class_terms
+from intrakd.losses import FeatureCache, Memory, classification_margin, intra_class_terms
 from intrakd.losses.balance import GradientBalancedWeight, squared_gradient_norm
 from intrakd.objectives.base import StepResult
 
@@ -52,8 +52,8 @@ class IntraClassTeacherObjective(nn.Module):
                 self.cache = FeatureCache(num_classes, cfg.cache_size, dim, cfg.max_age)
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
-        labels = batch.labels
-        if self.enabled and self.cfg.exclude_self and batch.indices is None:
+        labels, cfg = batch.labels, self.cfg
+        if self.enabled and cfg.exclude_self and batch.indices is None:
             raise ValueError("intra.exclude_self needs the sample index of every training image, which "
                              "these batches do not carry: set intra.exclude_self=false")
         n_views = len(batch.views)
@@ -64,62 +64,101 @@ class IntraClassTeacherObjective(nn.Module):
         if not self.enabled:
             return StepResult({"ce": ce}, first_logits)
 
-        cfg = self.cfg
+        # views: the embeddings of both views (through the head)
         z = self.head(out.embedding).float()
         z1, z2 = (F.normalize(z, dim=1) if cfg.normalize else z).chunk(2)
+        # gate: an anchor contributes when its classification margin exceeds delta
         margin = classification_margin(out.logits, all_labels, cfg.margin)
         gate = margin > cfg.delta if cfg.delta is not None else torch.ones_like(margin, dtype=torch.bool)
         gate1 = gate[: labels.shape[0]]
         if not cfg.symmetric:
             gate = gate1
-
-        memory = memory_labels = memory_ids = class_memory = class_memory_valid = class_memory_ids = None
-        if self.cache is not None:
-            class_memory, class_memory_valid = self.cache.features, self.cache.valid()
-            class_memory_ids = self.cache.ids if cfg.exclude_self else None
-        # data-parallel: the other ranks' images of the global batch are negatives too, the loss is a
-        # mean over the global batch's anchors, and every rank caches all ranks' samples (identity in
-        # one process)
-        peers = distributed.PeerBatch(z1, z2, labels, gate1, batch.indices)
-        memory, memory_labels, memory_ids = peers.negatives(memory, memory_labels, memory_ids)
+        # loss: negatives of the anchor's class from the batch, the other ranks' views and the cache
+        peers = PeerBatch(z1, z2, labels, gate1, batch.indices)
+        cached = self.cache.memory(cfg.exclude_self) if self.cache is not None else None
+        memory = [m for m in (peers.others, cached) if m is not None]
         per_anchor, contributing = intra_class_terms(
-            z1, z2, labels, memory=memory, memory_labels=memory_labels, class_memory=class_memory,
-            class_memory_valid=class_memory_valid, anchor_ids=peers.ids if cfg.exclude_self else None,
-            memory_ids=memory_ids, class_memory_ids=class_memory_ids, anchor_mask=gate,
-            temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric,
-            min_negatives=cfg.min_negatives,
+            z1, z2, labels, memory=memory, anchor_ids=peers.ids if cfg.exclude_self else None, anchor_mask=gate,
+            temperature=cfg.temperature, normalize=False, symmetric=cfg.symmetric, min_negatives=cfg.min_negatives,
         )
-        used = contributing.float()
-        anchors_used = distributed.sum_across_ranks(used.sum())
-        intra = (per_anchor * used).sum() / anchors_used.clamp_min(1.0)
-        if distributed.world_size() > 1:  # DDP averages gradients over ranks: undo it for a global mean
-            intra = intra * distributed.world_size()
-
-        stats: dict[str, Tensor] = {
-            "intra_raw": intra.detach(),
-            "pass_rate": gate.float().mean(),
-            "anchors_used": anchors_used,
-        }
+        intra, anchors_used = global_anchor_mean(per_anchor, contributing)
+        stats = {"intra_raw": intra.detach(), "pass_rate": gate.float().mean(), "anchors_used": anchors_used}
+        # cache write: every rank's gated first views of this step
         if self.cache is not None:
-            # entries of the cache holding an older embedding of the anchor's own image, per anchor:
-            # all of them, and those that served as negatives (none with intra.exclude_self)
-            own = self.cache.ids[labels] == peers.ids[:, None]
-            own = own & class_memory_valid[labels] & (peers.ids[:, None] >= 0)
-            stats["cache_own_entries"] = own.float().sum(dim=1).mean()
-            stats["self_negatives"] = (stats["cache_own_entries"] if not cfg.exclude_self
-                                       else torch.zeros((), device=labels.device))
-            if cfg.clear_after_use:
-                anchor_labels = labels.repeat(2) if cfg.symmetric else labels
-                used_classes = torch.zeros(self.num_classes, device=labels.device)
-                used_classes.index_add_(0, anchor_labels, used)
-                self.cache.clear(distributed.sum_across_ranks(used_classes) > 0)
-            self.cache.write(*peers.cache_rows())
-            stats["cache_fill"] = self.cache.fill()
-        if self.balance is not None:
-            # gradients of both terms at the embedding they share, summed over the global batch
-            norms = torch.stack([squared_gradient_norm(ce, out.embedding), squared_gradient_norm(intra, out.embedding)])
-            weight = self.balance(*distributed.sum_across_ranks(norms))
-            stats["lambda"] = weight
-        else:
-            weight = cfg.weight
+            stats.update(self._update_cache(labels, peers, contributing))
+        weight = self._weight(ce, intra, out.embedding, stats)
         return StepResult({"ce": ce, "intra": weight * intra}, first_logits, stats)
+
+    def _update_cache(self, labels: Tensor, peers: PeerBatch, contributing: Tensor) -> dict[str, Tensor]:
+        """Write this step's rows into the cache (emptying first, with ``clear_after_use``, the classes
+        whose anchors used it); return its diagnostics: entries holding an older embedding of the
+        anchor's own image, per anchor (all of them, and those that served as negatives: none with
+        ``exclude_self``), and the fill after the write."""
+        cfg, cache = self.cfg, self.cache
+        own = (cache.ids[labels] == peers.ids[:, None]) & cache.valid()[labels] & (peers.ids[:, None] >= 0)
+        own_entries = own.float().sum(dim=1).mean()
+        stats = {"cache_own_entries": own_entries,
+                 "self_negatives": own_entries if not cfg.exclude_self else torch.zeros((), device=labels.device)}
+        if cfg.clear_after_use:
+            anchor_labels = labels.repeat(2) if cfg.symmetric else labels
+            used_classes = torch.zeros(self.num_classes, device=labels.device)
+            used_classes.index_add_(0, anchor_labels, contributing.float())
+            cache.clear(distributed.sum_across_ranks(used_classes) > 0)
+        rows = peers.rows
+        cache.write(rows.features, rows.labels, rows.valid, rows.ids)
+        stats["cache_fill"] = cache.fill()
+        return stats
+
+    def _weight(self, ce: Tensor, intra: Tensor, embedding: Tensor, stats: dict[str, Tensor]) -> Tensor | float:
+        """lambda: ``intra.weight``, or with ``auto`` the gradient-balanced weight (logged as ``lambda``)."""
+        if self.balance is None:
+            return self.cfg.weight
+        # gradients of both terms at the embedding they share, summed over the global batch
+        norms = torch.stack([squared_gradient_norm(ce, embedding), squared_gradient_norm(intra, embedding)])
+        stats["lambda"] = self.balance(*distributed.sum_across_ranks(norms))
+        return stats["lambda"]
+
+
+def global_anchor_mean(per_anchor: Tensor, contributing: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean of the contributing anchors' terms over the global batch, how many contributed)``.
+
+    Data-parallel: DDP averages gradients over the N ranks, so the mean is scaled by N to make the
+    averaged gradient that of the global batch's mean (identity in one process).
+    """
+    used = contributing.float()
+    anchors_used = distributed.sum_across_ranks(used.sum())
+    intra = (per_anchor * used).sum() / anchors_used.clamp_min(1.0)
+    if distributed.world_size() > 1:
+        intra = intra * distributed.world_size()
+    return intra, anchors_used
+
+
+class PeerBatch:
+    """This step's embeddings, labels, sample ids and gate on every data-parallel rank, for the
+    intra-class loss and the cache.
+
+    Built from this rank's views ``z1, z2`` (``[b, D]`` float32), ``labels [b]``, ``gate [b]`` (the
+    first view's margin gate) and ``ids [b]`` (the images' sample indices, -1 where unknown) with one
+    differentiable all-gather of the embeddings and one plain all-gather of the labels, ids and gate.
+    :attr:`others` are both views of the other ranks' images, negatives too (their gradient flows back
+    to their ranks); :attr:`rows` are the first views of the whole global batch in rank order,
+    detached, gated by ``valid``: what every rank writes into its cache, so that the caches stay
+    identical on every rank and equal to a single process's. In one process :attr:`others` is None
+    and :attr:`rows` are this batch's.
+    """
+
+    def __init__(self, z1: Tensor, z2: Tensor, labels: Tensor, gate: Tensor, ids: Tensor | None = None) -> None:
+        self.ids = torch.full_like(labels, -1) if ids is None else ids.to(labels.device, torch.long)
+        """This rank's sample ids."""
+        self.others: Memory | None = None
+        self.rows = Memory(z1.detach(), labels, self.ids, gate)
+        if not distributed.is_distributed():
+            return
+        b, dim = z1.shape
+        views = distributed.gather_rows(torch.cat([z1, z2], dim=1))  # [N * b, 2D], rank order
+        tags = distributed.gather_tensors(torch.stack([labels.long(), self.ids, gate.long()], dim=1))  # [N * b, 3]
+        mine = distributed.rank() * b
+        peers, peer_tags = (torch.cat([x[:mine], x[mine + b :]]) for x in (views, tags))
+        self.others = Memory.of(torch.cat([peers[:, :dim], peers[:, dim:]]), peer_tags[:, 0].repeat(2),
+                                peer_tags[:, 1].repeat(2))
+        self.rows = Memory(views.detach()[:, :dim], tags[:, 0], tags[:, 1], tags[:, 2] > 0)

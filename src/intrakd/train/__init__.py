@@ -2,7 +2,7 @@
 objectives only through their protocol (:mod:`intrakd.train.objective`); whole runs built from a
 configuration are :mod:`intrakd.runs`."""
 
-from intrakd.train.checkpoint import (
+from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
     CheckpointWriteError,

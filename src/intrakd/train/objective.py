@@ -39,11 +39,8 @@ class PretrainStage(Protocol):
     """The optional members of an objective with a pre-training stage.
 
     With ``init_epochs > 0`` the engine runs that many epochs before the ``optim.epochs`` of the main
-    stage, counted in the run's epochs: each step calls :meth:`init_step` on the unwrapped model and
-    updates only :meth:`init_parameters`, with a separate SGD optimiser (same momentum and weight
-    decay) at the constant rate ``init_lr`` (None: ``optim.lr``). The main stage's optimiser and
-    learning-rate schedule start untouched after it. A model none of whose parameters are pre-trained
-    runs in eval mode during the stage (its batch-norm statistics stay as they are)."""
+    stage, each step calling :meth:`init_step` and updating only :meth:`init_parameters` at the
+    constant rate ``init_lr`` (None: ``optim.lr``); how, is :mod:`intrakd.train.stages`."""
 
     init_epochs: int
     init_lr: float | None
