@@ -170,7 +170,8 @@ class StoreWriter:
         self.folder = Path(folder)
         self.settings = {"format": STORE_FORMAT, **settings}
         self.dtype = record_dtype(self.settings)
-        self.settings["record"] = [list(field) for field in self.dtype.descr]
+        self.settings["record"] = self.dtype.descr
+        self.settings = json.loads(json.dumps(self.settings))  # as read back from settings.json
         self.rows = settings["steps_per_epoch"] * self.rows_per_batch
 
     @property
@@ -196,9 +197,12 @@ class StoreWriter:
                                 "choose another --out, or delete it to make it again")
 
     def start(self) -> None:
-        """Create the folder and its settings file (the first writer of a new store)."""
+        """Create the folder and its settings file (the first writer of a new store), or continue a store
+        of these settings, removing the temporary files of a writer that was killed."""
         self.check_folder()
         self.folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.folder.glob(".*.tmp"):  # of a writer that was killed
+            leftover.unlink()
         if not (self.folder / SETTINGS).is_file():
             _write_text(self.folder / SETTINGS, json.dumps(self.settings, indent=1) + "\n")
 
@@ -298,8 +302,9 @@ class TeacherStore:
         if self.manifest.get("format") != STORE_FORMAT:
             raise StoreMismatch(f"the store {self.folder} was written by another version of intrakd (format "
                                 f"{self.manifest.get('format')!r}, this one reads {STORE_FORMAT}): make it again")
-        self.sha256 = file_digest(path)
-        """Checksum of the manifest (and so of every shard's): the store's identity in a run's provenance."""
+        self.sha256 = file_digest(self.folder / SETTINGS)
+        """Checksum of the store's settings: its identity in a run's provenance (extending the store to
+        more epochs keeps it; its shards are checked against the manifest's checksums as they are read)."""
         self.dtype = record_dtype(self.manifest)
         self.rows_per_batch = self.manifest["data"]["batch_size"] // self.manifest["world_size"]
         for name, shard in self.manifest["shards"].items():
