@@ -14,7 +14,7 @@ import torch
 from test_resume import assert_same_run, crash_then_resume
 
 from intrakd.cli import main
-from intrakd.config import DataConfig
+from intrakd.config import ConfigError, DataConfig
 from intrakd.data import build_datasets
 from intrakd.data.teacher_store import (
     SETTINGS,
@@ -280,3 +280,43 @@ def test_a_top_k_store_is_smaller_and_trains(teacher, store, tmp_path, capsys):
                  *STUDENT]) == 2
     assert "--top-k must lie in 1..9" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+SWEEP = {
+    "seeds": [0],
+    "common": {"device": "cpu", "data": {"dataset": "digits", "train_per_class": 12, "eval_per_class": 5},
+               "optim": {"epochs": 2, "milestones": [1]}},
+    "teacher": {"config": {"model": "digits_cnn", "views": 1, "intra": {"weight": 0}}},
+    "student": {"config": {"model": "digits_cnn_small"}, "grid": {"distill.method": ["kd", "mlkd"]}},
+}
+
+
+def test_a_sweep_makes_one_store_per_teacher_run_and_its_students_equal_the_live_ones(tmp_path, capsys):
+    from intrakd.analysis.runfolders import run_config
+    from intrakd.analysis.sweep import load_sweep, plan, run_sweep
+
+    def sweep(name, shared):
+        spec = {**SWEEP, "out": str(tmp_path / name),
+                "student": {**SWEEP["student"], **({"teacher_outputs": True} if shared else {})}}
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(spec))
+        return load_sweep(tmp_path / f"{name}.yaml")
+
+    stored, live = sweep("stored", True), sweep("live", False)
+    jobs = plan(stored)
+    store = tmp_path / "stored" / "stores" / "base" / "seed0"
+    assert [j.config.teacher_outputs for j in jobs if j.kind == "student"] == [str(store)] * 2
+    assert run_sweep(stored, jobs, log=lambda line: None)["ran"] == 3
+    assert run_sweep(live, plan(live), log=lambda line: None)["ran"] == 3
+    manifest = TeacherStore(store).manifest
+    assert (manifest["views"], manifest["strong_views"], manifest["epochs"]) == (2, 1, 2)  # MLKD's, for both
+    for method in ("kd", "mlkd"):
+        a, b = (tmp_path / name / "students" / "base" / f"distill.method={method}" / "seed0" for name in ("stored", "live"))
+        assert_same_run(a, b)
+        assert run_config(a) == run_config(b)  # reported as one group: the store kept every class
+    written = (store / "manifest.json").stat().st_mtime_ns
+    assert run_sweep(stored, plan(stored), log=lambda line: None)["skipped"] == 3
+    assert (store / "manifest.json").stat().st_mtime_ns == written
+    features = sweep("features", True)
+    features.student_cells[0].overrides[0] = ("distill.method", "fitnet")
+    with pytest.raises(ConfigError, match="distill.method=fitnet reads the teacher's features"):
+        plan(features)

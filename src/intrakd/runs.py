@@ -46,6 +46,7 @@ from intrakd.data.teacher_store import (
     StoreWriter,
     TeacherStore,
     view_settings,
+    write_epochs,
 )
 from intrakd.models import check_reads_images, create_model
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
@@ -413,16 +414,12 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
         f"{writer.dtype.itemsize} bytes an image; device {device}, precision {settings['precision']}")
     progress = Progress(len(todo) * len(batches), "teacher outputs")
     started = time.perf_counter()
-    for epoch in todo:
-        order = batches.epoch_order(epoch)
-        with writer.shard(epoch, batches.rank) as records:
-            for i in range(len(batches)):
-                index, draws = batches.batch_rows(order, i), batches.batch_draws(epoch, i)
-                views = batches.make_batch(index, draws).views
-                with torch.no_grad(), perf.autocast():  # as a distiller runs the teacher (Distiller.outputs)
-                    logits = tuple(teacher(view).logits for view in views)
-                writer.put(records, i, index, draws, logits)
-                progress.update(1, index.shape[0] * distributed.world_size())
+
+    def teacher_logits(view: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), perf.autocast():  # as a distiller runs the teacher (Distiller.outputs)
+            return teacher(view).logits
+
+    write_epochs(writer, batches, teacher_logits, todo, progress)
     progress.close()
     seconds = time.perf_counter() - started
     distributed.gather_objects(None)  # every rank's shards are written

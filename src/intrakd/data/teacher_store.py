@@ -27,7 +27,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import Tensor
 from intrakd.config import DataConfig, flatten, to_dict
 from intrakd.data.augment import ViewDraws
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
+from intrakd.progress import Progress
 
 STORE_FORMAT = 1
 """Version of the store layout."""
@@ -277,6 +278,22 @@ class StoreWriter:
         manifest = {**self.settings, "epochs": epochs, "shards": shards}
         _write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         return manifest
+
+
+def write_epochs(writer: StoreWriter, batches: TensorBatches, teacher_logits: Callable[[Tensor], Tensor],
+                 epochs: list[int], progress: Progress | None = None) -> None:
+    """Write the shards of ``epochs`` for this rank: every batch of ``batches`` made as a run makes it,
+    the teacher's logits of each view (``teacher_logits``, called as a distiller calls the teacher:
+    view by view) stored with the view's draws."""
+    for epoch in epochs:
+        order = batches.epoch_order(epoch)
+        with writer.shard(epoch, batches.rank) as records:
+            for i in range(len(batches)):
+                index, draws = batches.batch_rows(order, i), batches.batch_draws(epoch, i)
+                views = batches.make_batch(index, draws).views
+                writer.put(records, i, index, draws, tuple(teacher_logits(view) for view in views))
+                if progress is not None:
+                    progress.update(1, index.shape[0] * batches.world_size)
 
 
 def _differences(found: dict[str, Any], wanted: dict[str, Any], keys: list[str]) -> list[str]:
