@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every benchmark and check of intrakd on one CUDA GPU, in under 5 minutes (see benchmarks/README.md).
+# Every benchmark and check of intrakd on one CUDA GPU, in under 6 minutes (see benchmarks/README.md).
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]          # OUT_DIR defaults to $OUT, else runs/gpu_check
 #
 # Writes to OUT_DIR: gpu_check.log (the GPU, every table and verdict, each part's exit status and
-# time) and step_checks.json, overhead.json, input_pipeline.json, loop_vs_reference.json (eager) and
+# time) and step_checks.json, overhead.json, input_pipeline.json, loop_vs_reference.json (eager),
+# teacher_store.json (KD steps with a store of the teacher's outputs vs the live teacher) and
 # loop_compiled.json (eager and compiled with CUDA graphs, compile_mode=reduce-overhead, measured again
 # side by side after compiling).
 # CIFAR-100 is read from $INTRAKD_DATA_ROOT or the usual places; without it the benchmarks use
@@ -41,6 +42,7 @@ part step_checks 45 benchmarks/step_checks.py --full-step-model ''
 part overhead 40 benchmarks/overhead.py --batch-sizes 64 256 --repeats 5 --steps 20 --warmup 10
 part input_pipeline 30 benchmarks/input_pipeline.py --repeats 3 --steps 40 --warmup 20
 part loop_vs_reference 35 benchmarks/loop_vs_reference.py --repeats 3 --steps 60 --warmup 30
+part teacher_store 45 benchmarks/teacher_store.py --repeats 3 --steps 40 --warmup 20
 part loop_compiled 130 benchmarks/loop_vs_reference.py --compile --perf compile_mode=reduce-overhead --repeats 3 --steps 60 --warmup 30
 
 echo "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}" | tee -a "$log"

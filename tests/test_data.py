@@ -9,7 +9,7 @@ import torch
 
 from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
 from intrakd.data import Augmentation, build_datasets, load_cifar100, load_digits_splits
-from intrakd.data.augment import random_crop, random_flip
+from intrakd.data.augment import crop_at, flip_where
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED_CIFAR / "cifar-100-python" / "train").exists(),
@@ -28,8 +28,8 @@ def test_digits_split_is_fixed_and_stratified():
 
 def test_random_crop_matches_pad_and_slice():
     images = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8)
-    g = torch.Generator().manual_seed(0)
-    out = random_crop(images, 2, g)
+    draws = Augmentation((0.0,), (1.0,), padding=2, flip=False).draw(6, torch.Generator().manual_seed(0))
+    out = crop_at(images, 2, draws.crop)
     offsets = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for i in range(6):
@@ -39,7 +39,8 @@ def test_random_crop_matches_pad_and_slice():
 
 def test_random_flip_flips_about_half():
     images = torch.stack([torch.zeros(1000), torch.ones(1000)], 1).to(torch.uint8).reshape(1000, 1, 1, 2)
-    out = random_flip(images, torch.Generator().manual_seed(0))
+    draws = Augmentation((0.0,), (1.0,), padding=0).draw(1000, torch.Generator().manual_seed(0))
+    out = flip_where(images, draws.flip)
     flipped = (out[:, 0, 0, 0] == images[:, 0, 0, 1])
     assert 400 < flipped.sum() < 600
     assert torch.equal(out[~flipped], images[~flipped])

@@ -126,6 +126,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return _run(args, "student", [f"teacher={args.teacher}"] if args.teacher else [])
 
 
+def cmd_teacher_outputs(args: argparse.Namespace) -> int:
+    from intrakd import distributed, runs
+
+    overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
+    cfg = load_config(StudentConfig, args.config, overrides, base=_preset_base(args, "distill"))
+    summary = runs.teacher_outputs(cfg, args.out, args.epochs, args.top_k)
+    if distributed.is_main():
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from intrakd.analysis import embedding_geometry, soft_label_stats
     from intrakd.analysis.analyze import predict_checkpoint
@@ -294,6 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--teacher", help="teacher checkpoint (shortcut for teacher=PATH)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("teacher-outputs", help="run a teacher once over the views that students of the same data "
+                       "settings and seed draw, and store its logits (distill with teacher_outputs=STORE)",
+                       epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="the students' settings, as for distill: data.*, seed, distill.method (its views), optim.epochs, "
+                        "perf.precision")
+    p.add_argument("--teacher", help="teacher checkpoint (shortcut for teacher=PATH)")
+    p.add_argument("--out", required=True, help="folder of the store (run the same command again to continue an "
+                                                "interrupted one, or with more --epochs to extend it)")
+    p.add_argument("--epochs", type=int, help="epochs of views to store (default: the students' optim.epochs)")
+    p.add_argument("--top-k", type=int, help="store the top K logits in float16 and the rest's mass (FKD's compact "
+                                             "soft labels) instead of every class as computed")
+    p.add_argument("--preset", help="the students' recipe (`intrakd presets`); --config and overrides apply on top")
+    p.add_argument("--config", help="YAML file of the students' settings")
+    p.add_argument("--data-root", help="shortcut for data.root=PATH")
+    p.set_defaults(func=cmd_teacher_outputs)
 
     p = sub.add_parser("evaluate", help="accuracy and embedding geometry of a checkpoint")
     p.add_argument("--checkpoint", required=True)

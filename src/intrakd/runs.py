@@ -14,6 +14,7 @@ import dataclasses
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,16 @@ from intrakd.config import (
     to_dict,
     upgrade_stored,
 )
-from intrakd.data import Split, build_datasets
+from intrakd.data import Batches, Split, TensorBatches, build_datasets
+from intrakd.data.teacher_store import (
+    LOGIT_DTYPES,
+    StoredBatches,
+    StoreMismatch,
+    StoreWriter,
+    TeacherStore,
+    view_settings,
+    write_epochs,
+)
 from intrakd.models import check_reads_images, create_model
 from intrakd.models.checkpoint import (
     CheckpointError,
@@ -50,7 +60,9 @@ from intrakd.models.checkpoint import (
     write_atomic,
 )
 from intrakd.objectives import IntraClassTeacherObjective, create_distiller
-from intrakd.progress import RunPlan, run_intro, say
+from intrakd.objectives.registry import distiller_class, list_distillers
+from intrakd.objectives.stored_teacher import StoredTeacher
+from intrakd.progress import Progress, RunPlan, run_intro, say
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
 from intrakd.train.runfolder import RunFolder
@@ -139,7 +151,8 @@ def _may_change(difference: str) -> bool:
 
 def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
     """The files a run reads, which its run folder must not replace."""
-    teacher = {"the teacher checkpoint": cfg.teacher} if isinstance(cfg, StudentConfig) else {}
+    teacher = {"the teacher checkpoint": cfg.teacher, "the teacher's outputs": cfg.teacher_outputs} \
+        if isinstance(cfg, StudentConfig) else {}
     return {**teacher, "the model's starting weights": cfg.weights, "the dataset": cfg.data.root}
 
 
@@ -253,22 +266,145 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
             label: str | None = None) -> dict[str, Any]:
-    """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher``, or continue the run in
-    ``out`` (``resume``); returns the summary. ``label`` names the run in its log lines (default 'student')."""
+    """Distil ``cfg.model`` from the frozen teacher checkpoint ``cfg.teacher`` (or from the store of its
+    outputs ``cfg.teacher_outputs``), or continue the run in ``out`` (``resume``); returns the summary.
+    ``label`` names the run in its log lines (default 'student')."""
+    store = None
+    if cfg.teacher_outputs:
+        cfg = dataclasses.replace(cfg, teacher_outputs=os.path.abspath(cfg.teacher_outputs))
+        store = TeacherStore(cfg.teacher_outputs)
+        cfg = dataclasses.replace(cfg, teacher=_store_teacher(cfg, store))
     if not cfg.teacher:
-        raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
+        raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
     # recorded as an absolute path, so that --resume works from any working directory
     cfg = dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher))
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
-    teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
-                                            train_set.image_shape)
-    teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     label = label or "student"
-    job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})",
-                 {"teacher_sha256": file_sha256(Path(cfg.teacher))},
-                 lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher)
+    if store is None:
+        teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
+                                                train_set.image_shape)
+        teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
+        provenance, feed = {"teacher_sha256": file_sha256(Path(cfg.teacher))}, None
+    else:
+        teacher = StoredTeacher()
+        _check_store(cfg, store, train_set, perf)
+        provenance = {"teacher_sha256": store.teacher["sha256"], "teacher_outputs_sha256": store.sha256}
+
+        def feed(live: Batches) -> Batches:
+            return teacher.feed(StoredBatches(live, store))
+
+    job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})", provenance,
+                 lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher, feed)
     return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
+
+
+def _store_teacher(cfg: StudentConfig, store: TeacherStore) -> str:
+    """The teacher of a run reading ``store``: the one it names, or ``cfg.teacher`` if that is the same
+    checkpoint (by content); another teacher is refused."""
+    named = store.teacher
+    if cfg.teacher_model is not None and cfg.teacher_model != named["model"]:
+        raise StoreMismatch(f"teacher_model={cfg.teacher_model} but the store {store.folder} holds the outputs of a "
+                            f"{named['model']!r}: drop teacher_model or make a store of that teacher")
+    if not cfg.teacher or os.path.abspath(cfg.teacher) == named["path"]:
+        return named["path"]
+    if file_sha256(Path(cfg.teacher)) != named["sha256"]:
+        raise StoreMismatch(f"the store {store.folder} holds the outputs of another teacher ({named['path']}, "
+                            f"sha256 {named['sha256'][:12]}...) than --teacher {cfg.teacher}: drop --teacher to "
+                            "use the store's, or make a store of this teacher")
+    return cfg.teacher
+
+
+def _view_batches(cfg: StudentConfig, train_set: Split, device: torch.device) -> TensorBatches:
+    """The batches a student run of ``cfg`` draws, checked to be storable: a method that reads only the
+    teacher's logits, on a dataset held as tensors."""
+    method = distiller_class(cfg.distill.method)
+    if method.kind != "logits":
+        logit_methods = [m for m in list_distillers() if distiller_class(m).kind == "logits"]
+        raise ValueError(f"distill.method={cfg.distill.method} reads the teacher's {method.kind}, and a store holds "
+                         f"only the teacher's logits: distil it from the teacher itself, or choose a method that "
+                         f"reads logits only ({', '.join(logit_methods)})")
+    batches = train_set.train_batches(cfg.data.batch_size, method.num_views, cfg.seed, device, method.strong_views)
+    if not isinstance(batches, TensorBatches):
+        raise ValueError(  # noqa: TRY004 (bad input: exit 2)
+            f"a store of the teacher's outputs needs the training images held as tensors: {cfg.data.dataset} "
+                         "is decoded from files with augmentation in worker processes, which a store does not replay; "
+                         "set data.in_memory=true (with data.augment=pad_crop)")
+    return batches
+
+
+def _check_store(cfg: StudentConfig, store: TeacherStore, train_set: Split, perf: PerfSettings) -> None:
+    """Refuse (:class:`StoreMismatch`, naming every difference) a store that does not hold what this
+    student run would compute: other data, augmentation, seed, views, precision or too few epochs."""
+    batches = _view_batches(cfg, train_set, torch.device("cpu"))
+    wanted = view_settings(cfg.data, batches.data, batches)
+    problems = store.mismatches(wanted, cfg.optim.epochs, perf.describe()["precision"])
+    if problems:
+        raise StoreMismatch(f"cannot distil from the store {store.folder}: " + "; ".join(problems))
+    if store.manifest["device"] != perf.device.type:
+        say(f"note: the store's views were drawn on {store.manifest['device']}; this run on {perf.device.type} replays "
+            "them (a run here without the store would draw others, from the same distribution)")
+
+
+def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = None,
+                    top_k: int | None = None) -> dict[str, Any]:
+    """Run the teacher ``cfg.teacher`` once over the views that a student run of ``cfg`` draws in its
+    first ``epochs`` epochs (default ``cfg.optim.epochs``) and store them as their augmentation draws,
+    with the teacher's logits: every class in the dtype the teacher computes them in, or (``top_k``)
+    the top K in float16 and the rest's log-mass. Finished epochs of an earlier, interrupted call (or of
+    a shorter store) with the same settings are kept. Returns what was written."""
+    if not cfg.teacher:
+        raise ValueError("no teacher given: pass --teacher CHECKPOINT")
+    if cfg.teacher_outputs:
+        raise ValueError("teacher_outputs names a store to read; this command writes one: give it as --out")
+    epochs = cfg.optim.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    teacher_path = os.path.abspath(cfg.teacher)
+    device, perf = _setup(cfg)
+    train_set, _, _ = build_datasets(cfg.data)
+    if top_k is not None and not 1 <= top_k < train_set.num_classes:
+        raise ValueError(f"--top-k must lie in 1..{train_set.num_classes - 1} (the data has {train_set.num_classes} "
+                         f"classes; leave it out to store every class), got {top_k}")
+    batches = _view_batches(cfg, train_set, device)
+    teacher, state = classifier_from_checkpoint(teacher_path, cfg.teacher_model, train_set.num_classes,
+                                                train_set.image_shape)
+    teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
+    with torch.no_grad(), perf.autocast():
+        dtype = teacher(torch.zeros(1, *train_set.image_shape, device=device)).logits.dtype
+    settings = {
+        "teacher": {"path": teacher_path, "sha256": file_sha256(Path(teacher_path)),
+                    "model": state.get("model_name") or cfg.teacher_model},
+        **view_settings(cfg.data, train_set, batches),
+        "precision": perf.describe()["precision"], "device": device.type,
+        "logits": {"dtype": LOGIT_DTYPES[dtype][0], "top_k": top_k},
+    }
+    writer = StoreWriter(out, settings)
+    distributed.run_on_main(writer.start)
+    todo = [epoch for epoch in range(epochs) if not writer.finished(epoch, batches.rank)]
+    kept = f", {epochs - len(todo)} kept from before" if len(todo) < epochs else ""
+    say(f"intrakd teacher-outputs: {settings['teacher']['model']} ({teacher_path}) -> {out}")
+    say(f"  views   {cfg.data.dataset}: {len(train_set)} training images, {len(batches)} batches of "
+        f"{cfg.data.batch_size} x {batches.views} views, seed {cfg.seed}: {len(todo)} of {epochs} epochs to write{kept}")
+    say(f"  logits  {settings['logits']['dtype'] if top_k is None else f'top {top_k} in float16'}, "
+        f"{writer.dtype.itemsize} bytes an image; device {device}, precision {settings['precision']}")
+    progress = Progress(len(todo) * len(batches), "teacher outputs")
+    started = time.perf_counter()
+
+    def teacher_logits(view: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), perf.autocast():  # as a distiller runs the teacher (Distiller.outputs)
+            return teacher(view).logits
+
+    write_epochs(writer, batches, teacher_logits, todo, progress)
+    progress.close()
+    seconds = time.perf_counter() - started
+    distributed.gather_objects(None)  # every rank's shards are written
+    distributed.run_on_main(lambda: writer.finish(epochs))
+    epoch_bytes = writer.rows * writer.dtype.itemsize * batches.world_size
+    images = len(todo) * len(batches) * cfg.data.batch_size
+    return {"store": str(out), "teacher": teacher_path, "epochs": epochs, "epochs_written": len(todo),
+            "bytes_per_epoch": epoch_bytes, "bytes": epoch_bytes * epochs, "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 1) if images else None}
 
 
 @dataclass(frozen=True)
@@ -285,6 +421,8 @@ class RunJob:
     """Facts about its inputs a resumed run must find unchanged (besides the data's size)."""
     make_objective: Callable[[nn.Module], nn.Module]
     teacher: nn.Module | None = None
+    feed: Callable[[Batches], Batches] | None = None
+    """Passes the run's batches through, when given (a student replaying a store of teacher outputs)."""
 
 
 def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, device: torch.device,
@@ -310,6 +448,8 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
     objective = job.make_objective(model).to(device)
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,
                                              objective.strong_views)
+    if job.feed is not None:
+        train_batches = job.feed(train_batches)
     run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
     resumed = (str(path) if path is not None else "its beginning") if resume else None

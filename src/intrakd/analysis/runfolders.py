@@ -22,6 +22,7 @@ from intrakd.config import (
     upgrade_stored,
 )
 from intrakd.config import flatten as flatten_config
+from intrakd.data.teacher_store import SETTINGS
 
 IGNORED_KEYS = ("seed", "command", *RESULT_NEUTRAL_KEYS)
 """Settings left out of a run's configuration as read here (:func:`~intrakd.config.key_in`): the
@@ -73,6 +74,9 @@ def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str
     # a setting newer than the run is at its default (upgrade_stored says where that is not so)
     defaults = _defaults(kind) if kind in RUN_CONFIGS else {}
     config = {k: v for k, v in {**defaults, **flatten(raw)}.items() if not key_in(k, IGNORED_KEYS)}
+    if config.get("teacher_outputs"):  # the store's path says nothing; whether it kept every class does
+        config.update(stored_logits(Path(config.pop("teacher_outputs"))))
+    config.pop("teacher_outputs", None)
     teacher = raw.get("teacher")
     if kind == "student" and isinstance(teacher, str):
         teacher_dir = _teacher_run_dir(teacher)
@@ -82,6 +86,17 @@ def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str
             _, _, teacher_config = run_config(teacher_dir, seen)
             config.update({f"teacher.{k}": v for k, v in teacher_config.items()})
     return kind, seed, config
+
+
+def stored_logits(store: Path) -> dict[str, Any]:
+    """What a student that read its teacher's logits from ``store`` differs in from one that ran the
+    teacher: nothing when the store kept every class as computed (the student is the live teacher's),
+    ``teacher_outputs.top_k`` when it kept the top K; the store's path when it cannot be read."""
+    try:
+        top_k = json.loads((store / SETTINGS).read_text())["logits"]["top_k"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"teacher_outputs": str(store)}
+    return {} if top_k is None else {"teacher_outputs.top_k": top_k}
 
 
 def run_metrics(run_dir: Path) -> dict[str, float]:

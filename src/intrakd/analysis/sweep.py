@@ -14,6 +14,8 @@ A sweep is described by a YAML file::
       config: {model: resnet8}
       grid: {distill.temperature: [4]}        # optional
       teachers: ["intra.weight=0", "intra.weight=0.02,intra.delta=0.5"]  # optional: which cells
+      teacher_outputs: true                   # optional: the students of each teacher run read its logits
+                                              # from one store, made on first need (logit methods only)
     evaluate: [test]                          # optional: splits analysed after each run
     temperature: 4                            # soft-label temperature of those analyses
     extends: protocol.yaml                    # optional: a sweep file (path relative to this one)
@@ -28,11 +30,19 @@ whose stored configuration differs from the sweep's (another protocol written to
 is an error before anything runs, so runs of two protocols never mix in one table. After each run,
 each split in ``evaluate`` is analysed (its last checkpoint) into ``eval_<split>.json`` unless that
 file exists.
+
+With ``student.teacher_outputs``, the teacher of seed k runs once more, before its first student
+runs, over the views its students draw (``intrakd teacher-outputs``, every class's logits as computed):
+into ``OUT/stores/<teacher cell>/seed<k>``, for the most epochs and the most views (MLKD's strong view)
+any of its students needs, with the settings of the student needing the most views. Its students then
+read the teacher's logits from it (``teacher_outputs=``) and equal the students of the live teacher:
+their data settings must be alike (a student whose settings the store does not hold is refused by name).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import itertools
 import json
@@ -58,11 +68,12 @@ from intrakd.config import (
 )
 from intrakd.progress import format_duration
 
-RESULT_NEUTRAL = ("command", *RESULT_NEUTRAL_KEYS)
+RESULT_NEUTRAL = ("command", "teacher_outputs", *RESULT_NEUTRAL_KEYS)
 """Settings in which a finished run may differ from the sweep (:func:`~intrakd.config.key_in`): the
-result-neutral ones, and the command (the stage tells the kind)."""
+result-neutral ones, the command (the stage tells the kind) and the store a student read its teacher's
+logits from (a sweep's stores hold every class as computed: such a student equals the live teacher's)."""
 SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
-STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers"}}
+STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers", "teacher_outputs"}}
 
 
 @dataclass
@@ -71,6 +82,21 @@ class Cell:
 
     name: str
     overrides: list[tuple[str, Any]]
+
+
+@dataclass
+class StoreJob:
+    """A store of one teacher run's outputs, shared by its students (``student.teacher_outputs``)."""
+
+    out: Path
+    config: StudentConfig
+    """The settings of the student needing the most views (with the teacher checkpoint)."""
+    epochs: int
+    """The most epochs any of its students trains."""
+
+    @property
+    def finished(self) -> bool:
+        return (self.out / "manifest.json").is_file()
 
 
 @dataclass
@@ -84,6 +110,8 @@ class Job:
     seed: int
     out: Path
     config: TeacherConfig | StudentConfig
+    store: StoreJob | None = None
+    """The store a student reads its teacher's logits from, made before the first student that needs it."""
 
     @property
     def finished(self) -> bool:
@@ -102,6 +130,7 @@ class SweepSpec:
     student_config: dict[str, Any] | None
     student_cells: list[Cell]
     student_teachers: list[str] | None
+    student_teacher_outputs: bool
     evaluate: list[str]
     temperature: float
 
@@ -188,6 +217,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     teachers = stages["student"].get("teachers")
     if teachers is not None and (not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers)):
         raise ConfigError(f"{path}: student.teachers must be a list of teacher cell names (patterns allowed)")
+    shared = stages["student"].get("teacher_outputs", False)
+    if not isinstance(shared, bool):
+        raise ConfigError(f"{path}: student.teacher_outputs must be true or false, got {shared!r}")
     return SweepSpec(
         out=Path(spec.get("out") or "runs/sweep"),
         seeds=seeds,
@@ -198,6 +230,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
                         if spec.get("student") is not None else None),
         student_cells=expand_grid(stages["student"].get("grid"), f"{path}: student.grid"),
         student_teachers=teachers,
+        student_teacher_outputs=shared,
         evaluate=evaluate,
         temperature=float(spec.get("temperature", 4.0)),
     )
@@ -242,13 +275,34 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
             if spec.student_config is None or not _selected(cell.name, spec.student_teachers):
                 continue
             checkpoint = teacher.out / "checkpoints" / "last.pt"
+            students = []
             for student in spec.student_cells:
                 s_overrides = _override_strings(student.overrides) + list(extra or []) + [f"seed={seed}"]
                 s_cfg = load_config(StudentConfig, base=_merge(spec.common, spec.student_config,
                                                                {"teacher": str(checkpoint)}), overrides=s_overrides)
-                jobs.append(Job("student", f"{cell.name}/{student.name}", seed,
-                                spec.out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
+                students.append(Job("student", f"{cell.name}/{student.name}", seed,
+                                    spec.out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
+            if spec.student_teacher_outputs:
+                students = _sharing_a_store(students, spec.out / "stores" / cell.name / f"seed{seed}")
+            jobs += students
     return jobs
+
+
+def _sharing_a_store(students: list[Job], out: Path) -> list[Job]:
+    """``students`` (of one teacher run) reading its logits from one store in ``out``, made for the most
+    views and epochs they need; a method that reads more of the teacher than its logits is an error."""
+    from intrakd.objectives.registry import distiller_class
+
+    for job in students:
+        method = distiller_class(job.config.distill.method)
+        if method.kind != "logits":
+            raise ConfigError(f"student cell {job.name}: distill.method={job.config.distill.method} reads the teacher's "
+                              f"{method.kind}, which a store of its outputs does not hold: drop "
+                              "student.teacher_outputs or that cell")
+    widest = max(students, key=lambda job: distiller_class(job.config.distill.method).num_views)
+    store = StoreJob(out, widest.config, max(job.config.optim.epochs for job in students))
+    return [dataclasses.replace(job, config=dataclasses.replace(job.config, teacher_outputs=str(out)), store=store)
+            for job in students]
 
 
 def _selected(name: str, patterns: list[str] | None) -> bool:
@@ -298,7 +352,7 @@ def check_finished(jobs: list[Job]) -> None:
 def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = print) -> dict[str, int]:
     """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened.
     Nothing runs if a finished run was made with other settings (:func:`check_finished`)."""
-    from intrakd.runs import distill, train_teacher
+    from intrakd.runs import distill, teacher_outputs, train_teacher
 
     check_finished(jobs)
     counts = {"skipped": 0, "ran": 0, "restarted": 0}
@@ -312,6 +366,9 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = pri
         else:
             if job.kind == "student" and not Path(job.config.teacher).is_file():
                 raise FileNotFoundError(f"{where}: teacher checkpoint {job.config.teacher} is missing")
+            if job.store is not None and not job.store.finished:
+                log(f"{where}: storing the teacher's outputs for its students in {job.store.out}")
+                teacher_outputs(job.store.config, job.store.out, job.store.epochs)
             restart = (job.out / "config.yaml").exists()
             counts["restarted" if restart else "ran"] += 1
             log(f"{where}: {'restarting (unfinished)' if restart else 'running'} in {job.out}")

@@ -432,6 +432,9 @@ class StudentConfig:
     """Path of the teacher checkpoint (intrakd's own, or a {'model': state_dict} file)."""
     teacher_model: str | None = None
     """Architecture of the teacher, when its checkpoint does not name it."""
+    teacher_outputs: str | None = None
+    """A store of the teacher's outputs (``intrakd teacher-outputs``) to read its logits from instead of
+    running it; it names its teacher, so ``teacher`` may be left out (given, it must be the same)."""
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)

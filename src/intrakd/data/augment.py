@@ -19,6 +19,22 @@ CUTOUT_MAX_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
+class ViewDraws:
+    """The random draws that make one augmented view of each image of a batch: applying them
+    (:meth:`Augmentation.apply`) gives the view's pixels, so a view can be stored as its draws and
+    made again. Every field is per image (first dimension ``B``), None where nothing is drawn."""
+
+    crop: Tensor | None = None
+    """``[B, 2]`` int64: the row and column offsets of the crop in the zero-padded image."""
+    flip: Tensor | None = None
+    """``[B]`` bool: whether the image is mirrored left-right."""
+    strong_seed: Tensor | None = None
+    """``[B]`` int64: the seed of the image's RandAugment draws (strongly augmented views)."""
+    cutout: Tensor | None = None
+    """``[B, 3]`` float32: Cutout's uniform draws (side, centre row, centre column; strong views)."""
+
+
+@dataclass(frozen=True)
 class StrongAugment:
     """FixMatch-style strong augmentation of uint8 images (``[B, C, H, W]`` or one ``[C, H, W]``):
     torchvision's RandAugment (two random operations, the magnitude drawn per image), then Cutout of
@@ -30,14 +46,27 @@ class StrongAugment:
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if images.dim() == 3:
             return self(images[None], generator)[0]
-        seeds = torch.randint(0, 2**62, (images.shape[0],), device=images.device, generator=generator).tolist()
+        seeds, cut = self.draw(images.shape[0], generator, images.device)
+        return self.apply(images, seeds, cut)
+
+    @staticmethod
+    def draw(batch: int, generator: torch.Generator | None = None,
+             device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """``(seeds [B], cutout draws [B, 3])`` of ``batch`` images, drawn from ``generator`` in the
+        order :meth:`__call__` draws them."""
+        seeds = torch.randint(0, 2**62, (batch,), device=device, generator=generator)
+        return seeds, torch.rand(3, batch, device=device, generator=generator).T
+
+    def apply(self, images: Tensor, seeds: Tensor, cut: Tensor) -> Tensor:
+        """RandAugment of every image with the draws of its seed (torchvision draws from the global
+        CPU generator, seeded per image here and restored after), then Cutout at the drawn boxes."""
         augmented = []
-        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
-            for image, seed in zip(images, seeds):
+        with torch.random.fork_rng(devices=[]):
+            for image, seed in zip(images, seeds.tolist()):
                 torch.random.default_generator.manual_seed(seed)
                 magnitude = int(torch.randint(0, MAGNITUDE_BINS, ()))
                 augmented.append(_rand_augment(magnitude)(image))
-        return cutout(torch.stack(augmented), self.fill, generator)
+        return cutout(torch.stack(augmented), self.fill, cut)
 
 
 @functools.lru_cache(maxsize=MAGNITUDE_BINS)
@@ -45,11 +74,12 @@ def _rand_augment(magnitude: int) -> v2.RandAugment:
     return v2.RandAugment(RAND_AUGMENT_OPS, magnitude, MAGNITUDE_BINS)
 
 
-def cutout(images: Tensor, fill: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
-    """Fill a square of each image with ``fill``: side ``u * CUTOUT_MAX_FRACTION * W`` (``u`` uniform),
-    its corner half a side before a uniformly drawn centre, clipped to the image (FixMatch's Cutout)."""
-    b, c, h, w = images.shape
-    u = torch.rand(3, b, device=images.device, generator=generator)
+def cutout(images: Tensor, fill: tuple[int, ...], draws: Tensor) -> Tensor:
+    """Fill a square of each image with ``fill``: side ``u * CUTOUT_MAX_FRACTION * W``, its corner half
+    a side before the centre ``(u_row * H, u_col * W)``, clipped to the image (FixMatch's Cutout);
+    ``draws`` holds each image's ``(u, u_row, u_col)``, uniform in [0, 1)."""
+    _, c, h, w = images.shape
+    u = draws.T
     side = u[0] * CUTOUT_MAX_FRACTION * w
     top = (u[1] * h - side / 2).clamp(min=0)
     left = (u[2] * w - side / 2).clamp(min=0)
@@ -81,15 +111,30 @@ class Augmentation:
         """The strong augmentation applied after the crop and flip, Cutout filled with the mean colour."""
         return StrongAugment(tuple(round(255 * m) for m in self.mean))
 
+    def draw(self, batch: int, generator: torch.Generator | None = None, strong: bool = False,
+             device: torch.device | None = None) -> ViewDraws:
+        """The draws of one view of ``batch`` images from ``generator``: crop offsets, flips and, when
+        ``strong``, the strong augmentation's (in this order, the order :meth:`__call__` uses)."""
+        crop = (torch.randint(0, 2 * self.padding + 1, (2, batch), device=device, generator=generator).T
+                if self.padding else None)
+        flip = torch.rand(batch, device=device, generator=generator) < 0.5 if self.flip else None
+        seeds, cut = self.strong.draw(batch, generator, device) if strong else (None, None)
+        return ViewDraws(crop, flip, seeds, cut)
+
+    def apply(self, images: Tensor, draws: ViewDraws) -> Tensor:
+        """The view of uint8 ``images`` that ``draws`` make, normalised."""
+        if draws.crop is not None:
+            images = crop_at(images, self.padding, draws.crop)
+        if draws.flip is not None:
+            images = flip_where(images, draws.flip)
+        if draws.strong_seed is not None:
+            images = self.strong.apply(images, draws.strong_seed, draws.cutout)
+        return self.normalize(images)
+
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, strong: bool = False) -> Tensor:
         """One independently drawn augmented view of every image in ``images`` (uint8 ``[B,C,H,W]``);
         ``strong``: followed by :attr:`strong` before the normalisation."""
-        images = random_crop(images, self.padding, generator) if self.padding else images
-        if self.flip:
-            images = random_flip(images, generator)
-        if strong:
-            images = self.strong(images, generator)
-        return self.normalize(images)
+        return self.apply(images, self.draw(images.shape[0], generator, strong, images.device))
 
 
 @functools.lru_cache(maxsize=16)
@@ -99,19 +144,18 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torc
     return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
-def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
-    """Crop each image at a random offset from its zero-padded copy (torchvision's RandomCrop(pad))."""
+def crop_at(images: Tensor, padding: int, offsets: Tensor) -> Tensor:
+    """Crop each image of its zero-padded copy at its ``[row, column]`` offset (``offsets``: ``[B, 2]``;
+    torchvision's RandomCrop(pad) when the offsets are uniform in ``0..2 * padding``)."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), device=images.device, generator=generator)
-    rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    rows = (offsets[:, 0][:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (offsets[:, 1][:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(b, device=images.device)[:, None, None, None]
     channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     return padded[batch, channels, rows, cols]
 
 
-def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+def flip_where(images: Tensor, flip: Tensor) -> Tensor:
+    """Mirror left-right the images where ``flip`` (``[B]`` bool) is set."""
     return torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2.functional import resize
 
-from intrakd.data.augment import Augmentation
+from intrakd.data.augment import Augmentation, ViewDraws
 
 
 @dataclass
@@ -22,6 +22,9 @@ class Batch:
     labels: Tensor
     indices: Tensor | None = None
     """Position of every image in its training split (for per-sample memories), when known."""
+    teacher_logits: tuple[Tensor, ...] | None = None
+    """The teacher's logits of each view, when they were read from a store of its outputs
+    (:mod:`intrakd.data.teacher_store`) instead of computed."""
 
 
 class Batches(Protocol):
@@ -206,18 +209,30 @@ class TensorBatches:
         generator.manual_seed(mix_seed(self.seed, *key))
         return generator
 
-    def __iter__(self) -> Iterator[Batch]:
-        device = self.data.images.device
-        order = torch.randperm(len(self.data), device=device, generator=self._generator(self.epoch))
-        shard = self.batch_size // self.world_size
-        rank_key = (self.rank,) if self.rank > 0 else ()
-        for i in range(self.start, len(self)):
-            generator = self._generator(self.epoch, i + 1, *rank_key)
-            begin = i * self.batch_size + self.rank * shard
-            index = order[begin : begin + shard]
-            images = self.data.images[index]
-            first_strong = self.views - self.strong_views
-            views = tuple(self.data.augmentation(images, generator, strong=v >= first_strong)
-                          for v in range(self.views))
-            yield Batch(views, self.data.labels[index], index)
+    def epoch_order(self, epoch: int) -> Tensor:
+        """The permutation of the split that epoch ``epoch`` visits (a function of the seed and the epoch)."""
+        return torch.randperm(len(self.data), device=self.data.images.device, generator=self._generator(epoch))
 
+    def batch_rows(self, order: Tensor, i: int) -> Tensor:
+        """This rank's rows of batch ``i`` of an epoch visiting the split in ``order``."""
+        shard = self.batch_size // self.world_size
+        begin = i * self.batch_size + self.rank * shard
+        return order[begin : begin + shard]
+
+    def batch_draws(self, epoch: int, i: int) -> tuple[ViewDraws, ...]:
+        """The augmentation draws of every view of this rank's rows of batch ``i`` of epoch ``epoch``: a
+        function of ``(seed, epoch, i, rank)``, the last ``strong_views`` views strongly augmented."""
+        generator = self._generator(epoch, i + 1, *((self.rank,) if self.rank > 0 else ()))
+        first_strong = self.views - self.strong_views
+        return tuple(self.data.augmentation.draw(self.batch_size // self.world_size, generator, v >= first_strong,
+                                                 self.data.images.device) for v in range(self.views))
+
+    def make_batch(self, index: Tensor, draws: tuple[ViewDraws, ...]) -> Batch:
+        """The batch of the images at ``index`` (positions in the split), one view per draws."""
+        images = self.data.images[index]
+        return Batch(tuple(self.data.augmentation.apply(images, d) for d in draws), self.data.labels[index], index)
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.epoch_order(self.epoch)
+        for i in range(self.start, len(self)):
+            yield self.make_batch(self.batch_rows(order, i), self.batch_draws(self.epoch, i))

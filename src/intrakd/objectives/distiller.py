@@ -86,7 +86,8 @@ class Distiller(nn.Module):
     kind: ClassVar[str]
     """What the method transfers, for the methods table: ``logits``, ``features`` (stage feature
     maps), ``embedding`` (the pooled embedding itself) or ``relations`` (relations among a batch's
-    samples)."""
+    samples). ``logits`` also declares that the method reads nothing of the teacher but its logits, so
+    it can distil from a store of them (``teacher_outputs``)."""
     recipe: ClassVar[tuple[float, float]]
     """``(ce_weight, kd_weight)`` of the method's standard recipe (unset weights take these)."""
     takes_learned_temperature: ClassVar[bool] = False

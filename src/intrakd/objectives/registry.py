@@ -70,6 +70,12 @@ def list_distillers() -> list[str]:
     return sorted(_DISTILLERS)
 
 
+def distiller_class(name: str) -> type[Distiller]:
+    """The class registered as method ``name`` (its views, kind and recipe, before building it)."""
+    _check(name)
+    return _DISTILLERS[name]
+
+
 def methods_for_pair(teacher_model: str, student_model: str) -> list[str]:
     """The registered methods that accept this teacher/student pair, in registry order."""
     return [name for name, cls in _DISTILLERS.items() if cls.accepts_pair(teacher_model, student_model)]
