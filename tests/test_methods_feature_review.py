@@ -65,14 +65,15 @@ def test_teacher_batchnorms_feed_or_read_each_stage():
     names = {m: n for n, m in resnet.named_modules()}
     assert [(names[bn], read) for bn, read in teacher_batchnorms(resnet, (3, 8, 8))] == [
         ("bn1", False), ("layer1.0.bn2", False), ("layer2.0.bn2", False), ("layer3.0.bn2", False)]
-    wrn = create_model("wrn_16_1", num_classes=10)  # pre-activation: the next block's BN reads a stage
+    wrn = create_model("wrn_16_1", num_classes=10)  # pre-activation: the next BN reads a stage (the
+    # final bn1 reads block3: mdistiller's preact_feats[3])
     names = {m: n for n, m in wrn.named_modules()}
     assert [(names[bn], read) for bn, read in teacher_batchnorms(wrn, (3, 8, 8))] == [
         ("block1.layer.0.bn1", True), ("block2.layer.0.bn1", True), ("block3.layer.0.bn1", True),
-        ("bn1", False)]
+        ("bn1", True)]
     shufflenet = create_model("ShuffleV2", num_classes=10)  # half-width BNs, concatenated: none fits
     assert teacher_batchnorms(shufflenet, (3, 16, 16))[1:4] == [None, None, None]
-    with pytest.raises(ValueError, match=r"the teacher's stage feature 2 \(232x4x4\) has none"):
+    with pytest.raises(ValueError, match=r"the teacher's stage feature 1 \(116x8x8\) has none"):
         OFDObjective(distill_config("ofd"), create_model("resnet8", num_classes=10), shufflenet,
                      TrainSetInfo(10, torch.arange(10), (3, 16, 16)))
 
@@ -126,8 +127,8 @@ def test_ofd_matches_the_partial_l2_definition(teacher_name):
         expected += slow_ofd_position(mapped, t_feats[i + 1].double(), getattr(objective, f"margin{i}").double(),
                                       objective.readers[i]) / 2 ** (2 - i)
     assert losses["ofd"].item() == pytest.approx(0.01 * expected, rel=1e-5)
-    # the pre-activation source: read (Wide ResNet stages 1-2) or the stage output (the others)
-    assert [bn is not None for bn in objective.readers] == ([True, True, False] if teacher_name == "wrn_16_1"
+    # the pre-activation source: read (Wide ResNet stages 1-3) or the stage output (the others)
+    assert [bn is not None for bn in objective.readers] == ([True, True, True] if teacher_name == "wrn_16_1"
                                                              else [False, False, False])
 
 
@@ -236,17 +237,19 @@ def test_reviewkd_reviews_from_the_deepest_level_with_warmup():
         assert stats["reviewkd_warmup"].item() == pytest.approx(factor)
 
 
-@pytest.mark.parametrize(("student_name", "in_channels", "mid"), [
-    ("resnet8x4", [64, 128, 256, 256], 256),  # mdistiller's REVIEWKD.IN_CHANNELS for this pair
-    ("ShuffleV2", [232, 464, 1024, 1024], 512),
+@pytest.mark.parametrize(("teacher_name", "student_name", "in_channels", "out_channels", "mid"), [
+    # the authors' in_channels and out_channels (ReviewKD's CIFAR-100 model/reviewkd.py, build_review_kd)
+    ("resnet32x4", "resnet8x4", [64, 128, 256, 256], [64, 128, 256, 256], 256),
+    ("resnet32x4", "ShuffleV2", [116, 232, 464, 1024], [64, 128, 256, 256], 512),
+    ("vgg13", "MobileNetV2", [12, 16, 48, 160, 1280], [128, 256, 512, 512, 512], 512),
 ])
-def test_reviewkd_levels_of_the_benchmark_pairs(student_name, in_channels, mid):
-    teacher = create_model("resnet32x4", num_classes=100)
+def test_reviewkd_levels_of_the_benchmark_pairs(teacher_name, student_name, in_channels, out_channels, mid):
+    teacher = create_model(teacher_name, num_classes=100)
     objective = ReviewKDObjective(distill_config("reviewkd"), create_model(student_name, num_classes=100),
                                   teacher, TrainSetInfo(100, torch.arange(100), (3, 32, 32)))
     assert [abf.reduce[0].in_channels for abf in objective.abfs] == in_channels
     assert {abf.reduce[0].out_channels for abf in objective.abfs} == {mid}
-    assert [abf.output[0].out_channels for abf in objective.abfs] == [64, 128, 256, 256]
+    assert [abf.output[0].out_channels for abf in objective.abfs] == out_channels
 
 
 def test_reviewkd_pair_recipe():

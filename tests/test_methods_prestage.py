@@ -195,6 +195,21 @@ def test_ft_stages_train_the_paraphraser_then_the_translator_with_the_paraphrase
     assert all(p.grad is not None for p in objective.translator.parameters())
 
 
+@pytest.mark.parametrize(("teacher_name", "student_name", "teacher_channels", "student_channels"), [
+    ("resnet32x4", "ShuffleV2", 256, 464), ("vgg13", "MobileNetV2", 512, 160), ("wrn_40_2", "wrn_16_2", 128, 128),
+])
+def test_ft_reads_the_last_stage_repdistiller_reads(teacher_name, student_name, teacher_channels, student_channels):
+    """RepDistiller's FT reads ``feat[-2]``, the last stage (not a 1x1 head map: 464 and 160 channels
+    on ShuffleV2 and MobileNetV2, where the head maps have 1024 and 1280)."""
+    teacher, student = create_model(teacher_name, num_classes=100), create_model(student_name, num_classes=100)
+    objective = create_distiller(method_config("ft").distill, student, teacher,
+                                 TrainSetInfo(100, torch.arange(100), (3, 32, 32)))
+    first_conv = [next(m for m in part.modules() if isinstance(m, torch.nn.Conv2d))
+                  for part in (objective.paraphraser, objective.translator)]
+    assert [conv.in_channels for conv in first_conv] == [teacher_channels, student_channels]
+    assert first_conv[1].out_channels == student_channels
+
+
 def test_ft_pretrains_at_the_run_rate_for_the_students_repdistiller_does():
     assert distill_recipe("ft", "resnet32x4", "resnet8x4")["ft"]["init_lr"] == 0.01
     assert distill_recipe("ft", "vgg13", "vgg8")["ft"]["init_lr"] is None

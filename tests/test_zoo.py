@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
 from intrakd.cli import main
-from intrakd.models import Classifier, create_model, list_models
+from intrakd.models import Classifier, ModelOutput, create_model, list_models
 from intrakd.models.layers import channel_shuffle
 from intrakd.train import classifier_from_checkpoint
 
@@ -42,10 +43,98 @@ def check_contract(model: Classifier, size: int, num_classes: int) -> None:
         assert out.logits.shape == (2, num_classes)
         assert out.embedding.shape == (2, model.embedding_dim)
         assert len(out.features) >= 3 and all(f.ndim == 4 and f.shape[0] == 2 for f in out.features)
-        pooled = out.features[-1].mean(dim=(2, 3))
-        torch.testing.assert_close(out.embedding, pooled, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out.logits, getattr(model, model.head_name)(pooled), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.embedding, model.embed(out.features[-1]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.logits, getattr(model, model.head_name)(out.embedding), rtol=1e-5, atol=1e-5)
         assert torch.isfinite(out.logits).all()
+
+
+# Which tensor each stage feature is: the output of the named submodule, ``relu(name)`` where the
+# reference applies a functional ReLU to it. CIFAR models: the reference model files' ``feat[i]``
+# (RepDistiller ``models/*.py``; mdistiller ``models/cifar/*.py`` ``feats["feats"][i]``, the same
+# tensors). ImageNet models: the torchvision blocks; digits: intrakd's own. Then what the head's
+# embedding pools (the reference's pooled feature before its ``avg_pool2d``).
+RESNET_STAGES = (["relu", "layer1", "layer2", "layer3"], "layer3")
+WRN_STAGES = (["conv1", "block1", "block2", "block3"], "relu(bn1)")
+VGG_STAGES = ([f"relu(block{i})" for i in range(5)], "relu(block4)")
+REFERENCE_STAGES: dict[str, tuple[list[str], str]] = {
+    **{name: RESNET_STAGES for name in CIFAR100_ZOO if name.startswith("resnet")},
+    **{name: WRN_STAGES for name in CIFAR100_ZOO if name.startswith("wrn")},
+    **{name: VGG_STAGES for name in CIFAR100_ZOO if name.startswith("vgg")},
+    "MobileNetV2": (["conv1", "blocks.1", "blocks.2", "blocks.4", "blocks.6"], "conv2"),
+    "ShuffleV1": (["relu(bn1)", "layer1", "layer2", "layer3"], "layer3"),
+    "ShuffleV2": (["relu(bn1)", "layer1", "layer2", "layer3"], "relu(bn2)"),
+    "ResNet18": (["relu(bn1)", "layer1", "layer2", "layer3", "layer4"], "layer4"),
+    "ResNet50": (["relu(bn1)", "layer1", "layer2", "layer3", "layer4"], "layer4"),
+    **{name: (["maxpool", "layer1", "layer2", "layer3", "layer4"], "layer4")
+       for name in ("imagenet_resnet18", "imagenet_resnet34", "imagenet_resnet50")},
+    "imagenet_mobilenet_v2": ([f"features.{i}" for i in (1, 3, 6, 13, 17)], "features.18"),
+    "imagenet_mobilenet_v1": ([f"model.{i}" for i in (1, 3, 5, 11, 13)], "model.13"),
+    "digits_cnn": (["stage1", "stage2"], "stage2"),
+    "digits_cnn_small": (["stage1", "stage2"], "stage2"),
+}
+
+
+def outputs_of(model: torch.nn.Module, specs: list[str], image: torch.Tensor) -> tuple[ModelOutput, list[torch.Tensor]]:
+    """The model's output for ``image`` and, for each spec (``name`` or ``relu(name)``), a copy of the
+    named submodule's output in its first call (before any in-place change), ReLU applied if asked."""
+    names = {spec.removeprefix("relu(").removesuffix(")") for spec in specs}
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda _m, _i, out, name=name: seen.setdefault(name, out.clone())) for name in sorted(names)]
+    try:
+        with torch.no_grad():
+            out = model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    tensors = []
+    for spec in specs:
+        name = spec.removeprefix("relu(").removesuffix(")")
+        tensors.append(F.relu(seen[name]) if spec.startswith("relu(") else seen[name])
+    return out, tensors
+
+
+def test_every_model_has_its_stage_features_pinned():
+    assert sorted(REFERENCE_STAGES) == list_models()
+
+
+def reference_outputs(name: str) -> tuple[Classifier, ModelOutput, list[torch.Tensor]]:
+    """Model ``name`` (10 classes, BatchNorms away from their identity initialisation so that a
+    BN-ReLU shows, eval mode), its output for a fixed batch of 2, and the tensors its entry of
+    :data:`REFERENCE_STAGES` names: each stage's, then the one the embedding pools."""
+    stages, pooled = REFERENCE_STAGES[name]
+    model = create_model(name, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.randn(m.num_features, generator=g)
+            m.bias.data = torch.randn(m.num_features, generator=g)
+            m.running_mean = torch.randn(m.num_features, generator=g)
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    channels, size = (1, 8) if name.startswith("digits") else (3, 64 if name.startswith("imagenet") else 32)
+    out, tensors = outputs_of(model.eval(), [*stages, pooled], torch.randn(2, channels, size, size, generator=g))
+    return model, out, tensors
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_STAGES))
+def test_stage_features_are_the_reference_blocks(name):
+    """On the Wide ResNets the last stage is the raw ``block3`` output, not the final BN-ReLU; on
+    ShuffleV2 and the MobileNetV2s it is the last stage, not the 1x1 head map."""
+    stages = REFERENCE_STAGES[name][0]
+    _, out, expected = reference_outputs(name)
+    assert len(out.features) == len(stages)
+    for i, (feature, block) in enumerate(zip(out.features, expected, strict=False)):
+        assert torch.equal(feature, block), f"{name} features[{i}] is not {stages[i]}"
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_STAGES))
+def test_embedding_pools_what_the_reference_pools_and_the_logits_are_its_head(name):
+    """What the head reads did not move when the stage features did (this held before as well)."""
+    model, out, expected = reference_outputs(name)
+    torch.testing.assert_close(out.embedding, expected[-1].mean(dim=(2, 3)), rtol=1e-6, atol=1e-6)
+    assert out.embedding.shape == (2, model.embedding_dim)
+    assert torch.equal(out.logits, getattr(model, model.head_name)(out.embedding))
 
 
 def test_zoo_names_are_the_reference_names(reference):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from intrakd.models.contract import Classifier
+from intrakd.models.contract import Classifier, global_pool
 from intrakd.models.layers import init_conv_bn
 from intrakd.models.registry import register_model
 
@@ -68,16 +68,18 @@ class CifarMobileNetV2(Classifier):
         nn.init.zeros_(self.classifier[0].bias)
 
     def stages(self, x: Tensor) -> list[Tensor]:
-        """Stem, then the outputs of blocks 1, 2, 4 and 6 (the benchmark's feature points), then the
-        1280-channel map that is pooled."""
+        """Stem, then the outputs of blocks 1, 2, 4 and 6 (the benchmark's feature points)."""
         features = [self.conv1(x)]
         out = features[0]
         for i, block in enumerate(self.blocks):
             out = block(out)
             if i in (1, 2, 4, 6):
                 features.append(out)
-        features.append(self.conv2(out))
         return features
+
+    def embed(self, last_stage: Tensor) -> Tensor:
+        """The 1x1 convolution to 1280 channels (BN-ReLU), then global average pooling."""
+        return global_pool(self.conv2(last_stage))
 
 
 @register_model

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.models.contract import Classifier
+from intrakd.models.contract import Classifier, global_pool
 from intrakd.models.layers import channel_shuffle, init_conv_bn
 from intrakd.models.registry import register_model
 
@@ -133,8 +133,11 @@ class ShuffleNetV2(Classifier):
         stem = F.relu(self.bn1(self.conv1(x)))
         f1 = self.layer1(stem)
         f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        return [stem, f1, f2, f3, F.relu(self.bn2(self.conv2(f3)))]
+        return [stem, f1, f2, self.layer3(f2)]
+
+    def embed(self, last_stage: Tensor) -> Tensor:
+        """The 1x1 head convolution with BN-ReLU, then global average pooling."""
+        return global_pool(F.relu(self.bn2(self.conv2(last_stage))))
 
 
 @register_model

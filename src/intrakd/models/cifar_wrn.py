@@ -11,7 +11,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.models.contract import Classifier
+from intrakd.models.contract import Classifier, global_pool
 from intrakd.models.layers import init_conv_bn
 from intrakd.models.registry import register_variant
 
@@ -66,10 +66,16 @@ class WideResNet(Classifier):
         nn.init.zeros_(self.fc.bias)
 
     def stages(self, x: Tensor) -> list[Tensor]:
+        """The stem convolution and the outputs of ``block1`` ... ``block3``, as the blocks return them
+        (pre-activation design: before the BN-ReLU that follows each)."""
         stem = self.conv1(x)
         f1 = self.block1(stem)
         f2 = self.block2(f1)
-        return [stem, f1, f2, F.relu(self.bn1(self.block3(f2)))]
+        return [stem, f1, f2, self.block3(f2)]
+
+    def embed(self, last_stage: Tensor) -> Tensor:
+        """The final BN-ReLU, then global average pooling."""
+        return global_pool(F.relu(self.bn1(last_stage)))
 
 
 for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):

@@ -17,7 +17,14 @@ class ModelOutput(NamedTuple):
     embedding: Tensor
     """``[B, embedding_dim]`` pooled penultimate feature (what the classifier reads)."""
     features: tuple[Tensor, ...]
-    """Stage outputs, earliest first (for feature-based distillation)."""
+    """Stage outputs, earliest first, what the feature-based methods read. The last one is the last
+    stage's own output: layers that only feed the pooling (a final BN-ReLU, a 1x1 head convolution)
+    belong to the embedding, as in the reference models' ``feat`` lists."""
+
+
+def global_pool(feature_map: Tensor) -> Tensor:
+    """Global average pooling of a ``[B, C, H, W]`` map to ``[B, C]``."""
+    return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_map, 1), 1)
 
 
 class Classifier(nn.Module):
@@ -25,7 +32,8 @@ class Classifier(nn.Module):
 
     Subclasses implement :meth:`stages` (the stage feature maps, earliest first), set
     ``embedding_dim`` and ``num_classes``, and hold their linear classifier in the attribute named by
-    :attr:`head_name`. Pooling is adaptive, so every model runs at any input size its stages allow.
+    :attr:`head_name`; one with layers between its last stage and the pooling overrides :meth:`embed`.
+    Pooling is adaptive, so every model runs at any input size its stages allow.
     A wrapper of another library's model may override :meth:`forward` instead (``timm_models``).
     """
 
@@ -36,13 +44,14 @@ class Classifier(nn.Module):
     def stages(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
-    def pool(self, last_stage: Tensor) -> Tensor:
-        """Global average pooling of the last stage to ``[B, embedding_dim]``."""
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(last_stage, 1), 1)
+    def embed(self, last_stage: Tensor) -> Tensor:
+        """The ``[B, embedding_dim]`` embedding the head reads, from the last stage feature: its global
+        average pooling (a model with layers between its last stage and the pooling applies them first)."""
+        return global_pool(last_stage)
 
     def forward(self, x: Tensor) -> ModelOutput:
         features = self.stages(x)
-        embedding = self.pool(features[-1])
+        embedding = self.embed(features[-1])
         logits = getattr(self, self.head_name)(embedding)
         return ModelOutput(logits, embedding, tuple(features))
 

@@ -18,7 +18,7 @@ import torchvision
 from torch import Tensor, nn
 
 from intrakd.models.checkpoint import load_weights, read_checkpoint
-from intrakd.models.contract import Classifier
+from intrakd.models.contract import Classifier, global_pool
 from intrakd.models.layers import init_conv_bn
 from intrakd.models.registry import register_variant
 
@@ -50,10 +50,11 @@ class TorchvisionResNet(Classifier):
 
 class TorchvisionMobileNetV2(Classifier):
     """torchvision's MobileNetV2 under the model contract; the head is its dropout + linear
-    ``classifier``; stages end where the resolution halves, then the 1280-channel map."""
+    ``classifier``; stages end where the resolution halves and at the last inverted-residual block
+    (320 channels); the 1x1 convolution to 1280 channels belongs to the embedding."""
 
     head_name = "classifier"
-    STAGE_ENDS = (1, 3, 6, 13, 17, 18)
+    STAGE_ENDS = (1, 3, 6, 13, 17)
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -63,11 +64,15 @@ class TorchvisionMobileNetV2(Classifier):
 
     def stages(self, x: Tensor) -> list[Tensor]:
         features = []
-        for i, layer in enumerate(self.features):
+        for i, layer in enumerate(self.features[:-1]):
             x = layer(x)
             if i in self.STAGE_ENDS:
                 features.append(x)
         return features
+
+    def embed(self, last_stage: Tensor) -> Tensor:
+        """The last feature layer (1x1 convolution to 1280 channels, BN-ReLU6), then global average pooling."""
+        return global_pool(self.features[-1](last_stage))
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:

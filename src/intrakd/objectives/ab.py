@@ -18,7 +18,9 @@ margin 1, weight 3/1000 (the paper's code's scale), the init stage at the run's 
 Unlike RepDistiller, which reads pre-activation features and uses no connector where the shapes
 agree, the student's side here is the model contract's stage feature (after its ReLU for most
 models) through a connector at every stage, so that it can take both signs; the teacher's on/off
-pattern ``T > 0`` is the same before and after a ReLU.
+pattern ``T > 0`` is the same before and after a ReLU. On a Wide ResNet teacher (pre-activation
+blocks: a stage output is followed by a BatchNorm, then the ReLU) it is the sign of the stage output,
+where RepDistiller's ``preact`` features take it after that BatchNorm.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ REFERENCE = ReferenceDifferences(
             "RepDistiller reads pre-activation features without a connector when the shapes agree",
             "the model contract returns post-ReLU stage outputs, which cannot take both signs",
             "the teacher's on/off pattern is the same; the student side gains a connector"),
+        Difference(
+            "on a Wide ResNet teacher the on/off pattern is the sign of the stage output, where RepDistiller "
+            "takes it after the BatchNorm that follows (its preact features)",
+            "the model contract returns stage outputs, not pre-activation responses",
+            "another on/off pattern on WRN teachers (wrn_40_2 pairs)"),
     ))
 """The reference code this method follows, and its deliberate differences from it."""
 

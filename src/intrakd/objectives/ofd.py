@@ -23,8 +23,8 @@ inspecting the teacher once (no architecture is named, see :func:`teacher_batchn
   it is replaced by ``m``, its expected value under the same Gaussian; where the true response lay in
   ``(m, 0]`` the paper would keep it, so the target differs there. Positive responses are exact.
 * otherwise a BatchNorm that *reads* the stage output (pre-activation designs such as the Wide ResNets,
-  whose next block starts with BN-ReLU): ``P`` is that BatchNorm, in inference mode, applied to the
-  stage output: exactly the paper's pre-ReLU response.
+  whose next block, and after the last stage the final BN-ReLU, starts with a BatchNorm): ``P`` is that
+  BatchNorm, in inference mode, applied to the stage output: exactly the paper's pre-ReLU response.
 
 The student's feature is its stage output (after its ReLU where the model has one), not its pre-ReLU
 response as in the paper: the connector's BN output can still take any sign, so every target is
