@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -98,14 +99,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite`` (which removes
-    the previous run's generated files and keeps the others)."""
-    folder = RunFolder.open_new(out, overwrite)
-    folder.settle()
-    return folder.path
-
-
 def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
     write_atomic(run_dir / "config.yaml", yaml.safe_dump({"command": command, **config}, sort_keys=False).encode())
 
@@ -156,12 +149,13 @@ def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
              overwrite: bool = False, resume: bool = False
              ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
-    """Check and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or None,
-    the new run's RunFolder or None when resuming)``.
+    """Check, lock and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or
+    None, its locked RunFolder)``; the caller closes the folder (:meth:`RunFolder.close`) when done.
 
     A fresh run refuses a folder that holds a run (unless ``overwrite``) or whose generated files
     hold one of its inputs. A resumed one loads the newest checkpoint that verifies (naming those
     skipped), refuses a configuration or inputs that differ from the run's, and only then writes anything.
+    Both refuse a folder another run is writing (:class:`~intrakd.train.runfolder.RunFolderBusy`).
     """
     run_dir = Path(out)
     if not resume:
@@ -170,6 +164,18 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
         return folder.path, None, None, folder
     if overwrite:
         raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
+    _stored_config(run_dir, command)  # a run of this command is there, before the folder is locked
+    folder = RunFolder.open_existing(run_dir)
+    try:
+        return (*_open_to_resume(cls, cfg, run_dir, command, provenance), folder)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenance: dict[str, Any]
+                    ) -> tuple[Path, dict[str, Any] | None, Path | None]:
+    """:func:`open_run` of a run to continue, its folder locked."""
     stored = _stored_config(run_dir, command)
     store = CheckpointStore(run_dir / "checkpoints")
     state, path, skipped = None, None, []
@@ -202,7 +208,7 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     _write_config(run_dir, command, to_dict(cfg))
     where = f"from {path}" if path is not None else "from the beginning (no checkpoint was written yet)"
     print(f"resuming {run_dir} {where}", file=sys.stderr)
-    return run_dir, state, path, None
+    return run_dir, state, path
 
 
 def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
@@ -228,8 +234,11 @@ def _setup(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettin
 
 def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, folder: RunFolder | None,
            extra_summary: dict[str, Any]) -> dict[str, Any]:
-    """Run ``trainer`` to its end. A new run that fails before it kept an epoch or a checkpoint is
-    undone (its folder as before it started); otherwise a replaced run's files are deleted."""
+    """Run ``trainer`` to its end, then unlock its folder (``folder``: None on the other ranks).
+
+    A replaced run's files are deleted once the new run keeps an epoch. A new run that stops before
+    that is undone (its folder as before it started, the replaced run put back) unless it replaced
+    none and kept a checkpoint or was stopped by a signal: then it can be continued."""
     if state is not None:
         trainer.load_state_dict(state)
         trainer.last_checkpoint = path
@@ -238,12 +247,20 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
                                "world_size": distributed.world_size()})
     except Exception as err:
         if folder is not None:
-            kept = trainer.last_checkpoint is not None or bool(trainer.metrics_lines)
-            if kept or isinstance(err, Interrupted):
+            continuable = trainer.last_checkpoint is not None or isinstance(err, Interrupted)
+            if trainer.metrics_lines:
                 folder.settle()
-            else:
+            elif folder.new and (folder.previous is not None or not continuable):
+                replaced = folder.previous is not None
                 folder.abandon()
+                if isinstance(err, Interrupted) and replaced:
+                    raise Interrupted(err.signum, f"stopped by {signal.Signals(err.signum).name} before the new "
+                                                  f"run kept an epoch: {folder.path} holds the run it was to "
+                                                  "replace, as before") from err
         raise
+    finally:
+        if folder is not None:
+            folder.close()
     if folder is not None:
         folder.settle()
     return summary
@@ -320,13 +337,19 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
                                              objective.strong_views)
     run_dir, state, path, folder = _open_on_main(cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
-    _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf,
-           getattr(objective, "init_epochs", 0))  # an objective's pre-training stage (train/objective.py)
-    kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
-    trainer = Trainer(
-        model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
-        run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance, label),
-        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
-        perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
-    )
+    try:
+        _intro(command, title, run_dir, path, resume, cfg, train_set, eval_set, split, len(train_batches), perf,
+               getattr(objective, "init_epochs", 0))  # an objective's pre-training stage (train/objective.py)
+        kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
+        trainer = Trainer(
+            model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
+            run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
+                                          label),
+            teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
+            perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
+        )
+    except BaseException:
+        if folder is not None:
+            folder.abandon()
+        raise
     return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)} if teacher is not None else {})
