@@ -10,7 +10,6 @@ overwritten) and, when resuming, that the configuration matches the run's.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import signal
@@ -26,6 +25,7 @@ from torch import nn
 
 from intrakd import distributed
 from intrakd.config import (
+    PATH_KEYS,
     RUN_COMMANDS,
     ConfigError,
     StudentConfig,
@@ -91,6 +91,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
     return device
+
+
+def with_absolute_paths(cfg: C) -> C:
+    """``cfg`` with its file and folder settings (:data:`~intrakd.config.PATH_KEYS`) made absolute,
+    as a run records them (so that ``--resume`` finds them from any working directory)."""
+    values = to_dict(cfg)
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node = values
+        for section in sections:
+            node = node.get(section, {})
+        if node.get(name) is not None:
+            node[name] = os.path.abspath(node[name])
+    absolute = from_dict(type(cfg), values)
+    absolute.validate()
+    return absolute
 
 
 def seed_everything(seed: int) -> None:
@@ -282,6 +298,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary. ``label`` names the run in its log lines (default
     'vanilla teacher' or 'enriched teacher')."""
+    cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or ("enriched teacher" if cfg.intra.enabled else "vanilla teacher")
@@ -297,8 +314,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     ``out`` (``resume``); returns the summary. ``label`` names the run in its log lines (default 'student')."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
-    # recorded as an absolute path, so that --resume works from any working directory
-    cfg = dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher))
+    cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
@@ -321,8 +337,6 @@ def _fit(cls: type[C], cfg: TeacherConfig | StudentConfig, out: str | Path, comm
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **provenance}
     start: dict[str, Any] = {}
     if cfg.weights is not None:
-        # recorded as an absolute path, so that --resume works from any working directory
-        cfg = dataclasses.replace(cfg, weights=os.path.abspath(cfg.weights))
         start["weights"] = cfg.weights
     if cfg.pretrained:
         start["pretrained"] = True

@@ -11,6 +11,7 @@ from intrakd.config.parse import (
     to_dict,
 )
 from intrakd.config.schema import (
+    PATH_KEYS,
     RESULT_NEUTRAL_KEYS,
     RUN_COMMANDS,
     RUN_CONFIGS,
@@ -34,7 +35,8 @@ from intrakd.config.schema import (
 )
 
 __all__ = [
-    "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
+    "PATH_KEYS", "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig",
+    "DistConfig",
     "DistillConfig", "DistillMethodSpec", "IntraConfig", "OptimConfig", "PerfConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "intra_term_on", "key_in",
     "load_config", "parse_yaml_value",
