@@ -1,6 +1,7 @@
 """Sweeps (grid, folders, skipping finished cells), and the plots and analysis of their runs."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -99,17 +100,24 @@ def test_plan_folders_and_order(tmp_path):
 def test_sweep_runs_skips_and_restarts(tmp_path):
     spec = load_sweep(_spec_file(tmp_path, {**SPEC, "seeds": [0]}))
     jobs = plan(spec, only="intra.weight=0")
-    assert run_sweep(spec, jobs, log=lambda _: None) == {"skipped": 0, "ran": 2, "restarted": 0}
+    assert run_sweep(spec, jobs, log=lambda _: None) == {"skipped": 0, "ran": 2, "resumed": 0, "restarted": 0}
     for job in jobs:
         assert (job.out / "summary.json").is_file() and (job.out / "checkpoints" / "last.pt").is_file()
         evaluated = json.loads((job.out / "eval_test.json").read_text())
         assert evaluated["split"] == "test" and evaluated["images"] == 450 and 0 <= evaluated["acc"] <= 100
     (jobs[1].out / "summary.json").unlink()  # an interrupted student
     (jobs[0].out / "eval_test.json").unlink()  # an analysis not yet made
-    assert run_sweep(spec, jobs, log=lambda _: None) == {"skipped": 1, "ran": 0, "restarted": 1}
+    assert run_sweep(spec, jobs, log=lambda _: None) == {"skipped": 1, "ran": 0, "resumed": 1, "restarted": 0}
     assert (jobs[1].out / "summary.json").is_file() and (jobs[0].out / "eval_test.json").is_file()
     lines = (jobs[1].out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # restarted from scratch, not appended
+    assert len(lines) == 2  # continued from its last checkpoint, not appended
+    (jobs[1].out / "summary.json").unlink()  # an unfinished student of other settings cannot continue
+    config = jobs[1].out / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.05", "lr: 0.07"))
+    shutil.rmtree(jobs[1].out / "checkpoints")
+    assert run_sweep(spec, jobs, log=lambda _: None) == {"skipped": 1, "ran": 0, "resumed": 0, "restarted": 1}
+    assert len((jobs[1].out / "metrics.jsonl").read_text().splitlines()) == 2  # started again from scratch
+    assert "lr: 0.05" in config.read_text()
     before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     with pytest.raises(ConfigError, match=r"other settings \(optim.lr: 0.05 -> 0.1\).*another --out"):
         run_sweep(spec, plan(spec, only="intra.weight=0", extra=["optim.lr=0.1"]), log=lambda _: None)
@@ -130,9 +138,9 @@ def test_sweep_report_plot_and_analyze_commands(tmp_path, capsys):
     assert main(["sweep", str(spec), "--seeds", "0", "--dry-run"]) == 0
     assert "0/4 finished" in capsys.readouterr().out
     assert main(["sweep", str(spec), "--seeds", "0"]) == 0
-    assert "4 run, 0 restarted, 0 already finished" in capsys.readouterr().out
+    assert "4 run, 0 continued, 0 restarted, 0 already finished" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--seeds", "0"]) == 0
-    assert "0 run, 0 restarted, 4 already finished" in capsys.readouterr().out
+    assert "0 run, 0 continued, 0 restarted, 4 already finished" in capsys.readouterr().err
     assert (tmp_path / "runs" / "sweep-spec.yaml").is_file()
 
     runs = tmp_path / "runs"
@@ -169,3 +177,45 @@ def test_short_names_tell_runs_apart():
 
     assert short_names([Path("/r/a/seed0"), Path("/r/b/seed0")]) == ["a/seed0", "b/seed0"]
     assert short_names([Path("/r/a/seed0"), Path("/r/a/seed1")]) == ["seed0", "seed1"]
+
+
+def test_a_sweep_to_a_relative_out_continues_from_the_same_directory(tmp_path, monkeypatch, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "seeds": [0], "evaluate": [],
+                                    "teacher": {"config": {"model": "digits_cnn"}, "grid": {"intra.weight": [0]}},
+                                    "common": {**SPEC["common"], "optim": {"epochs": 1, "milestones": [1]}}}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "spec.yaml", "--out", "sw"]) == 0
+    capsys.readouterr()
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", "spec.yaml", "--out", "sw", *extra]) == 0, capsys.readouterr().err
+    assert "2/2 finished" in capsys.readouterr().out
+
+
+def test_a_sweep_stopped_by_ctrl_c_continues_the_stopped_run_when_run_again(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from intrakd.train import Trainer
+
+    spec = _spec_file(tmp_path, {**SPEC, "seeds": [0], "student": None, "evaluate": [],
+                                 "teacher": {"config": {"model": "digits_cnn"}, "grid": {"intra.weight": [0]}}})
+    original = Trainer.train_step
+
+    def step_then_ctrl_c(self, batch):
+        original(self, batch)
+        if self.state.global_step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_ctrl_c)
+    assert main(["sweep", str(spec)]) == 130
+    assert "or run this sweep again: it continues this run" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert main(["sweep", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert "0 run, 1 continued, 0 restarted" in err and "from" in err and "ckpt-e0001-s000001.pt" in err
+
+
+def test_a_student_teachers_filter_that_matches_no_teacher_cell_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"student.teachers 'intra.weight=0.5' matches no teacher cell; the cells "
+                                          r"are intra.weight=0, intra.weight=0.1,intra.delta=-1"):
+        load_sweep(_spec_file(tmp_path, {**SPEC, "student": {"teachers": ["intra.weight=0", "intra.weight=0.5"]}}))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from torch import nn
 
 from intrakd import distributed
 from intrakd.config import (
+    PATH_KEYS,
     RUN_COMMANDS,
     ConfigError,
     StudentConfig,
@@ -102,6 +104,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def with_absolute_paths(cfg: C) -> C:
+    """``cfg`` with its file and folder settings (:data:`~intrakd.config.PATH_KEYS`) made absolute,
+    as a run records them (so that ``--resume`` finds them from any working directory)."""
+    values = to_dict(cfg)
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node = values
+        for section in sections:
+            node = node.get(section, {})
+        if node.get(name) is not None:
+            node[name] = os.path.abspath(node[name])
+    absolute = from_dict(type(cfg), values)
+    absolute.validate()
+    return absolute
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -159,12 +177,13 @@ def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
              overwrite: bool = False, resume: bool = False
              ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
-    """Check and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or None,
-    the new run's RunFolder or None when resuming)``.
+    """Check, lock and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or
+    None, its locked RunFolder)``; the caller closes the folder (:meth:`RunFolder.close`) when done.
 
     A fresh run refuses a folder that holds a run (unless ``overwrite``) or whose generated files
     hold one of its inputs. A resumed one loads the newest checkpoint that verifies (naming those
     skipped), refuses a configuration or inputs that differ from the run's, and only then writes anything.
+    Both refuse a folder another run is writing (:class:`~intrakd.train.runfolder.RunFolderBusy`).
     """
     run_dir = Path(out)
     if not resume:
@@ -173,6 +192,18 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
         return folder.path, None, None, folder
     if overwrite:
         raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
+    _stored_config(run_dir, command)  # a run of this command is there, before the folder is locked
+    folder = RunFolder.open_existing(run_dir)
+    try:
+        return (*_open_to_resume(cls, cfg, run_dir, command, provenance), folder)
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenance: dict[str, Any]
+                    ) -> tuple[Path, dict[str, Any] | None, Path | None]:
+    """:func:`open_run` of a run to continue, its folder locked."""
     stored = _stored_config(run_dir, command)
     store = CheckpointStore(run_dir / "checkpoints")
     state, path, skipped = None, None, []
@@ -205,7 +236,7 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     _write_config(run_dir, command, to_dict(cfg))
     where = f"from {path}" if path is not None else "from the beginning (no checkpoint was written yet)"
     print(f"resuming {run_dir} {where}", file=sys.stderr)
-    return run_dir, state, path, None
+    return run_dir, state, path
 
 
 def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
@@ -231,8 +262,11 @@ def _setup(cfg: TeacherConfig | StudentConfig) -> tuple[torch.device, PerfSettin
 
 def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, folder: RunFolder | None,
            extra_summary: dict[str, Any]) -> dict[str, Any]:
-    """Run ``trainer`` to its end. A new run that fails before it kept an epoch or a checkpoint is
-    undone (its folder as before it started); otherwise a replaced run's files are deleted."""
+    """Run ``trainer`` to its end, then unlock its folder (``folder``: None on the other ranks).
+
+    A replaced run's files are deleted once the new run keeps an epoch. A new run that stops before
+    that is undone (its folder as before it started, the replaced run put back) unless it replaced
+    none and kept a checkpoint or was stopped by a signal: then it can be continued."""
     if state is not None:
         trainer.load(state, path)
     try:
@@ -240,12 +274,20 @@ def _start(trainer: Trainer, state: dict[str, Any] | None, path: Path | None, fo
                                "world_size": distributed.world_size()})
     except Exception as err:
         if folder is not None:
-            kept = trainer.state.last_checkpoint is not None or bool(trainer.state.metrics_lines)
-            if kept or isinstance(err, Interrupted):
+            continuable = trainer.state.last_checkpoint is not None or isinstance(err, Interrupted)
+            if trainer.state.metrics_lines:
                 folder.settle()
-            else:
+            elif folder.new and (folder.previous is not None or not continuable):
+                replaced = folder.previous is not None
                 folder.abandon()
+                if isinstance(err, Interrupted) and replaced:
+                    raise Interrupted(err.signum, f"stopped by {signal.Signals(err.signum).name} before the new "
+                                                  f"run kept an epoch: {folder.path} holds the run it was to "
+                                                  "replace, as before") from err
         raise
+    finally:
+        if folder is not None:
+            folder.close()
     if folder is not None:
         folder.settle()
     return summary
@@ -256,6 +298,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary. ``label`` names the run in its log lines (default
     'vanilla teacher' or 'enriched teacher')."""
+    cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or ("enriched teacher" if cfg.intra.enabled else "vanilla teacher")
@@ -276,8 +319,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
         cfg = dataclasses.replace(cfg, teacher=_store_teacher(cfg, store))
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
-    # recorded as an absolute path, so that --resume works from any working directory
-    cfg = dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher))
+    cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or "student"
@@ -434,8 +476,6 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **job.provenance}
     start: dict[str, Any] = {}
     if cfg.weights is not None:
-        # recorded as an absolute path, so that --resume works from any working directory
-        cfg = dataclasses.replace(cfg, weights=os.path.abspath(cfg.weights))
         start["weights"] = cfg.weights
     if cfg.pretrained:
         start["pretrained"] = True
@@ -452,21 +492,26 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         train_batches = job.feed(train_batches)
     run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance,
                                                  overwrite=overwrite, resume=resume)
-    resumed = (str(path) if path is not None else "its beginning") if resume else None
-    for line in run_intro(RunPlan(
-        command, job.title, str(run_dir), resumed, cfg.data.dataset, len(train_set), train_set.num_classes, split,
-        len(eval_set), cfg.model, steps_per_epoch=len(train_batches), epochs=cfg.optim.epochs,
-        batch_size=cfg.data.batch_size, device=str(perf.device), precision=perf.describe()["precision"],
-        processes=distributed.world_size(),
-        init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
-    )):
-        say(line)
-    kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
-    trainer = Trainer(
-        model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
-        run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
-                                      job.label),
-        teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
-        perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
-    )
+    try:
+        resumed = (str(path) if path is not None else "its beginning") if resume else None
+        for line in run_intro(RunPlan(
+            command, job.title, str(run_dir), resumed, cfg.data.dataset, len(train_set), train_set.num_classes,
+            split, len(eval_set), cfg.model, steps_per_epoch=len(train_batches), epochs=cfg.optim.epochs,
+            batch_size=cfg.data.batch_size, device=str(perf.device), precision=perf.describe()["precision"],
+            processes=distributed.world_size(),
+            init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
+        )):
+            say(line)
+        kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
+        trainer = Trainer(
+            model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
+            run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
+                                          job.label),
+            teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
+            perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
+        )
+    except BaseException:
+        if folder is not None:
+            folder.abandon()
+        raise
     return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)} if teacher is not None else {})

@@ -107,8 +107,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     record_spec(args.spec, spec)
     counts = run_sweep(spec, jobs)
-    print(f"sweep {args.spec}: {counts['ran']} run, {counts['restarted']} restarted, "
-          f"{counts['skipped']} already finished; runs in {spec.out}")
+    say(f"sweep {args.spec}: {counts['ran']} run, {counts['resumed']} continued, {counts['restarted']} restarted, "
+        f"{counts['skipped']} already finished; runs in {spec.out}")
     return 0
 
 

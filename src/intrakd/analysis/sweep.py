@@ -25,7 +25,8 @@ Every cell is a normal run folder: ``OUT/teachers/<cell>/seed<k>`` and
 ``OUT/students/<teacher cell>/<student cell>/seed<k>``, the student of seed k distilled from the
 teacher of seed k. Cell names list the cell's overrides (``base`` for none). A cell whose folder
 holds ``summary.json`` is finished and skipped, so rerunning the same command continues an
-interrupted sweep; a started but unfinished cell is started again from scratch. A finished cell
+interrupted sweep; a started but unfinished cell continues from its newest checkpoint (started
+again when it cannot: another configuration, no intact checkpoint). A finished cell
 whose stored configuration differs from the sweep's (another protocol written to the same ``--out``)
 is an error before anything runs, so runs of two protocols never mix in one table. After each run,
 each split in ``evaluate`` is analysed (its last checkpoint) into ``eval_<split>.json`` unless that
@@ -46,6 +47,7 @@ import dataclasses
 import fnmatch
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ import intrakd.objectives  # noqa: F401  registers the distillation methods that
 from intrakd.analysis.analyze import SPLITS, analyze_predictions, predict_checkpoint
 from intrakd.analysis.runfolders import flatten
 from intrakd.config import (
+    PATH_KEYS,
     RESULT_NEUTRAL_KEYS,
     ConfigError,
     StudentConfig,
@@ -66,7 +69,7 @@ from intrakd.config import (
     to_dict,
     upgrade_stored,
 )
-from intrakd.progress import format_duration
+from intrakd.progress import format_duration, say
 
 RESULT_NEUTRAL = ("command", "teacher_outputs", *RESULT_NEUTRAL_KEYS)
 """Settings in which a finished run may differ from the sweep (:func:`~intrakd.config.key_in`): the
@@ -220,12 +223,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     shared = stages["student"].get("teacher_outputs", False)
     if not isinstance(shared, bool):
         raise ConfigError(f"{path}: student.teacher_outputs must be true or false, got {shared!r}")
+    teacher_cells = expand_grid(stages["teacher"].get("grid"), f"{path}: teacher.grid")
+    names = [cell.name for cell in teacher_cells]
+    unmatched = [t for t in teachers or [] if not fnmatch.filter(names, t)]
+    if unmatched:
+        raise ConfigError(f"{path}: student.teachers {unmatched[0]!r} matches no teacher cell; the cells are "
+                          + ", ".join(names))
     return SweepSpec(
         out=Path(spec.get("out") or "runs/sweep"),
         seeds=seeds,
         common=_section(spec, "common", str(path)),
         teacher_config=_section(stages["teacher"], "config", f"{path}: teacher"),
-        teacher_cells=expand_grid(stages["teacher"].get("grid"), f"{path}: teacher.grid"),
+        teacher_cells=teacher_cells,
         student_config=(_section(stages["student"], "config", f"{path}: student")
                         if spec.get("student") is not None else None),
         student_cells=expand_grid(stages["student"].get("grid"), f"{path}: student.grid"),
@@ -261,6 +270,7 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
     """
     jobs: list[Job] = []
     seen: dict[str, str] = {}
+    out = Path(os.path.abspath(spec.out))  # as the runs record their teacher: the same from any directory
     for seed in seeds or spec.seeds:
         for cell in spec.teacher_cells:
             if only and not fnmatch.fnmatch(cell.name, only):
@@ -270,7 +280,7 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
             identity = json.dumps({k: v for k, v in to_dict(cfg).items() if k != "seed"}, sort_keys=True)
             if seen.setdefault(identity, cell.name) != cell.name:
                 raise ConfigError(f"teacher cells {seen[identity]} and {cell.name} are the same configuration")
-            teacher = Job("teacher", cell.name, seed, spec.out / "teachers" / cell.name / f"seed{seed}", cfg)
+            teacher = Job("teacher", cell.name, seed, out / "teachers" / cell.name / f"seed{seed}", cfg)
             jobs.append(teacher)
             if spec.student_config is None or not _selected(cell.name, spec.student_teachers):
                 continue
@@ -281,9 +291,9 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
                 s_cfg = load_config(StudentConfig, base=_merge(spec.common, spec.student_config,
                                                                {"teacher": str(checkpoint)}), overrides=s_overrides)
                 students.append(Job("student", f"{cell.name}/{student.name}", seed,
-                                    spec.out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
+                                    out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
             if spec.student_teacher_outputs:
-                students = _sharing_a_store(students, spec.out / "stores" / cell.name / f"seed{seed}")
+                students = _sharing_a_store(students, out / "stores" / cell.name / f"seed{seed}")
             jobs += students
     return jobs
 
@@ -334,7 +344,13 @@ def stored_differences(job: Job) -> list[str]:
     stored = flatten(upgrade_stored(read_yaml(path) or {}))
     wanted = flatten(to_dict(job.config))
     return [f"{key}: {stored[key]!r} -> {wanted[key]!r}" for key in sorted(stored.keys() & wanted.keys())
-            if not key_in(key, RESULT_NEUTRAL) and stored[key] != wanted[key]]
+            if not key_in(key, RESULT_NEUTRAL) and _compared(key, stored[key]) != _compared(key, wanted[key])]
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A setting as compared: a path (:data:`~intrakd.config.PATH_KEYS`) resolved, so that the
+    absolute path a run records and the relative one a sweep file names are the same setting."""
+    return os.path.realpath(value) if key in PATH_KEYS and isinstance(value, str) else value
 
 
 def check_finished(jobs: list[Job]) -> None:
@@ -349,13 +365,17 @@ def check_finished(jobs: list[Job]) -> None:
                 "or delete that folder to run it again")
 
 
-def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = print) -> dict[str, int]:
+def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = say) -> dict[str, int]:
     """Run the unfinished jobs in order and analyse each finished one; returns counts of what happened.
-    Nothing runs if a finished run was made with other settings (:func:`check_finished`)."""
-    from intrakd.runs import distill, teacher_outputs, train_teacher
+    Nothing runs if a finished run was made with other settings (:func:`check_finished`). A started
+    run is continued from its newest checkpoint, or started again when it cannot be (another
+    configuration, no intact checkpoint)."""
+    from intrakd.models.checkpoint import CheckpointError
+    from intrakd.runs import ResumeError, distill, teacher_outputs, train_teacher
+    from intrakd.train.signals import Interrupted
 
     check_finished(jobs)
-    counts = {"skipped": 0, "ran": 0, "restarted": 0}
+    counts = {"skipped": 0, "ran": 0, "resumed": 0, "restarted": 0}
     todo = sum(not j.finished for j in jobs)
     log(f"sweep: {len(jobs)} runs in {spec.out}, {len(jobs) - todo} already finished, {todo} to run")
     took: list[float] = []
@@ -369,12 +389,26 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = pri
             if job.store is not None and not job.store.finished:
                 log(f"{where}: storing the teacher's outputs for its students in {job.store.out}")
                 teacher_outputs(job.store.config, job.store.out, job.store.epochs)
-            restart = (job.out / "config.yaml").exists()
-            counts["restarted" if restart else "ran"] += 1
-            log(f"{where}: {'restarting (unfinished)' if restart else 'running'} in {job.out}")
-            start = time.perf_counter()
             run = train_teacher if job.kind == "teacher" else distill
-            run(job.config, job.out, overwrite=restart, label=f"{i}/{len(jobs)} {job.kind} {job.name} seed {job.seed}")
+            label = f"{i}/{len(jobs)} {job.kind} {job.name} seed {job.seed}"
+            start = time.perf_counter()
+            try:
+                if (job.out / "config.yaml").exists():
+                    try:
+                        log(f"{where}: continuing (unfinished) in {job.out}")
+                        run(job.config, job.out, resume=True, label=label)
+                        counts["resumed"] += 1
+                    except (ResumeError, CheckpointError) as err:
+                        log(f"{where}: restarting in {job.out} ({err})")
+                        run(job.config, job.out, overwrite=True, label=label)
+                        counts["restarted"] += 1
+                else:
+                    log(f"{where}: running in {job.out}")
+                    run(job.config, job.out, label=label)
+                    counts["ran"] += 1
+            except Interrupted as err:
+                raise Interrupted(err.signum, f"{where}: {err}; or run this sweep again: it continues this run, "
+                                              "then the others") from err
             took.append(time.perf_counter() - start)
             todo = sum(not j.finished for j in jobs[i:])
             left = f"; {todo} runs to go, about {format_duration(todo * sum(took) / len(took))} left" if todo else ""

@@ -11,6 +11,7 @@ from intrakd.config.parse import (
     to_dict,
 )
 from intrakd.config.schema import (
+    PATH_KEYS,
     RESULT_NEUTRAL_KEYS,
     RUN_COMMANDS,
     RUN_CONFIGS,
@@ -36,8 +37,9 @@ from intrakd.config.schema import (
 )
 
 __all__ = [
-    "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig", "DistConfig",
-    "DistillConfig", "DistillMethodSpec", "IntraConfig", "LearnedTemperatureSpec", "OptimConfig", "PerfConfig", "StudentConfig",
+    "PATH_KEYS", "RESULT_NEUTRAL_KEYS", "RUN_COMMANDS", "RUN_CONFIGS", "CheckpointConfig", "ConfigError", "DataConfig",
+    "DistConfig", "DistillConfig", "DistillMethodSpec", "IntraConfig", "LearnedTemperatureSpec", "OptimConfig",
+    "PerfConfig", "StudentConfig",
     "TeacherConfig", "TrainConfig", "apply_overrides", "flatten", "from_dict", "intra_term_on", "key_in",
     "load_config", "parse_yaml_value",
     "read_yaml", "register_distill_method", "register_learned_temperature", "setting", "to_dict", "upgrade_stored",

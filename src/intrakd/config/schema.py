@@ -29,6 +29,12 @@ what it computes: runs that differ only in these are repeats of one configuratio
 ``.`` stands for its whole section (see :func:`key_in`)."""
 
 
+PATH_KEYS = ("data.root", "weights", "teacher", "teacher_outputs")
+"""Settings that name a file or folder. A run records them as absolute paths, so that the same
+command (``--resume``, a sweep run again) finds them from any working directory; comparisons of
+configurations resolve them first."""
+
+
 def key_in(key: str, keys: Iterable[str]) -> bool:
     """Whether the dotted ``key`` is one of ``keys``, or lies in a section named by one ending in ``.``."""
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
