@@ -104,6 +104,6 @@ def test_sweep_says_what_it_will_run_and_the_time_left(tmp_path, capsys, cells):
                    "optim": {"epochs": 1, "milestones": [1]}},
         "teacher": {"config": {"model": "digits_cnn_small"}, "grid": [{"intra.weight": [0]}]}}))
     assert main(["sweep", str(spec)]) == 0
-    out = capsys.readouterr().out
-    assert f"sweep: {cells} runs in {tmp_path / 'runs'}, 0 already finished, {cells} to run" in out
-    assert re.search(r"\[1/2\] teacher .* done in [\d:]+; 1 runs to go, about [\d:]+ left", out)
+    err = capsys.readouterr().err  # a sweep's progress is a human message: stderr
+    assert f"sweep: {cells} runs in {tmp_path / 'runs'}, 0 already finished, {cells} to run" in err
+    assert re.search(r"\[1/2\] teacher .* done in [\d:]+; 1 runs to go, about [\d:]+ left", err)
