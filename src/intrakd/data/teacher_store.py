@@ -68,11 +68,9 @@ def tensor_sha256(*tensors: Tensor) -> str:
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 hex digest of a file's bytes."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: Path, directory: bool = False) -> None:

@@ -62,11 +62,8 @@ def checksum_path(path: Path) -> Path:
 
 def file_sha256(path: Path) -> str:
     """sha256 hex digest of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def history_file_name(epoch: int, step: int) -> str:

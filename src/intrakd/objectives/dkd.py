@@ -19,7 +19,12 @@ from intrakd.data.tensor_data import Batch
 from intrakd.losses import standardize_logits
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo, linear_warmup
-from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.registry import (
+    LOGIT_STANDARDIZATION_STD,
+    Difference,
+    ReferenceDifferences,
+    register_distiller,
+)
 
 PAIR_NCKD_WEIGHT: dict[tuple[str, str], float] = {
     ("resnet56", "resnet20"): 2.0,
@@ -73,11 +78,7 @@ class DKDSettings:
 REFERENCE = ReferenceDifferences(
     "mdistiller: mdistiller/distillers/DKD.py",
     (
-        Difference(
-            "logit standardisation divides by the population standard deviation (correction=0)",
-            "the paper's formula; the reference code uses torch's default, the unbiased one (not yet "
-            "changed, issue #24)",
-            "slightly larger standardised logits than the reference code's"),
+        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use temperature 2 and weight factor 9 for every pair",
             "the LS README's commands; its published logs use per-pair values, e.g. resnet56 -> resnet20 T 3"

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller
-from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.registry import (
+    LOGIT_STANDARDIZATION_STD,
+    Difference,
+    ReferenceDifferences,
+    register_distiller,
+)
 
 REFERENCE = ReferenceDifferences(
     "mdistiller: mdistiller/distillers/KD.py; LS repository (sunshangquan/logit-standardization-KD): "
     "distillers/KD.py",
     (
-        Difference(
-            "logit standardisation divides by the population standard deviation (correction=0)",
-            "the paper's formula; the reference code uses torch's default, the unbiased one (not yet "
-            "changed, issue #24)",
-            "slightly larger standardised logits than the reference code's"),
+        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use CE weight 1.0 and temperature 2, weight 9 for every pair",
             "the LS README's commands; its code after commit 3ec213f keeps CE weight 0.1 for KD and MLKD, "

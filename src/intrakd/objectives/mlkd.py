@@ -35,7 +35,12 @@ from intrakd.data.tensor_data import Batch
 from intrakd.losses import kd_loss
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo
-from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.registry import (
+    LOGIT_STANDARDIZATION_STD,
+    Difference,
+    ReferenceDifferences,
+    register_distiller,
+)
 
 
 def _probabilities(logits: Tensor, temperature: float) -> Tensor:
@@ -87,11 +92,7 @@ REFERENCE = ReferenceDifferences(
             "the reference takes two of its five strong-view instance terms (T 2, 6) on the weak view and "
             "computes the others without using them",
             "the same terms on the weak view; a different strong-view instance term"),
-        Difference(
-            "logit standardisation divides by the population standard deviation (correction=0)",
-            "the paper's formula; the reference code uses torch's default, the unbiased one (not yet "
-            "changed, issue #24)",
-            "slightly larger standardised logits than the reference code's"),
+        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use CE weight 1.0 and temperature 2, weight 9 for every pair",
             "the LS README's commands; its code after commit 3ec213f keeps CE weight 0.1 for KD and MLKD, "
