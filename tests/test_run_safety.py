@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_guards import TEACHER, snapshot
+from test_guards import STUDENT, TEACHER, snapshot
 
 from intrakd.cli import EXIT_BAD_INPUT, main
 from intrakd.train import Trainer
@@ -82,3 +82,29 @@ def test_sigint_before_the_new_run_keeps_an_epoch_puts_the_replaced_run_back(fin
     assert f"before the new run kept an epoch: {run} holds the run it was to replace, as before" in err
     assert snapshot(run) == before
     assert not (run / PREVIOUS).exists() and not (run / LOCK).exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("DATA/train/newclass", "--out {out} lies in {data}, the dataset this run reads (a run folder there"),
+    ("DATA", "--out {out} is {data}, the dataset this run reads: choose an --out that holds none of the run's inputs"),
+    (".", "--out {out} holds {data}, the dataset this run reads"),
+])
+def test_an_out_that_is_holds_or_lies_in_the_dataset_is_refused(out, message, tmp_path, capsys):
+    data = tmp_path / "DATA"
+    (data / "train" / "a").mkdir(parents=True)
+    out = tmp_path / out
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train-teacher", "--out", str(out), *TEACHER, f"data.root={data}"]) == EXIT_BAD_INPUT
+    assert message.format(out=out, data=data) in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_out_in_the_teachers_checkpoints_folder_is_refused(finished, tmp_path, capsys):
+    checkpoints = finished / "checkpoints"
+    before = snapshot(finished)
+    out = checkpoints / "student"
+    assert main(["distill", "--teacher", str(checkpoints / "last.pt"), "--out", str(out), *STUDENT]) == \
+        EXIT_BAD_INPUT
+    assert f"--out {out} lies in {checkpoints}, the teacher's checkpoints folder this run reads" in \
+        capsys.readouterr().err
+    assert snapshot(finished) == before and not out.exists()

@@ -157,9 +157,17 @@ def _may_change(difference: str) -> bool:
 
 
 def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
-    """The files a run reads, which its run folder must not replace."""
+    """The files a run reads, which its run folder must not replace or hold."""
     teacher = {"the teacher checkpoint": cfg.teacher} if isinstance(cfg, StudentConfig) else {}
     return {**teacher, "the model's starting weights": cfg.weights, "the dataset": cfg.data.root}
+
+
+def _read_folders(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
+    """The folders a run reads, which its run folder must not be, hold or lie in: the dataset, and
+    the checkpoints folder of the teacher's run (a checkpoint elsewhere is guarded as a file)."""
+    teacher = Path(cfg.teacher).parent if isinstance(cfg, StudentConfig) and cfg.teacher else None
+    return {"the dataset": cfg.data.root,
+            "the teacher's checkpoints folder": str(teacher) if teacher and teacher.name == "checkpoints" else None}
 
 
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
@@ -175,7 +183,7 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     """
     run_dir = Path(out)
     if not resume:
-        folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg))
+        folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg), _read_folders(cfg))
         _write_config(folder.path, command, to_dict(cfg))
         return folder.path, None, None, folder
     if overwrite:
