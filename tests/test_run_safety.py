@@ -4,6 +4,7 @@ in what a run reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -47,6 +48,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
                                                                                            capsys):
     run = tmp_path / "run"
     assert main(["train-teacher", "--out", str(run), *TEACHER]) == 0
+    (run / "summary.json").unlink()  # as while a run writes it
     holder = hold_lock(run)
     try:
         before = snapshot(run)
@@ -108,3 +110,14 @@ def test_an_out_in_the_teachers_checkpoints_folder_is_refused(finished, tmp_path
     assert f"--out {out} lies in {checkpoints}, the teacher's checkpoints folder this run reads" in \
         capsys.readouterr().err
     assert snapshot(finished) == before and not out.exists()
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
+    before = snapshot(finished)
+    capsys.readouterr()
+    assert main(["train-teacher", "--resume", str(finished)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{finished} holds a finished run (its summary.json): nothing to continue, nothing changed" in err
+    assert "resuming" not in err
+    assert json.loads(out) == json.loads((finished / "summary.json").read_text())
+    assert snapshot(finished) == before

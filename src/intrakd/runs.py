@@ -10,6 +10,7 @@ overwritten) and, when resuming, that the configuration matches the run's.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -141,6 +142,29 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
     return upgrade_stored(stored)
 
 
+def _check_same_settings(cls: type[C], run_dir: Path, stored: dict[str, Any], cfg: C) -> None:
+    """Refuse (:class:`ResumeError`) to continue the run with settings ``stored`` with ``cfg``, when
+    they differ in more than :data:`RESUME_MAY_CHANGE`."""
+    refused = [d for d in config_differences(cls, stored, to_dict(cfg)) if not _may_change(d)]
+    if refused:
+        raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
+                          + "; ".join(refused) + ". On resume only " + ", ".join(
+                              k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
+                          + " may change; start a new run (another --out) for other settings")
+
+
+def _finished_summary(cls: type[C], cfg: C, out: str | Path, command: str) -> dict[str, Any] | None:
+    """The summary of the finished run of ``command`` in ``out`` (None: the run is not finished),
+    after checking that ``cfg`` could continue it; says that there is nothing to continue, and
+    changes nothing."""
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        return None
+    _check_same_settings(cls, Path(out), _stored_config(Path(out), command), with_absolute_paths(cfg))
+    say(f"{out} holds a finished run (its summary.json): nothing to continue, nothing changed")
+    return json.loads(path.read_text())
+
+
 def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting (dotted key) that differs, defaults filled in on both sides."""
     try:
@@ -214,13 +238,7 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")
-    reference = upgrade_stored(state["config"]) if state is not None else stored
-    refused = [d for d in config_differences(cls, reference, to_dict(cfg)) if not _may_change(d)]
-    if refused:
-        raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
-                          + "; ".join(refused) + ". On resume only " + ", ".join(
-                              k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
-                          + " may change; start a new run (another --out) for other settings")
+    _check_same_settings(cls, run_dir, upgrade_stored(state["config"]) if state is not None else stored, cfg)
     if state is not None:
         changed = [f"{key}: {state['provenance'].get(key)!r} -> {value!r}" for key, value in provenance.items()
                    if state["provenance"].get(key) != value]
@@ -306,6 +324,8 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary. ``label`` names the run in its log lines (default
     'vanilla teacher' or 'enriched teacher')."""
+    if resume and (done := _finished_summary(TeacherConfig, cfg, out, "train-teacher")) is not None:
+        return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
@@ -322,6 +342,8 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     ``out`` (``resume``); returns the summary. ``label`` names the run in its log lines (default 'student')."""
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH)")
+    if resume and (done := _finished_summary(StudentConfig, cfg, out, "distill")) is not None:
+        return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
