@@ -4,6 +4,7 @@ in what a run reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_guards import TEACHER, snapshot
+from test_guards import STUDENT, TEACHER, snapshot
 
 from intrakd.cli import EXIT_BAD_INPUT, main
 from intrakd.train import Trainer
@@ -47,6 +48,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_blocks
                                                                                            capsys):
     run = tmp_path / "run"
     assert main(["train-teacher", "--out", str(run), *TEACHER]) == 0
+    (run / "summary.json").unlink()  # as while a run writes it
     holder = hold_lock(run)
     try:
         before = snapshot(run)
@@ -82,3 +84,40 @@ def test_sigint_before_the_new_run_keeps_an_epoch_puts_the_replaced_run_back(fin
     assert f"before the new run kept an epoch: {run} holds the run it was to replace, as before" in err
     assert snapshot(run) == before
     assert not (run / PREVIOUS).exists() and not (run / LOCK).exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("DATA/train/newclass", "--out {out} lies in {data}, the dataset this run reads (a run folder there"),
+    ("DATA", "--out {out} is {data}, the dataset this run reads: choose an --out that holds none of the run's inputs"),
+    (".", "--out {out} holds {data}, the dataset this run reads"),
+])
+def test_an_out_that_is_holds_or_lies_in_the_dataset_is_refused(out, message, tmp_path, capsys):
+    data = tmp_path / "DATA"
+    (data / "train" / "a").mkdir(parents=True)
+    out = tmp_path / out
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train-teacher", "--out", str(out), *TEACHER, f"data.root={data}"]) == EXIT_BAD_INPUT
+    assert message.format(out=out, data=data) in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_out_in_the_teachers_checkpoints_folder_is_refused(finished, tmp_path, capsys):
+    checkpoints = finished / "checkpoints"
+    before = snapshot(finished)
+    out = checkpoints / "student"
+    assert main(["distill", "--teacher", str(checkpoints / "last.pt"), "--out", str(out), *STUDENT]) == \
+        EXIT_BAD_INPUT
+    assert f"--out {out} lies in {checkpoints}, the teacher's checkpoints folder this run reads" in \
+        capsys.readouterr().err
+    assert snapshot(finished) == before and not out.exists()
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(finished, capsys):
+    before = snapshot(finished)
+    capsys.readouterr()
+    assert main(["train-teacher", "--resume", str(finished)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{finished} holds a finished run (its summary.json): nothing to continue, nothing changed" in err
+    assert "resuming" not in err
+    assert json.loads(out) == json.loads((finished / "summary.json").read_text())
+    assert snapshot(finished) == before

@@ -11,6 +11,7 @@ overwritten) and, when resuming, that the configuration matches the run's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -152,6 +153,29 @@ def _stored_config(run_dir: Path, command: str) -> dict[str, Any]:
     return upgrade_stored(stored)
 
 
+def _check_same_settings(cls: type[C], run_dir: Path, stored: dict[str, Any], cfg: C) -> None:
+    """Refuse (:class:`ResumeError`) to continue the run with settings ``stored`` with ``cfg``, when
+    they differ in more than :data:`RESUME_MAY_CHANGE`."""
+    refused = [d for d in config_differences(cls, stored, to_dict(cfg)) if not _may_change(d)]
+    if refused:
+        raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
+                          + "; ".join(refused) + ". On resume only " + ", ".join(
+                              k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
+                          + " may change; start a new run (another --out) for other settings")
+
+
+def _finished_summary(cls: type[C], cfg: C, out: str | Path, command: str) -> dict[str, Any] | None:
+    """The summary of the finished run of ``command`` in ``out`` (None: the run is not finished),
+    after checking that ``cfg`` could continue it; says that there is nothing to continue, and
+    changes nothing."""
+    path = Path(out) / "summary.json"
+    if not path.is_file():
+        return None
+    _check_same_settings(cls, Path(out), _stored_config(Path(out), command), with_absolute_paths(cfg))
+    say(f"{out} holds a finished run (its summary.json): nothing to continue, nothing changed")
+    return json.loads(path.read_text())
+
+
 def config_differences(cls: type[C], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting (dotted key) that differs, defaults filled in on both sides."""
     try:
@@ -168,10 +192,18 @@ def _may_change(difference: str) -> bool:
 
 
 def _reads(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
-    """The files a run reads, which its run folder must not replace."""
+    """The files a run reads, which its run folder must not replace or hold."""
     teacher = {"the teacher checkpoint": cfg.teacher, "the teacher's outputs": cfg.teacher_outputs} \
         if isinstance(cfg, StudentConfig) else {}
     return {**teacher, "the model's starting weights": cfg.weights, "the dataset": cfg.data.root}
+
+
+def _read_folders(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
+    """The folders a run reads, which its run folder must not be, hold or lie in: the dataset, and
+    the checkpoints folder of the teacher's run (a checkpoint elsewhere is guarded as a file)."""
+    teacher = Path(cfg.teacher).parent if isinstance(cfg, StudentConfig) and cfg.teacher else None
+    return {"the dataset": cfg.data.root,
+            "the teacher's checkpoints folder": str(teacher) if teacher and teacher.name == "checkpoints" else None}
 
 
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
@@ -187,7 +219,7 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     """
     run_dir = Path(out)
     if not resume:
-        folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg))
+        folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg), _read_folders(cfg))
         _write_config(folder.path, command, to_dict(cfg))
         return folder.path, None, None, folder
     if overwrite:
@@ -218,13 +250,7 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")
-    reference = upgrade_stored(state["config"]) if state is not None else stored
-    refused = [d for d in config_differences(cls, reference, to_dict(cfg)) if not _may_change(d)]
-    if refused:
-        raise ResumeError(f"cannot resume {run_dir}: the configuration differs from the run's in "
-                          + "; ".join(refused) + ". On resume only " + ", ".join(
-                              k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
-                          + " may change; start a new run (another --out) for other settings")
+    _check_same_settings(cls, run_dir, upgrade_stored(state["config"]) if state is not None else stored, cfg)
     if state is not None:
         changed = [f"{key}: {state['provenance'].get(key)!r} -> {value!r}" for key, value in provenance.items()
                    if state["provenance"].get(key) != value]
@@ -298,6 +324,8 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary. ``label`` names the run in its log lines (default
     'vanilla teacher' or 'enriched teacher')."""
+    if resume and (done := _finished_summary(TeacherConfig, cfg, out, "train-teacher")) is not None:
+        return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
@@ -319,6 +347,8 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
         cfg = dataclasses.replace(cfg, teacher=_store_teacher(cfg, store))
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
+    if resume and (done := _finished_summary(StudentConfig, cfg, out, "distill")) is not None:
+        return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)

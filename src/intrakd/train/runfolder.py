@@ -1,8 +1,9 @@
 """A run folder that loses no work: what a run generates there, what it must never replace, and how a
 run that stopped before making anything worth keeping is undone.
 
-* ``--out``/``--overwrite`` never replace a file the run reads (the teacher checkpoint, the data,
-  the configuration file): :func:`check_replaces_no_input` refuses such a folder, naming the file.
+* ``--out``/``--overwrite`` never replace, hold or lie in what the run reads (the teacher checkpoint
+  and its folder, the dataset, the configuration file): :func:`check_replaces_no_input` refuses such
+  a folder, naming the input.
 * ``--overwrite`` moves the previous run's generated files (:data:`GENERATED`) aside, into
   :data:`PREVIOUS`; they are deleted once the new run has kept something (:meth:`RunFolder.settle`)
   and put back if it stops before (:meth:`RunFolder.abandon`). Other files in the folder are kept.
@@ -88,12 +89,16 @@ def _forms(path: str | Path) -> set[Path]:
     return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
 
 
-def check_replaces_no_input(run_dir: str | Path, reads: dict[str, str | Path | None]) -> None:
-    """Refuse (``ValueError``) a run folder whose generated files hold a file the run reads.
+def check_replaces_no_input(run_dir: str | Path, reads: dict[str, str | Path | None],
+                            folders: dict[str, str | Path | None] | None = None) -> None:
+    """Refuse (``ValueError``) a run folder that would replace, hold or lie in what the run reads.
 
-    ``reads`` maps a description ('the teacher checkpoint') to a path (None: not used).
+    ``reads`` maps a description ('the teacher checkpoint') to a file or folder the run reads (None:
+    not used), which the run folder may not hold; ``folders`` maps a description ('the dataset') to
+    a folder the run reads, which the run folder may moreover not be nor lie in.
     """
     generated = {form / name for form in _forms(run_dir) for name in (*GENERATED, PREVIOUS)}
+    outs = _forms(run_dir)
     for what, path in reads.items():
         if not path:
             continue
@@ -102,6 +107,15 @@ def check_replaces_no_input(run_dir: str | Path, reads: dict[str, str | Path | N
             if hit is not None:
                 raise ValueError(f"--out {run_dir} would replace {path}, {what} this run reads (it lies in the run "
                                  f"folder's {hit.name}): choose another --out")
+    for what, path in {**reads, **(folders or {})}.items():
+        if path and any(form.is_relative_to(out) for form in _forms(path) for out in outs):
+            relation = "is" if _forms(path) & outs else "holds"
+            raise ValueError(f"--out {run_dir} {relation} {path}, {what} this run reads: choose an --out that "
+                             "holds none of the run's inputs")
+    for what, path in (folders or {}).items():
+        if path and any(out.is_relative_to(form) for form in _forms(path) for out in outs):
+            raise ValueError(f"--out {run_dir} lies in {path}, {what} this run reads (a run folder there would "
+                             "change what is read): choose an --out outside it")
 
 
 def _outermost_missing(path: Path) -> Path | None:
@@ -136,14 +150,15 @@ class RunFolder:
         self.path, self.made, self.previous, self.lock, self.new = path, made, previous, lock, new
 
     @classmethod
-    def open_new(cls, out: str | Path, overwrite: bool = False,
-                 reads: dict[str, str | Path | None] | None = None) -> RunFolder:
-        """Create and lock the folder of a new run. One that already holds a run is refused unless
+    def open_new(cls, out: str | Path, overwrite: bool = False, reads: dict[str, str | Path | None] | None = None,
+                 folders: dict[str, str | Path | None] | None = None) -> RunFolder:
+        """Create and lock the folder of a new run, apart from what the run reads
+        (:func:`check_replaces_no_input`). One that already holds a run is refused unless
         ``overwrite``; then the previous run's generated files are moved aside (other files stay)."""
         path = Path(out)
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a folder: choose another --out")
-        check_replaces_no_input(path, reads or {})
+        check_replaces_no_input(path, reads or {}, folders)
         made = _outermost_missing(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
