@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_resume import assert_same_run, crash_then_resume
+from test_resume import assert_same_run, crash_then_resume, metric_records
 
 from intrakd.cli import main
 from intrakd.config import ConfigError, DataConfig
@@ -320,3 +320,33 @@ def test_a_sweep_makes_one_store_per_teacher_run_and_its_students_equal_the_live
     features.student_cells[0].overrides[0] = ("distill.method", "fitnet")
     with pytest.raises(ConfigError, match="distill.method=fitnet reads the teacher's features"):
         plan(features)
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_shard_each_and_their_students_equal_the_live_ones(teacher, tmp_path):
+    """Under ``torchrun --nproc_per_node 2`` (gloo): each rank stores its rows of every batch (its own
+    augmentation stream), rank 0 writes the manifest, and a 2-process student from the store is the
+    2-process student of the live teacher."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    student = [*DATA, "model=digits_cnn_small", "optim.epochs=2", "optim.milestones=[1]"]
+    store = tmp_path / "store"
+    for command in (["teacher-outputs", "--teacher", str(teacher), "--out", str(store), *student],
+                    ["distill", "--teacher", str(teacher), "--out", str(tmp_path / "live"), *student],
+                    ["distill", f"teacher_outputs={store}", "--out", str(tmp_path / "stored"), *student]):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", str(free_port()), "-m", "intrakd", *command], env=env, check=False,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(TeacherStore(store).manifest["shards"]) == [shard_name(e, r) for e in (0, 1) for r in (0, 1)]
+    assert metric_records(tmp_path / "live") == metric_records(tmp_path / "stored")
