@@ -192,6 +192,73 @@ def test_an_interrupted_writer_keeps_its_finished_epochs_and_continues(teacher, 
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+KILLED_IN_EPOCH_3 = """
+import os, signal, sys
+from intrakd.cli import main
+from intrakd.data.teacher_store import StoreWriter
+put, calls = StoreWriter.put, []
+def killed(self, records, i, *args):
+    calls.append(i)
+    if len(calls) == 2 * 7 + 3:  # 7 batches an epoch: mid-shard, its records half written
+        os.kill(os.getpid(), signal.SIGKILL)
+    put(self, records, i, *args)
+StoreWriter.put = killed
+main(sys.argv[1:])
+"""
+
+
+def test_a_writer_killed_mid_shard_leaves_no_trace_of_it_and_the_same_command_finishes_the_store(
+        teacher, store, tmp_path, capsys):
+    """SIGKILL (no cleanup at all): the half-written shard is a temporary file, removed when the same
+    command runs again, which keeps the finished epochs and writes the store's bytes."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "store"
+    command = ["teacher-outputs", "--teacher", str(teacher), "--out", str(out), *STUDENT, "distill.method=mlkd"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_EPOCH_3, *command], env=env, capture_output=True,
+                            timeout=300, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if n.endswith(".tmp")] and shard_name(2, 0) + ".bin" not in names
+    assert main(command) == 0
+    assert json.loads(capsys.readouterr().out)["epochs_written"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    for e in range(EPOCHS):
+        assert file_digest(out / f"{shard_name(e, 0)}.bin") == file_digest(store / f"{shard_name(e, 0)}.bin")
+
+
+def test_teacher_outputs_refuses_an_out_it_reads_or_cannot_own_and_changes_nothing(teacher, store, tmp_path,
+                                                                                  capsys):
+    command = ["teacher-outputs", "--teacher", str(teacher), *STUDENT, "distill.method=mlkd"]
+    inside = teacher.parent / "store"  # in the teacher run's checkpoints folder, which the command reads
+    assert main([*command, "--out", str(inside)]) == 2
+    assert "lies in" in capsys.readouterr().err and not inside.exists()
+    (tmp_path / "file").write_text("x")
+    assert main([*command, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    assert main([*command, "--out", str(tmp_path / "other")]) == 2
+    assert "holds no teacher-outputs store" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+    # a store of this teacher is not extended with another teacher's outputs
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    before = {p.name: file_digest(p) for p in copy.iterdir()}
+    other = tmp_path / "other.pt"
+    state = torch.load(teacher, weights_only=False)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, other)
+    assert main(["teacher-outputs", "--teacher", str(other), "--out", str(copy), "--epochs", "4", *STUDENT,
+                 "distill.method=mlkd"]) == 2
+    assert "teacher.sha256: the store has" in capsys.readouterr().err
+    assert {p.name: file_digest(p) for p in copy.iterdir()} == before
+
+
 def test_an_incomplete_store_is_refused_naming_the_fix(teacher, tmp_path, capsys):
     out = tmp_path / "store"
     out.mkdir()

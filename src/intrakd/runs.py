@@ -68,7 +68,7 @@ from intrakd.objectives.stored_teacher import StoredTeacher
 from intrakd.progress import Progress, RunPlan, run_intro, say
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
-from intrakd.train.runfolder import RunFolder
+from intrakd.train.runfolder import RunFolder, check_replaces_no_input
 from intrakd.train.signals import Interrupted
 
 RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
@@ -433,6 +433,7 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     teacher_path = os.path.abspath(cfg.teacher)
+    check_replaces_no_input(out, _reads(cfg), _read_folders(cfg))
     device, perf = _setup(cfg)
     train_set, _, _ = build_datasets(cfg.data)
     if top_k is not None and not 1 <= top_k < train_set.num_classes:
