@@ -141,3 +141,21 @@ class FirstBatches:
 
     def __iter__(self):
         return itertools.islice(iter(self.batches), self.steps)
+
+
+class Window:
+    """Batches ``start .. start + steps - 1`` of epoch 0 of ``batches``, whatever epoch the trainer asks
+    for: every source times the same images."""
+
+    def __init__(self, batches: Batches, start: int, steps: int) -> None:
+        self.batches, self.start, self.steps = batches, start, steps
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(0, self.start)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _, batch in zip(range(self.steps), self.batches):
+            yield batch

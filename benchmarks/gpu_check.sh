@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every benchmark and check of intrakd on one CUDA GPU, in under 6 minutes (see benchmarks/README.md).
+# Every benchmark and check of intrakd on one CUDA GPU, in under 7 minutes (see benchmarks/README.md).
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]          # OUT_DIR defaults to $OUT, else runs/gpu_check
 #
 # Writes to OUT_DIR: gpu_check.log (the GPU, every table and verdict, each part's exit status and
 # time) and step_checks.json, overhead.json, input_pipeline.json, loop_vs_reference.json (eager),
-# teacher_store.json (KD steps with a store of the teacher's outputs vs the live teacher) and
+# teacher_store.json (KD steps with a store of the teacher's outputs vs the live teacher), teacher_cost.json
+# (the teacher's share of a KD step, its forward under no_grad vs inference_mode) and
 # loop_compiled.json (eager and compiled with CUDA graphs, compile_mode=reduce-overhead, measured again
 # side by side after compiling).
 # CIFAR-100 is read from $INTRAKD_DATA_ROOT or the usual places; without it the benchmarks use
@@ -43,6 +44,7 @@ part overhead 40 benchmarks/overhead.py --batch-sizes 64 256 --repeats 5 --steps
 part input_pipeline 30 benchmarks/input_pipeline.py --repeats 3 --steps 40 --warmup 20
 part loop_vs_reference 35 benchmarks/loop_vs_reference.py --repeats 3 --steps 60 --warmup 30
 part teacher_store 45 benchmarks/teacher_store.py --repeats 3 --steps 40 --warmup 20
+part teacher_cost 45 benchmarks/teacher_cost.py --repeats 3 --steps 40 --warmup 20
 part loop_compiled 130 benchmarks/loop_vs_reference.py --compile --perf compile_mode=reduce-overhead --repeats 3 --steps 60 --warmup 30
 
 echo "=== total $((SECONDS - start)) s; failed: ${failed[*]:-none}" | tee -a "$log"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from _common import (
+    Window,
     add_common_args,
     cifar100_train,
     machine,
@@ -53,24 +54,6 @@ from intrakd.train.loop import RunInfo, Trainer
 PAIRS = {"resnet32x4": "resnet8x4", "wrn_40_2": "wrn_16_2"}
 CIFAR100_TRAIN_IMAGES = 50_000
 TARGET = 0.9
-
-
-class Window:
-    """Batches ``start .. start + steps - 1`` of epoch 0 of ``batches``, whatever epoch the trainer asks
-    for: every source times the same images."""
-
-    def __init__(self, batches: Batches, start: int, steps: int) -> None:
-        self.batches, self.start, self.steps = batches, start, steps
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.batches.set_epoch(0, self.start)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _, batch in zip(range(self.steps), self.batches):
-            yield batch
 
 
 class FreeLogits:

@@ -171,6 +171,24 @@ def test_kd_step_compiles_without_graph_break():
         torch.testing.assert_close(result.losses[name], expected.losses[name])
 
 
+def test_kd_step_with_a_vit_teacher_compiles_and_runs_its_teacher_under_no_grad_there():
+    """Eager KD runs the teacher under inference_mode; compiled, under no_grad: torch.compile fails on
+    a view of a parameter made under inference_mode (the ViT's class token, expanded to the batch)."""
+    pytest.importorskip("timm")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    teacher = create_model("timm/vit_tiny_patch16_224", num_classes=4, image_shape=(1, 16, 16))
+    teacher = teacher.eval().requires_grad_(False)
+    student = TinyNet()
+    objective = create_distiller(DistillConfig.recipe("kd"), student, teacher,
+                                 TrainSetInfo(4, torch.zeros(0, dtype=torch.long), (1, 16, 16)))
+    batch = Batch((torch.randn(4, 1, 16, 16),), torch.arange(4))
+    result = torch.compile(objective, backend="aot_eager", fullgraph=True)(student, batch, teacher)
+    result.losses["kd"].backward()
+    torch.testing.assert_close(result.losses["kd"], objective(student, batch, teacher).losses["kd"])
+    assert objective.outputs(student, teacher, batch.views[0])[1].logits.is_inference()
+
+
 def test_compile_step_is_opt_in_and_shares_the_objective_state():
     objective = IntraClassTeacherObjective(IntraConfig(cache_size=4), 4, 16, 2)
     assert PerfSettings.plain(CPU).compile_step(objective) is objective

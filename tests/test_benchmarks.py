@@ -17,6 +17,7 @@ TINY = ["--device", "cpu", "--threads", "1", "--repeats", "1", "--steps", "2", "
     ("input_pipeline.py", ["--models", "resnet8", "--batch-size", "16"]),
     ("loop_vs_reference.py", ["--teacher-models", "resnet8", "--batch-size", "16"]),
     ("teacher_store.py", ["--pairs", "resnet8:resnet8", "--batch-size", "16"]),
+    ("teacher_cost.py", ["--pairs", "resnet8:resnet8", "--batch-size", "16"]),
 ])
 def test_benchmark_runs_and_writes_json(script, args, tmp_path):
     out = tmp_path / "result.json"

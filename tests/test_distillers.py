@@ -504,3 +504,48 @@ def test_config_errors(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(StudentConfig, overrides=[override])
     assert str(info.value) == message
+
+
+# ------------------------------------------------------------------------------ the teacher's autograd mode
+
+def test_the_teacher_keeps_no_autograd_state_unless_the_method_uses_its_tensors_in_the_graph():
+    """KD's teacher runs under inference_mode; FitNet's (whose loss saves the teacher's features for
+    backward) and any method's with a learned temperature (which divides the teacher's logits by a
+    tensor that takes a gradient) under no_grad."""
+    seen = {}
+    for name, overrides in (("kd", []), ("fitnet", DIGITS_OVERRIDES["fitnet"]), ("ctkd", ["distill.temperature=ctkd"])):
+        student, teacher = digits_pair()
+        method = "kd" if name == "ctkd" else name
+        objective = _DISTILLERS[method](distill_config(method, overrides), student, teacher,
+                                        TrainSetInfo(10, torch.arange(10), (1, 8, 8)))
+        _, out = objective.outputs(student, teacher, torch.randn(4, 1, 8, 8))
+        seen[name] = out.logits.is_inference()
+    assert seen == {"kd": True, "fitnet": False, "ctkd": False}
+
+
+def test_fitnet_under_inference_mode_fails_so_its_declaration_is_needed():
+    student, teacher = digits_pair()
+    objective = FitNetObjective(distill_config("fitnet", DIGITS_OVERRIDES["fitnet"]), student, teacher,
+                                TrainSetInfo(10, torch.arange(10), (1, 8, 8)))
+    objective.teacher_in_graph = False
+    batch = Batch((torch.randn(4, 1, 8, 8),), torch.arange(4), torch.arange(4))
+    with pytest.raises(RuntimeError, match="Inference tensors cannot be saved for backward"):
+        torch.stack(list(objective(student, batch, teacher).losses.values())).sum().backward()
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "mlkd", "dist", "rkd", "at"])
+def test_inference_mode_gives_the_losses_and_gradients_of_no_grad_bit_for_bit(method):
+    grads = []
+    for in_graph in (True, False):
+        student, teacher = digits_pair()
+        cfg = distill_config(method, DIGITS_OVERRIDES.get(method, []))
+        objective = _DISTILLERS[method](cfg, student, teacher, TrainSetInfo(10, torch.arange(8) % 10, (1, 8, 8)))
+        objective.teacher_in_graph = in_graph
+        g = torch.Generator().manual_seed(3)
+        batch = Batch(tuple(torch.randn(8, 1, 8, 8, generator=g) for _ in range(objective.num_views)),
+                      torch.arange(8), torch.arange(8))
+        losses = objective(student, batch, teacher).losses
+        torch.stack(list(losses.values())).sum().backward()
+        grads.append(([v.item() for v in losses.values()], [p.grad.clone() for p in student.parameters()]))
+    assert grads[0][0] == grads[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))

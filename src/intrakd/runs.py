@@ -443,7 +443,7 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     teacher, state = classifier_from_checkpoint(teacher_path, cfg.teacher_model, train_set.num_classes,
                                                 train_set.image_shape)
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
-    with torch.no_grad(), perf.autocast():
+    with torch.inference_mode(), perf.autocast():
         dtype = teacher(torch.zeros(1, *train_set.image_shape, device=device)).logits.dtype
     settings = {
         "teacher": {"path": teacher_path, "sha256": file_sha256(Path(teacher_path)),
@@ -465,7 +465,7 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     started = time.perf_counter()
 
     def teacher_logits(view: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), perf.autocast():  # as a distiller runs the teacher (Distiller.outputs)
+        with torch.inference_mode(), perf.autocast():  # as a distiller runs the teacher (Distiller.outputs)
             return teacher(view).logits
 
     write_epochs(writer, batches, teacher_logits, todo, progress)

@@ -95,6 +95,7 @@ class ABObjective(Distiller):
     """Activation boundaries (Heo et al., AAAI 2019): pre-training on the teacher's neuron on/off pattern."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = ABSettings
     recipe = (1.0, 0.0)
 

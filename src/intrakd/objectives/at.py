@@ -51,6 +51,7 @@ class ATObjective(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = ATSettings
     recipe = (1.0, 0.0)
 

@@ -80,6 +80,7 @@ class CCObjective(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019): the batch's RBF correlations of the embeddings."""
 
     kind = "relations"
+    teacher_in_graph = False
     settings_class = CCSettings
     recipe = (1.0, 0.0)
 

@@ -78,6 +78,7 @@ class DISTObjective(Distiller):
     """DIST (Huang et al., NeurIPS 2022): inter- and intra-class correlation of the softened predictions."""
 
     kind = "logits"
+    teacher_in_graph = False
     settings_class = DISTSettings
     recipe = (1.0, 0.0)
     published: ClassVar[dict[tuple[str, str], float]] = {  # CIFAR-100 top-1 (mean of the runs): the DIST_KD repository's README

@@ -4,6 +4,7 @@ pre-training stage with the method's own losses only (RepDistiller's "init" stag
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -93,6 +94,13 @@ class Distiller(nn.Module):
     takes_learned_temperature: ClassVar[bool] = False
     """Whether the method's logit terms take a learned temperature (``distill.temperature=ctkd``):
     they then read it from :meth:`softmax_temperature`, never from ``self.temperature``."""
+    teacher_in_graph: ClassVar[bool] = True
+    """Whether the method's differentiable terms save the teacher's own output tensors for backward
+    (FitNet regresses onto its features, CRD embeds its embedding): its teacher then runs under
+    ``no_grad``. False: under ``inference_mode``, which keeps no autograd bookkeeping at all (no version
+    counters, no view tracking), for methods whose terms use only tensors computed from the teacher's.
+    A learned temperature divides the teacher's logits by a tensor that takes a gradient, so it puts
+    every method under ``no_grad`` (:meth:`teacher_mode`)."""
     published: ClassVar[dict[tuple[str, str], float]] = {}
     """CIFAR-100 top-1 (%) the method's paper reports, by ``(teacher, student)``, for its presets."""
 
@@ -177,11 +185,21 @@ class Distiller(nn.Module):
         terms, stats = self.init_losses(student_out, teacher_out, batch)
         return StepResult(terms, student_out.logits, stats)
 
+    def teacher_mode(self) -> contextlib.AbstractContextManager:
+        """The autograd mode of the teacher's forward pass: no gradients, and no autograd state at all
+        (``inference_mode``) unless the method (:attr:`teacher_in_graph`) or a learned temperature uses
+        the teacher's outputs themselves in the graph (``no_grad``). A compiled step (``perf.compile``)
+        takes ``no_grad`` too: its graph keeps no per-operation autograd state anyway, and torch.compile
+        fails on views of parameters made under ``inference_mode`` (a timm ViT's class token)."""
+        if self.teacher_in_graph or self.learned_temperature is not None or torch.compiler.is_compiling():
+            return torch.no_grad()
+        return torch.inference_mode()
+
     def outputs(self, model: nn.Module, teacher: nn.Module | None, images: Tensor) -> tuple[ModelOutput, ModelOutput]:
-        """``(student, teacher)`` outputs on ``images``; the teacher runs without gradients."""
+        """``(student, teacher)`` outputs on ``images``; the teacher runs without gradients (:meth:`teacher_mode`)."""
         if teacher is None:
             raise ValueError(f"distillation method {self.method!r} needs a teacher")
-        with torch.no_grad():
+        with self.teacher_mode():
             teacher_out = teacher(images)
         return model(images), teacher_out
 

@@ -93,6 +93,7 @@ class DKDObjective(Distiller):
     """Decoupled KD (Zhao et al., CVPR 2022): target and non-target class KD weighted apart."""
 
     kind = "logits"
+    teacher_in_graph = False
     settings_class = DKDSettings
     recipe = (1.0, 0.0)
     takes_learned_temperature = True

@@ -59,6 +59,7 @@ class FSPObjective(Distiller):
     """Flow of solution procedure (Yim et al., CVPR 2017): pre-training on Gram matrices between stages."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = FSPSettings
     recipe = (1.0, 0.0)
 

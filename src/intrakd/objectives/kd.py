@@ -31,6 +31,7 @@ class KDObjective(Distiller):
     """Hinton et al. (2015): match the teacher's softened class probabilities."""
 
     kind = "logits"
+    teacher_in_graph = False
     recipe = (0.1, 0.9)
     takes_learned_temperature = True
 

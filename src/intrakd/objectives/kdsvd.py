@@ -134,6 +134,7 @@ class KDSVDObjective(Distiller):
     """Self-supervised KD using SVD (Lee et al., ECCV 2018): relations of consecutive stages' singular vectors."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = KDSVDSettings
     recipe = (1.0, 0.0)
 

@@ -112,6 +112,7 @@ class MLKDObjective(Distiller):
     """Multi-level logit distillation (Jin et al., CVPR 2023): instance, batch, class alignment; strong views."""
 
     kind = "logits"
+    teacher_in_graph = False
     settings_class = MLKDSettings
     recipe = (0.1, 0.0)
     num_views = 2

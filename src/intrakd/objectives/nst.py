@@ -58,6 +58,7 @@ class NSTObjective(Distiller):
     """Neuron selectivity transfer (Huang & Wang, 2017): polynomial-kernel MMD of the channels' activations."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = NSTSettings
     recipe = (1.0, 0.0)
 

@@ -176,6 +176,7 @@ class OFDObjective(Distiller):
     """OFD (Heo et al., ICCV 2019): partial L2 to the teacher's margin-clipped pre-ReLU responses."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = OFDSettings
     recipe = (1.0, 0.0)
 

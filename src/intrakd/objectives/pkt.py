@@ -53,6 +53,7 @@ class PKTObjective(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): the embeddings' kernel densities."""
 
     kind = "embedding"
+    teacher_in_graph = False
     settings_class = PKTSettings
     recipe = (1.0, 0.0)
 

@@ -67,6 +67,7 @@ class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
 
     kind = "relations"
+    teacher_in_graph = False
     settings_class = RKDSettings
     recipe = (1.0, 0.0)
 

@@ -48,6 +48,7 @@ class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
 
     kind = "relations"
+    teacher_in_graph = False
     settings_class = SPSettings
     recipe = (1.0, 0.0)
 

@@ -62,6 +62,7 @@ class VIDObjective(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): a Gaussian over each teacher stage."""
 
     kind = "features"
+    teacher_in_graph = False
     settings_class = VIDSettings
     recipe = (1.0, 0.0)
 
