@@ -13,8 +13,8 @@ from intrakd.models import create_model
 from intrakd.objectives import (
     create_distiller,
     learned_temperature_methods,
-    list_distillers,
     list_temperatures,
+    methods_for_pair,
 )
 from intrakd.train.stages import build_optimizer
 
@@ -30,7 +30,7 @@ def cifar_like() -> TensorDataset:
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("method", list_distillers() + [f"{method}+{temperature}" for temperature in list_temperatures()
+@pytest.mark.parametrize("method", methods_for_pair("resnet32x4", "resnet8x4") + [f"{method}+{temperature}" for temperature in list_temperatures()
                                                         for method in learned_temperature_methods()])
 def test_method_steps_on_cuda_without_host_sync(cifar_like, method, amp):
     """``method``: a method's name, or ``method+temperature`` with a learned temperature."""

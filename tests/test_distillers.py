@@ -449,11 +449,11 @@ def test_kd_weight_adds_kd_to_any_method():
 # ------------------------------------------------------------------------------------- configuration
 
 def test_every_method_is_registered_with_recipe():
-    assert sorted(METHODS) == list_distillers()
-    for method in METHODS:
+    assert sorted([*METHODS, "deit"]) == list_distillers()  # deit needs a ViT student: tests/test_deit.py
+    for method in [*METHODS, "deit"]:
         cfg = load_config(StudentConfig, base={"distill": distill_recipe(method)})
         assert cfg.distill.method == method
-        expected = {"kd": (0.1, 0.9), "mlkd": (0.1, 0.0)}.get(method, (1.0, 0.0))
+        expected = {"kd": (0.1, 0.9), "mlkd": (0.1, 0.0), "deit": (0.5, 0.0)}.get(method, (1.0, 0.0))
         assert (cfg.distill.ce_weight, cfg.distill.kd_weight) == expected
     assert method_settings("kd") == {}
     assert method_settings("crd") == {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384, "temperature": 0.07,
@@ -487,7 +487,7 @@ def test_weights_default_to_the_method_recipe_unless_set():
                              "distill.dkd.nckd_weight, distill.dkd.warmup_epochs")),
     ("distill.method=mgd",
      ("distill.method: 'mgd' is not one of 'kd', 'dkd', 'crd', 'rkd', 'fitnet', 'at', 'sp', 'pkt', 'vid', 'cc', "
-      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd', 'ab', 'ft', 'fsp', 'dist'")),
+      "'nst', 'kdsvd', 'ofd', 'reviewkd', 'mlkd', 'ab', 'ft', 'fsp', 'dist', 'deit'")),
     ("distill.kdsvd.vectors_over=rows", "distill.kdsvd.vectors_over: 'rows' is not one of 'width', 'channels'"),
     ("distill.vid.init_variance=0", "distill.vid.init_variance must be > 0, got 0.0"),
     ("distill.crd.momentum=1", "distill.crd.momentum must be in [0, 1), got 1.0"),

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 PAIRS = [("resnet32x4", "resnet8x4"), ("resnet32x4", "ShuffleV2")]
 BATCH = 4
-REFUSED = {("fsp", "ShuffleV2"): "the same stage channels"}
+REFUSED = {("fsp", "ShuffleV2"): "the same stage channels",
+           **{("deit", s): "a distillation token needs a timm Vision Transformer" for s in ("resnet8x4", "ShuffleV2")}}
 """Pairs a method refuses, as RepDistiller does (its table of different architectures has no FSP row)."""
 
 

@@ -87,9 +87,19 @@ def test_fixed_size_models_are_built_for_the_images():
     assert out.features[0].shape == (2, 192, 3, 4) and out.logits.shape == (2, 3)
 
 
-def test_a_model_with_two_classifiers_is_refused():
-    with pytest.raises(ValueError, match="has 2 classifiers .*choose a model without one"):
-        create_model("timm/deit_tiny_distilled_patch16_224", num_classes=3, image_shape=SMALL)
+def test_a_model_with_classifiers_other_than_a_class_and_a_distillation_head_is_refused():
+    """timm's distilled models (a class and a distillation head) are models of two heads (test_deit.py)."""
+    from intrakd.models.timm_models import TimmClassifier
+
+    class ThreeHeads(torch.nn.Module):
+        num_classes, num_features = 3, 4
+
+        def get_classifier(self):
+            return tuple(torch.nn.Linear(4, 3) for _ in range(3))
+
+    with pytest.raises(ValueError, match="has 3 classifiers: intrakd's models have one, or a class and a "
+                                         "distillation head"):
+        TimmClassifier(ThreeHeads(), "three_heads")
 
 
 def test_weights_from_a_local_file(tmp_path, capsys):

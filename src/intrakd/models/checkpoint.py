@@ -179,6 +179,8 @@ def _earlier_hint(path: Path) -> str:
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, model_name: str) -> None:
     """Load ``state_dict`` into ``model`` exactly, or raise naming the missing, unexpected and
     mis-shaped keys."""
+    if isinstance(model, Classifier):
+        model.prepare_for_weights(state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -20,6 +20,10 @@ class ModelOutput(NamedTuple):
     """Stage outputs, earliest first, what the feature-based methods read. The last one is the last
     stage's own output: layers that only feed the pooling (a final BN-ReLU, a 1x1 head convolution)
     belong to the embedding, as in the reference models' ``feat`` lists."""
+    heads: tuple[Tensor, ...] = ()
+    """The ``[B, num_classes]`` scores of each classifier head of a model with two (a ViT with a
+    distillation token, DeiT: the class token's head, then the distillation token's), whose mean is
+    :attr:`logits`; empty for a model with one head."""
 
 
 def global_pool(feature_map: Tensor) -> Tensor:
@@ -43,6 +47,11 @@ class Classifier(nn.Module):
 
     def stages(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
+
+    def prepare_for_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """Add to the model the parts that ``state_dict`` holds and that its architecture takes on
+        request (a timm ViT's distillation token, which ``distill.method=deit`` adds), so that the
+        weights load; models without such parts do nothing."""
 
     def embed(self, last_stage: Tensor) -> Tensor:
         """The ``[B, embedding_dim]`` embedding the head reads, from the last stage feature: its global

@@ -49,38 +49,101 @@ def import_timm() -> ModuleType:
 
 class TimmClassifier(Classifier):
     """A timm model under the model contract (see the module's description); the timm model is
-    :attr:`net`, its classifier ``net.get_classifier()``."""
+    :attr:`net`, its classifier ``net.get_classifier()``. A model with a distillation token and head
+    (timm's ``*_distilled_*`` architectures, or a ViT given one by :func:`add_distillation_token`)
+    predicts the mean of its two heads, as DeiT does, and returns each head's scores as well
+    (:attr:`ModelOutput.heads`); its embedding is what the class token's head reads."""
 
     def __init__(self, net: nn.Module, name: str) -> None:
         super().__init__()
         classifier = net.get_classifier()
-        if not isinstance(classifier, nn.Module):  # a tuple of heads
-            raise ValueError(  # noqa: TRY004 (a model the user chose: bad input)
-                f"timm model {name!r} has {len(classifier)} classifiers (a distillation head): "
-                "intrakd's models have one; choose a model without one")
+        heads = (classifier,) if isinstance(classifier, nn.Module) else tuple(classifier)
+        if len(heads) > 1 and not (len(heads) == 2 and hasattr(net, "distilled_training")):
+            raise ValueError(  # a model the user chose: bad input
+                f"timm model {name!r} has {len(heads)} classifiers: intrakd's models have one, or a class and a "
+                "distillation head (DeiT); choose another model")
         self.net = net
         self.num_classes = net.num_classes
         self.embedding_dim = getattr(net, "head_hidden_size", None) or net.num_features
-        self._classifier_inputs: list[Tensor] | None = None  # a list only while forward runs the head
-        classifier.register_forward_pre_hook(self._read_classifier_input)
+        self._classifier_inputs: list[Tensor] | None = None  # lists only while forward runs the heads
+        self._head_outputs: list[Tensor] | None = None
+        heads[0].register_forward_pre_hook(self._read_classifier_input)
+        self.distilled = False
+        """Whether the model has a distillation token and head besides its class token and head."""
+        if len(heads) == 2:
+            self._watch_heads(heads)
         self.register_state_dict_post_hook(_drop_net_prefix)
         self.register_load_state_dict_pre_hook(_add_net_prefix)
+
+    def _watch_heads(self, heads: tuple[nn.Module, ...]) -> None:
+        """Record the scores of both heads of a distilled model in each forward pass."""
+        net = self.net
+        net.distilled_training = False  # timm then returns the mean of the heads, in training too
+        for head in heads:
+            head.register_forward_hook(self._read_head_output)
+        self.distilled = True
 
     def _read_classifier_input(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
         if self._classifier_inputs is not None:
             self._classifier_inputs.append(args[0])
+
+    def _read_head_output(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        if self._head_outputs is not None:
+            self._head_outputs.append(output)
+
+    def prepare_for_weights(self, state_dict: dict[str, Tensor]) -> None:
+        """A checkpoint of a ViT that ``distill.method=deit`` gave a distillation token gives it one."""
+        if "dist_token" in state_dict and not self.distilled:
+            add_distillation_token(self)
 
     def stages(self, x: Tensor) -> list[Tensor]:
         return list(self.net.forward_intermediates(x, intermediates_only=True))
 
     def forward(self, x: Tensor) -> ModelOutput:
         final, features = self.net.forward_intermediates(x)
-        self._classifier_inputs = []
+        self._classifier_inputs, self._head_outputs = [], []
         try:
             logits = self.net.forward_head(final)
         finally:
-            read, self._classifier_inputs = self._classifier_inputs, None
-        return ModelOutput(logits, read[-1].flatten(1), tuple(features))
+            read, heads = self._classifier_inputs, self._head_outputs
+            self._classifier_inputs = self._head_outputs = None
+        return ModelOutput(logits, read[-1].flatten(1), tuple(features), tuple(heads) if self.distilled else ())
+
+
+def add_distillation_token(model: nn.Module) -> None:
+    """Give the timm ViT ``model`` (a :class:`TimmClassifier`) a distillation token and head, in place, as
+    DeiT's distilled models have them (timm's ``VisionTransformerDistilled``): a token after the class
+    token with its own position embedding, both drawn from a truncated normal of std 0.02, and a linear
+    head on its output (weights likewise, bias 0); the class token, patches and their positions keep their
+    weights. Nothing to do for a model that has one; any other model is a ``ValueError``."""
+    import torch
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(model, TimmClassifier) and model.distilled:
+        return
+    net = getattr(model, "net", None)
+    if not (isinstance(model, TimmClassifier) and type(net) is VisionTransformer and net.cls_token is not None
+            and net.global_pool == "token" and net.num_reg_tokens == 0):
+        raise ValueError("a distillation token needs a timm Vision Transformer student with a class token read "
+                         "by its head and no register tokens (e.g. model=timm/vit_small_patch16_224, or timm's "
+                         "model=timm/deit_small_distilled_patch16_224, which has one)")
+    std = 0.02
+    dist_token = torch.empty_like(net.cls_token)
+    nn.init.trunc_normal_(dist_token, std=std)
+    if not net.no_embed_class:  # the position embedding covers the class token: one more, for this one
+        position = torch.empty_like(net.pos_embed[:, :1])
+        nn.init.trunc_normal_(position, std=std)
+        net.pos_embed = nn.Parameter(torch.cat([net.pos_embed[:, :1], position, net.pos_embed[:, 1:]], dim=1))
+    head = nn.Linear(net.embed_dim, net.num_classes, device=dist_token.device, dtype=dist_token.dtype)
+    nn.init.trunc_normal_(head.weight, std=std)
+    nn.init.zeros_(head.bias)
+    net.__class__ = VisionTransformerDistilled  # what its __init__ adds to a VisionTransformer, set below
+    net.num_prefix_tokens = 2
+    net.dist_token = nn.Parameter(dist_token)
+    net.head_dist = head
+    net.weight_init_mode = "reset"
+    model._watch_heads(net.get_classifier())
 
 
 def _drop_net_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

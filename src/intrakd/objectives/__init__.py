@@ -21,6 +21,7 @@ from intrakd.objectives import ab  # noqa: F401
 from intrakd.objectives import ft  # noqa: F401
 from intrakd.objectives import fsp  # noqa: F401
 from intrakd.objectives import dist  # noqa: F401
+from intrakd.objectives import deit  # noqa: F401
 from intrakd.objectives import ctkd  # noqa: F401  (a learned temperature, not a method)
 # isort: on
 from intrakd.objectives.base import StepResult
