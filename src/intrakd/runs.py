@@ -324,7 +324,7 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     """Train a teacher (vanilla when ``cfg.intra.weight == 0``), or continue the one in ``out``
     (``resume``); returns the run summary. ``label`` names the run in its log lines (default
     'vanilla teacher' or 'enriched teacher')."""
-    if resume and (done := _finished_summary(TeacherConfig, cfg, out, "train-teacher")) is not None:
+    if resume and not overwrite and (done := _finished_summary(TeacherConfig, cfg, out, "train-teacher")) is not None:
         return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
@@ -347,7 +347,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
         cfg = dataclasses.replace(cfg, teacher=_store_teacher(cfg, store))
     if not cfg.teacher:
         raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
-    if resume and (done := _finished_summary(StudentConfig, cfg, out, "distill")) is not None:
+    if resume and not overwrite and (done := _finished_summary(StudentConfig, cfg, out, "distill")) is not None:
         return done
     cfg = with_absolute_paths(cfg)
     device, perf = _setup(cfg)
