@@ -227,10 +227,10 @@ def test_imagefolder_with_pad_crop_resizes_small_images(tmp_path):
 
 
 def test_folder_dataset_trains_a_teacher_through_the_cli(tmp_path):
-    make_tiny_imagenet(tmp_path)
-    out = tmp_path / "teacher"
+    make_tiny_imagenet(tmp_path / "data")
+    out = tmp_path / "teacher"  # beside the dataset: a run folder may not lie in what the run reads
     assert main(["train-teacher", "--out", str(out), "model=resnet8", "data.dataset=tiny_imagenet",
-                 f"data.root={tmp_path}", "data.batch_size=4", "data.workers=1", "optim.epochs=1",
+                 f"data.root={tmp_path / 'data'}", "data.batch_size=4", "data.workers=1", "optim.epochs=1",
                  "device=cpu", "intra.delta=-1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_split"] == "val" and summary["epochs"] == 1
