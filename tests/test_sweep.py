@@ -160,6 +160,10 @@ def test_sweep_report_plot_and_analyze_commands(tmp_path, capsys):
                  "--out", str(out), "--tsne-points", "120", "--tsne-classes", "5"]) == 0
     printed = json.loads(capsys.readouterr().out.split("written:")[0])
     assert set(printed["models"]) == {"vanilla", "enriched"} and "soft_entropy" in printed["difference"]
+    agreement = printed["agreement"]
+    shares = ("both_correct", "only_first_correct", "only_second_correct", "both_wrong")
+    assert agreement["images"] == printed["models"]["vanilla"]["images"] and sum(agreement[k] for k in shares) == 1.0
+    assert agreement["acc_second"] == printed["models"]["enriched"]["acc"]
     saved = json.loads((out / "analysis.json").read_text())
     assert len(saved["models"]["vanilla"]["per_class"]["intra_class_distance"]) == 10
     for name in ("embedding_tsne", "distances", "soft_labels", "reliability", "per_class"):

@@ -226,7 +226,8 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="geometry, soft labels, calibration and plots of a checkpoint "
                                        "(two side by side with --compare)")
     p.add_argument("--checkpoint", required=True, help="an intrakd run checkpoint (records its data settings)")
-    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint, analysed on the same images")
+    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint, analysed on the same images; "
+                   "adds their image-by-image agreement (disagreement, the paired test-set SE, the soft labels' KL)")
     p.add_argument("--names", nargs="+", help="names of the checkpoints in tables and plots (default: run folders)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"),
                    help="split of the run's dataset (default test; val needs data.val_per_class > 0)")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from intrakd.analysis.agreement import prediction_agreement
 from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
 from intrakd.analysis.report import build_report, read_metrics, to_markdown, write_report
 from intrakd.progress import say
@@ -45,8 +46,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     output: dict[str, Any] = {"models": dict(zip(names, results))}
     if args.compare:
         output["difference"] = {"of": f"{names[1]} - {names[0]}", **compare_summaries(results[0], results[1])}
+        output["agreement"] = {"of": f"{names[0]} vs {names[1]}", **prediction_agreement(
+            predictions[0].logits, predictions[1].logits, predictions[0].labels, args.temperature)}
     shown = {name: {k: v for k, v in r.items() if not isinstance(v, (dict, list))} for name, r in zip(names, results)}
-    print(json.dumps({"models": shown, **({"difference": output["difference"]} if args.compare else {})}, indent=2))
+    compared = {k: output[k] for k in ("difference", "agreement")} if args.compare else {}
+    print(json.dumps({"models": shown, **compared}, indent=2))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

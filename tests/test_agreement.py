@@ -1,0 +1,76 @@
+"""Image-by-image comparison of two models, and the split of several models' accuracy spread."""
+
+import math
+
+import pytest
+import torch
+
+from intrakd.analysis.agreement import accuracy_spread, prediction_agreement, soft_label_kl
+
+
+def _logits(predicted: list[int], classes: int = 3) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(predicted), classes).double() * 5.0
+
+
+def test_prediction_agreement_counts_known_answer():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    first = _logits([0, 1, 2, 0, 0, 0, 1, 1])    # right on images 0-3 and 7
+    second = _logits([0, 1, 0, 1, 1, 2, 1, 1])   # right on 0, 1, 4, 5, 7
+    got = prediction_agreement(first, second, labels, temperature=4.0)
+    assert got["images"] == 8
+    assert got["acc_first"] == pytest.approx(62.5) and got["acc_second"] == pytest.approx(62.5)
+    assert got["acc_difference"] == pytest.approx(0.0)
+    assert got["both_correct"] == pytest.approx(3 / 8) and got["both_wrong"] == pytest.approx(1 / 8)
+    assert got["only_first_correct"] == pytest.approx(2 / 8) and got["only_second_correct"] == pytest.approx(2 / 8)
+    assert got["top1_disagreement"] == pytest.approx(4 / 8)          # images 2, 3, 4, 5
+    # per-image differences: 0, 0, -1, -1, +1, +1, 0, 0: sample SD sqrt(4/7), over sqrt(8)
+    assert got["difference_se"] == pytest.approx(100 * math.sqrt(4 / 7) / math.sqrt(8))
+    assert got["kl_first_to_second"] > 0
+    assert prediction_agreement(first, first, labels, 4.0)["kl_first_to_second"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_soft_label_kl_matches_its_definition():
+    torch.manual_seed(0)
+    p, q = torch.randn(6, 5), torch.randn(6, 5)
+    sp, sq = torch.softmax(p.double() / 2, 1), torch.softmax(q.double() / 2, 1)
+    want = (sp * (sp.log() - sq.log())).sum(1)
+    assert torch.allclose(soft_label_kl(p, q, 2.0), want)
+    with pytest.raises(ValueError, match="temperature"):
+        soft_label_kl(p, q, 0.0)
+
+
+def test_prediction_agreement_refuses_different_images():
+    with pytest.raises(ValueError, match="same split"):
+        prediction_agreement(_logits([0, 1]), _logits([0, 1, 2]), torch.tensor([0, 1]), 4.0)
+
+
+def test_accuracy_spread_known_answers():
+    # two models, four images; model 0 right on 0, 1; model 1 right on 0, 2: accuracies 0.5 and 0.5
+    correct = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])
+    got = accuracy_spread(correct)
+    assert got["between_variance"] == pytest.approx(0.0)
+    # p = 1, .5, .5, 0: sum p(1-p) = 0.5, x 2/1, / 16
+    assert got["image_variance"] == pytest.approx(1e4 * 0.5 * 2 / 16)
+    assert got["model_variance"] == pytest.approx(-got["image_variance"])
+    assert got["binomial_se"] == pytest.approx(100 * math.sqrt(0.25 / 4))
+    # models right on the same images: no spread at all
+    same = accuracy_spread(torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]]))
+    assert same["between_variance"] == 0.0 and same["image_variance"] == 0.0
+    # one model right on every image the other gets right, and on two more: p = 1, 1, .5, .5;
+    # image part 2 x .25 x 2 / 16, between var(1, .5) = .125, the rest the models'
+    nested = accuracy_spread(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert nested["image_variance"] == pytest.approx(625.0) and nested["between_variance"] == pytest.approx(1250.0)
+    assert nested["model_variance"] == pytest.approx(625.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        accuracy_spread(correct[:1])
+
+
+def test_image_variance_estimates_the_spread_of_independent_flips():
+    # models that flip each image independently with its own probability: the between-model variance
+    # is the image part alone, on average
+    torch.manual_seed(1)
+    p = torch.rand(400)
+    runs = [accuracy_spread((torch.rand(4, 400) < p).double()) for _ in range(300)]
+    between = sum(r["between_variance"] for r in runs) / len(runs)
+    image = sum(r["image_variance"] for r in runs) / len(runs)
+    assert between == pytest.approx(image, rel=0.1)
