@@ -18,11 +18,12 @@ from intrakd.objectives import TrainSetInfo, distill_recipe, list_distillers, me
 from intrakd.objectives.at import at_loss
 from intrakd.objectives.crd import CRDObjective, nce_loss, sample_other_class
 from intrakd.objectives.dkd import DKDObjective, dkd_terms
-from intrakd.objectives.fitnet import FitNetObjective, connector
+from intrakd.objectives.fitnet import FitNetObjective
 from intrakd.objectives.pkt import pkt_loss
 from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
+from intrakd.objectives.stages import conv_regressor
 
 METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd",
            "mlkd", "ab", "ft", "fsp", "dist"]
@@ -352,20 +353,36 @@ def test_pkt_matches_definition():
 
 # -------------------------------------------------------------------------------------------- FitNet
 
-@pytest.mark.parametrize(("student_shape", "teacher_shape", "kind"), [
-    ((8, 8, 8), (32, 8, 8), torch.nn.Conv2d),
-    ((8, 8, 8), (32, 4, 4), torch.nn.Conv2d),
-    ((8, 4, 4), (32, 8, 8), torch.nn.ConvTranspose2d),
+@pytest.mark.parametrize(("student_shape", "teacher_shape", "kernel", "stride", "padding", "transposed"), [
+    ((8, 8, 8), (32, 8, 8), (1, 1), (1, 1), (0, 0), False),  # equal sizes: 1x1 (ConvReg's 1 + s_H - t_H)
+    ((8, 8, 8), (32, 4, 4), (3, 3), (2, 2), (1, 1), False),  # twice the teacher's: 3x3, stride 2
+    ((8, 6, 6), (32, 4, 4), (3, 3), (1, 1), (0, 0), False),  # larger: unpadded 1 + 6 - 4
+    ((8, 4, 4), (32, 8, 8), (4, 4), (2, 2), (1, 1), True),   # half: transposed 4x4, stride 2, padding 1
 ])
-def test_fitnet_connector_shapes(student_shape, teacher_shape, kind):
-    module = connector(student_shape, teacher_shape)
-    assert isinstance(module[0], kind)
-    assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
+def test_conv_regressor_is_convreg(student_shape, teacher_shape, kernel, stride, padding, transposed):
+    """RepDistiller's and mdistiller's ConvReg: the convolution has a bias, then BN and (FitNet) ReLU."""
+    for relu in (True, False):
+        module = conv_regressor(student_shape, teacher_shape, "FitNet", relu=relu)
+        conv = module[0]
+        assert isinstance(conv, torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)
+        assert (conv.kernel_size, conv.stride, conv.padding) == (kernel, stride, padding)
+        assert conv.bias is not None and isinstance(module[1], torch.nn.BatchNorm2d)
+        assert len(module) == (3 if relu else 2) and (not relu or isinstance(module[2], torch.nn.ReLU))
+        assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
 
 
-def test_fitnet_connector_rejects_incompatible_sizes():
-    with pytest.raises(ValueError, match="spatial size 6x6 to a teacher feature of 4x4"):
-        connector((8, 6, 6), (16, 4, 4))
+def test_fitnet_builds_convreg_at_equal_sizes():
+    student, teacher = digits_pair()
+    objective = FitNetObjective(distill_config("fitnet", ["distill.fitnet.hint_layer=0"]), student, teacher,
+                                TrainSetInfo(10, torch.arange(10), (1, 8, 8)))
+    conv = objective.connector[0]
+    assert type(conv) is torch.nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is not None
+
+
+def test_conv_regressor_rejects_smaller_student_maps():
+    with pytest.raises(ValueError, match="FitNet cannot connect a student feature of spatial size 3x3 to a teacher "
+                                         "feature of 4x4"):
+        conv_regressor((8, 3, 3), (16, 4, 4), "FitNet")
 
 
 def test_fitnet_loss_and_hint_layer_check():
@@ -420,13 +437,13 @@ def test_auxiliary_modules_exist_where_expected():
                                                        digits_pair(teacher=DIGITS_TEACHER.get(m, "digits_cnn"))[1],
                                                        info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
-    assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
+    assert counts["fitnet"] == 16 * 64 + 64 + 2 * 64  # ConvReg at equal sizes: 1x1 conv with bias + BN
     assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
     assert counts["cc"] == (16 + 1) * 128
     assert counts["ofd"] == 16 * 64 + 2 * 64  # one position (stage 2): 1x1 conv (no bias) + BN
     # two levels (stage 2, the embedding), mid width 16: 1x1 conv + BN, 3x3 conv + BN, attention (stage 2 only)
     assert counts["reviewkd"] == 2 * (16 * 16 + 2 * 16 + 16 * 64 * 9 + 2 * 64) + (2 * 16 * 2 + 2)
-    assert counts["ab"] == (8 * 32 + 2 * 32) + (16 * 64 + 2 * 64)  # a 1x1 conv (no bias) + BN per stage
+    assert counts["ab"] == (8 * 32 + 3 * 32) + (16 * 64 + 3 * 64)  # ConvReg without ReLU: 1x1 conv (bias) + BN
     paraphraser = sum(9 * a * b + b for a, b in ((64, 64), (64, 32), (32, 32), (32, 32), (32, 64), (64, 64)))
     translator = sum(9 * a * b + 3 * b for a, b in ((16, 16), (16, 32), (32, 32)))  # conv (bias) + BN
     assert counts["ft"] == paraphraser + translator
