@@ -201,14 +201,33 @@ def test_crd_other_class_negatives_are_uniform_over_other_classes():
     counts = torch.bincount(labels, minlength=3)
     query = torch.tensor([0, 1, 2]).repeat_interleave(20)
     torch.manual_seed(6)
-    drawn = sample_other_class(query, 2000, order, torch.cumsum(counts, 0) - counts, counts)
-    assert drawn.shape == (60, 2000)
+    drawn = sample_other_class(query, 2000, order, torch.cumsum(counts, 0) - counts, counts, 8)
+    assert drawn.shape == (60, 2000)  # more than any class's others: with replacement, as RepDistiller
     for c in range(3):
         rows = drawn[query == c].flatten()
         assert not (labels[rows] == c).any()
         others = (labels != c).nonzero().squeeze(1)
         frequency = torch.bincount(rows, minlength=10)[others].double() / rows.numel()
         assert frequency.min() > 0.9 / len(others) and frequency.max() < 1.1 / len(others)
+
+
+def test_crd_other_class_negatives_are_distinct_when_there_are_enough():
+    """RepDistiller (dataset/cifar100.py, mode exact): np.random.choice(others, K, replace=K > len(others))."""
+    labels = torch.tensor([2, 0, 1, 0, 2, 2, 1, 0, 2, 0, 1, 1, 1])  # class sizes 4, 5, 4: others 9, 8, 9
+    order, counts = torch.argsort(labels, stable=True), torch.bincount(labels, minlength=3)
+    query = torch.tensor([0, 1, 2]).repeat_interleave(300)
+    torch.manual_seed(8)
+    for k in (8, 9):
+        drawn = sample_other_class(query, k, order, torch.cumsum(counts, 0) - counts, counts, 9)
+        assert drawn.shape == (900, k) and not (labels[drawn] == query[:, None]).any()
+        distinct = torch.tensor([len(set(row.tolist())) for row in drawn])
+        # class 1 has 8 others: all of them at k=8, with replacement at k=9; the others' rows are distinct
+        assert torch.equal(distinct[query != 1], torch.full(((query != 1).sum(),), k))
+        assert (distinct[query == 1] == 8).all() if k == 8 else (distinct[query == 1] < 9).all()
+    drawn = sample_other_class(torch.zeros(4000, dtype=torch.long), 3, order, torch.cumsum(counts, 0) - counts,
+                               counts, 9)
+    share = torch.bincount(drawn.flatten(), minlength=13)[labels != 0].double() / 4000  # rows holding each
+    assert share.min() > 0.9 / 3 and share.max() < 1.1 / 3  # a uniform subset: each other in 3/9 of rows
 
 
 def test_crd_uniform_negatives_and_single_class_error():
