@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 import yaml
+from test_resume import assert_same_run, crash_then_resume
 
 from intrakd.cli import main
 from intrakd.config import StudentConfig, TeacherConfig, load_config
@@ -88,3 +89,15 @@ def test_methods_command_lists_every_method_with_settings(capsys):
         assert f"distill.method={method} " in out
     assert "distill.dkd.nckd_weight=8.0" in out and "distill.crd.num_negatives=16384" in out
     assert "distill.rkd.distance_weight=25.0" in out and "distill.fitnet.hint_weight=100.0" in out
+
+
+@pytest.mark.slow
+def test_ofd_with_its_teacher_on_batch_statistics_resumes_exactly(teacher_checkpoint, tmp_path, monkeypatch):
+    """OFD runs its teacher in training mode (mdistiller's OFD): a crashed run still resumes to the same bytes,
+    and the teacher it distils from keeps the statistics it was loaded with."""
+    args = ["--teacher", str(teacher_checkpoint), "device=cpu", "data.dataset=digits", "data.train_per_class=50",
+            "data.eval_per_class=20", "model=digits_cnn_small", "optim.epochs=2", "optim.milestones=[1]",
+            "distill.method=ofd", "checkpoint.every_steps=3"]
+    assert main(["distill", "--out", str(tmp_path / "straight"), *args]) == 0
+    crash_then_resume(monkeypatch, "distill", tmp_path / "crashed", args, step=10)
+    assert_same_run(tmp_path / "straight", tmp_path / "crashed")

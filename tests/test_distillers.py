@@ -18,11 +18,12 @@ from intrakd.objectives import TrainSetInfo, distill_recipe, list_distillers, me
 from intrakd.objectives.at import at_loss
 from intrakd.objectives.crd import CRDObjective, nce_loss, sample_other_class
 from intrakd.objectives.dkd import DKDObjective, dkd_terms
-from intrakd.objectives.fitnet import FitNetObjective, connector
+from intrakd.objectives.fitnet import FitNetObjective
 from intrakd.objectives.pkt import pkt_loss
 from intrakd.objectives.registry import _DISTILLERS
 from intrakd.objectives.rkd import rkd_losses
 from intrakd.objectives.sp import sp_loss
+from intrakd.objectives.stages import conv_regressor
 
 METHODS = ["kd", "dkd", "crd", "rkd", "fitnet", "at", "sp", "pkt", "vid", "cc", "nst", "kdsvd", "ofd", "reviewkd",
            "mlkd", "ab", "ft", "fsp", "dist"]
@@ -200,14 +201,33 @@ def test_crd_other_class_negatives_are_uniform_over_other_classes():
     counts = torch.bincount(labels, minlength=3)
     query = torch.tensor([0, 1, 2]).repeat_interleave(20)
     torch.manual_seed(6)
-    drawn = sample_other_class(query, 2000, order, torch.cumsum(counts, 0) - counts, counts)
-    assert drawn.shape == (60, 2000)
+    drawn = sample_other_class(query, 2000, order, torch.cumsum(counts, 0) - counts, counts, 8)
+    assert drawn.shape == (60, 2000)  # more than any class's others: with replacement, as RepDistiller
     for c in range(3):
         rows = drawn[query == c].flatten()
         assert not (labels[rows] == c).any()
         others = (labels != c).nonzero().squeeze(1)
         frequency = torch.bincount(rows, minlength=10)[others].double() / rows.numel()
         assert frequency.min() > 0.9 / len(others) and frequency.max() < 1.1 / len(others)
+
+
+def test_crd_other_class_negatives_are_distinct_when_there_are_enough():
+    """RepDistiller (dataset/cifar100.py, mode exact): np.random.choice(others, K, replace=K > len(others))."""
+    labels = torch.tensor([2, 0, 1, 0, 2, 2, 1, 0, 2, 0, 1, 1, 1])  # class sizes 4, 5, 4: others 9, 8, 9
+    order, counts = torch.argsort(labels, stable=True), torch.bincount(labels, minlength=3)
+    query = torch.tensor([0, 1, 2]).repeat_interleave(300)
+    torch.manual_seed(8)
+    for k in (8, 9):
+        drawn = sample_other_class(query, k, order, torch.cumsum(counts, 0) - counts, counts, 9)
+        assert drawn.shape == (900, k) and not (labels[drawn] == query[:, None]).any()
+        distinct = torch.tensor([len(set(row.tolist())) for row in drawn])
+        # class 1 has 8 others: all of them at k=8, with replacement at k=9; the others' rows are distinct
+        assert torch.equal(distinct[query != 1], torch.full(((query != 1).sum(),), k))
+        assert (distinct[query == 1] == 8).all() if k == 8 else (distinct[query == 1] < 9).all()
+    drawn = sample_other_class(torch.zeros(4000, dtype=torch.long), 3, order, torch.cumsum(counts, 0) - counts,
+                               counts, 9)
+    share = torch.bincount(drawn.flatten(), minlength=13)[labels != 0].double() / 4000  # rows holding each
+    assert share.min() > 0.9 / 3 and share.max() < 1.1 / 3  # a uniform subset: each other in 3/9 of rows
 
 
 def test_crd_uniform_negatives_and_single_class_error():
@@ -352,20 +372,36 @@ def test_pkt_matches_definition():
 
 # -------------------------------------------------------------------------------------------- FitNet
 
-@pytest.mark.parametrize(("student_shape", "teacher_shape", "kind"), [
-    ((8, 8, 8), (32, 8, 8), torch.nn.Conv2d),
-    ((8, 8, 8), (32, 4, 4), torch.nn.Conv2d),
-    ((8, 4, 4), (32, 8, 8), torch.nn.ConvTranspose2d),
+@pytest.mark.parametrize(("student_shape", "teacher_shape", "kernel", "stride", "padding", "transposed"), [
+    ((8, 8, 8), (32, 8, 8), (1, 1), (1, 1), (0, 0), False),  # equal sizes: 1x1 (ConvReg's 1 + s_H - t_H)
+    ((8, 8, 8), (32, 4, 4), (3, 3), (2, 2), (1, 1), False),  # twice the teacher's: 3x3, stride 2
+    ((8, 6, 6), (32, 4, 4), (3, 3), (1, 1), (0, 0), False),  # larger: unpadded 1 + 6 - 4
+    ((8, 4, 4), (32, 8, 8), (4, 4), (2, 2), (1, 1), True),   # half: transposed 4x4, stride 2, padding 1
 ])
-def test_fitnet_connector_shapes(student_shape, teacher_shape, kind):
-    module = connector(student_shape, teacher_shape)
-    assert isinstance(module[0], kind)
-    assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
+def test_conv_regressor_is_convreg(student_shape, teacher_shape, kernel, stride, padding, transposed):
+    """RepDistiller's and mdistiller's ConvReg: the convolution has a bias, then BN and (FitNet) ReLU."""
+    for relu in (True, False):
+        module = conv_regressor(student_shape, teacher_shape, "FitNet", relu=relu)
+        conv = module[0]
+        assert isinstance(conv, torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)
+        assert (conv.kernel_size, conv.stride, conv.padding) == (kernel, stride, padding)
+        assert conv.bias is not None and isinstance(module[1], torch.nn.BatchNorm2d)
+        assert len(module) == (3 if relu else 2) and (not relu or isinstance(module[2], torch.nn.ReLU))
+        assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
 
 
-def test_fitnet_connector_rejects_incompatible_sizes():
-    with pytest.raises(ValueError, match="spatial size 6x6 to a teacher feature of 4x4"):
-        connector((8, 6, 6), (16, 4, 4))
+def test_fitnet_builds_convreg_at_equal_sizes():
+    student, teacher = digits_pair()
+    objective = FitNetObjective(distill_config("fitnet", ["distill.fitnet.hint_layer=0"]), student, teacher,
+                                TrainSetInfo(10, torch.arange(10), (1, 8, 8)))
+    conv = objective.connector[0]
+    assert type(conv) is torch.nn.Conv2d and conv.kernel_size == (1, 1) and conv.bias is not None
+
+
+def test_conv_regressor_rejects_smaller_student_maps():
+    with pytest.raises(ValueError, match="FitNet cannot connect a student feature of spatial size 3x3 to a teacher "
+                                         "feature of 4x4"):
+        conv_regressor((8, 3, 3), (16, 4, 4), "FitNet")
 
 
 def test_fitnet_loss_and_hint_layer_check():
@@ -420,13 +456,13 @@ def test_auxiliary_modules_exist_where_expected():
                                                        digits_pair(teacher=DIGITS_TEACHER.get(m, "digits_cnn"))[1],
                                                        info).parameters()) for m in METHODS}
     assert counts["crd"] == (16 + 1) * 128 + (64 + 1) * 128
-    assert counts["fitnet"] == 16 * 64 * 9 + 2 * 64  # 3x3 conv (no bias) + BN
+    assert counts["fitnet"] == 16 * 64 + 64 + 2 * 64  # ConvReg at equal sizes: 1x1 conv with bias + BN
     assert counts["vid"] == 16 * 64 + 2 * 64 * 64 + 64  # three 1x1 convs (no bias) + a variance per channel
     assert counts["cc"] == (16 + 1) * 128
     assert counts["ofd"] == 16 * 64 + 2 * 64  # one position (stage 2): 1x1 conv (no bias) + BN
     # two levels (stage 2, the embedding), mid width 16: 1x1 conv + BN, 3x3 conv + BN, attention (stage 2 only)
     assert counts["reviewkd"] == 2 * (16 * 16 + 2 * 16 + 16 * 64 * 9 + 2 * 64) + (2 * 16 * 2 + 2)
-    assert counts["ab"] == (8 * 32 + 2 * 32) + (16 * 64 + 2 * 64)  # a 1x1 conv (no bias) + BN per stage
+    assert counts["ab"] == (8 * 32 + 3 * 32) + (16 * 64 + 3 * 64)  # ConvReg without ReLU: 1x1 conv (bias) + BN
     paraphraser = sum(9 * a * b + b for a, b in ((64, 64), (64, 32), (32, 32), (32, 32), (32, 64), (64, 64)))
     translator = sum(9 * a * b + 3 * b for a, b in ((16, 16), (16, 32), (32, 32)))  # conv (bias) + BN
     assert counts["ft"] == paraphraser + translator

@@ -3,6 +3,7 @@ the teacher inspection that places OFD's margins, ReviewKD's levels, fusion, war
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -80,11 +81,13 @@ def test_teacher_batchnorms_feed_or_read_each_stage():
 
 def slow_ofd_position(mapped: torch.Tensor, feature: torch.Tensor, margin: torch.Tensor,
                       bn: torch.nn.BatchNorm2d | None) -> float:
-    """The paper's partial L2 to ``max(P, m)`` with P the pre-ReLU response (the reading BN applied to
-    the feature, or the feature with its exact zeros standing for clipped responses, filled with m);
+    """The paper's partial L2 to ``max(P, m)`` with P the pre-ReLU response (the reading BN, on the
+    batch's statistics as mdistiller's teacher in training mode, applied to the feature, or the feature with its exact zeros standing for clipped responses, filled with m);
     the teacher map average-pooled to the student's size by block means."""
     b_count, channels, height, width = mapped.shape
     factor = feature.shape[2] // height
+    mean = [feature[:, c].mean().item() for c in range(feature.shape[1])]
+    var = [((feature[:, c] - mean[c]) ** 2).mean().item() for c in range(feature.shape[1])]
     total = 0.0
     for b in range(b_count):
         for c in range(channels):
@@ -95,8 +98,8 @@ def slow_ofd_position(mapped: torch.Tensor, feature: torch.Tensor, margin: torch
                     for i in range(h * factor, (h + 1) * factor):
                         for j in range(w * factor, (w + 1) * factor):
                             f = float(feature[b, c, i, j])
-                            if bn is not None:
-                                f = ((f - float(bn.running_mean[c])) / math.sqrt(float(bn.running_var[c]) + bn.eps)
+                            if bn is not None:  # on the batch's statistics (biased variance)
+                                f = ((f - mean[c]) / math.sqrt(var[c] + bn.eps)
                                      * float(bn.weight[c].detach()) + float(bn.bias[c].detach()))
                             values.append(m if f == 0 else f)
                     t = max(sum(values) / len(values), m)
@@ -130,6 +133,28 @@ def test_ofd_matches_the_partial_l2_definition(teacher_name):
     # the pre-activation source: read (Wide ResNet stages 1-3) or the stage output (the others)
     assert [bn is not None for bn in objective.readers] == ([True, True, True] if teacher_name == "wrn_16_1"
                                                              else [False, False, False])
+
+
+@pytest.mark.parametrize("teacher_name", ["resnet8", "wrn_16_1"])
+def test_ofd_runs_the_teacher_on_batch_statistics_and_leaves_it_unchanged(teacher_name):
+    """mdistiller's OFD keeps its teacher in training mode; its running statistics stay as loaded."""
+    torch.manual_seed(0)
+    teacher = randomise_batchnorms(create_model(teacher_name, num_classes=10), 4).requires_grad_(False)
+    objective = OFDObjective(distill_config("ofd"), create_model("resnet8", num_classes=10), teacher, SMALL)
+    images = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    _, out = objective.outputs(create_model("resnet8", num_classes=10), teacher, images)
+    reference = copy.deepcopy(teacher).train()(images)  # the teacher in training mode
+    for mine, theirs in zip(out.features, reference.features, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    if teacher_name == "wrn_16_1":  # a reading BN on the batch's statistics too, as in the teacher's forward
+        bn = objective.readers[0]
+        torch.testing.assert_close(objective.pre_activation(0, out.features[1]),
+                                   torch.nn.functional.batch_norm(out.features[1], None, None, bn.weight, bn.bias,
+                                                                  training=True, eps=bn.eps))
 
 
 def test_ofd_keeps_the_teacher_batchnorms_out_of_its_state():

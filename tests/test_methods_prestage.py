@@ -17,7 +17,7 @@ from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_confi
 from intrakd.data import Batch
 from intrakd.models import ModelOutput, create_model
 from intrakd.objectives import TrainSetInfo, create_distiller, distill_recipe
-from intrakd.objectives.ab import ABObjective, ab_connector
+from intrakd.objectives.ab import ABObjective
 from intrakd.objectives.fsp import FSPObjective, fsp_loss
 from intrakd.objectives.ft import FTObjective, ft_loss
 from intrakd.progress import RunPlan, run_intro
@@ -82,16 +82,11 @@ def test_ab_loss_matches_the_papers_squared_hinge(margin):
     assert stats["ab_agreement"].item() == pytest.approx(sum(same_side) / 2, rel=1e-6)
 
 
-@pytest.mark.parametrize(("student_shape", "teacher_shape", "kind"), [
-    ((8, 8, 8), (32, 8, 8), torch.nn.Conv2d),
-    ((8, 8, 8), (32, 4, 4), torch.nn.Conv2d),
-    ((8, 4, 4), (32, 8, 8), torch.nn.ConvTranspose2d),
-    ((8, 6, 6), (32, 4, 4), torch.nn.Conv2d),
-])
-def test_ab_connector_shapes(student_shape, teacher_shape, kind):
-    module = ab_connector(student_shape, teacher_shape)
-    assert isinstance(module[0], kind) and isinstance(module[-1], torch.nn.BatchNorm2d)  # no ReLU: both signs
-    assert module(torch.randn(2, *student_shape)).shape == (2, *teacher_shape)
+def test_ab_connector_is_convreg_without_relu():
+    objective, _, _ = digits_objective("ab")
+    for connect in objective.connectors:  # RepDistiller's Connector: ConvReg(use_relu=False), both signs
+        assert isinstance(connect[0], torch.nn.Conv2d) and connect[0].bias is not None
+        assert isinstance(connect[-1], torch.nn.BatchNorm2d)
 
 
 def test_ab_checks_the_stages_exist():

@@ -2,7 +2,8 @@
 neurons switch on and off.
 
 For a stage feature, ``T`` the teacher's and ``S = r(S_student)`` the student's mapped by a connector
-``r`` (convolution + batch norm), each element contributes a squared hinge with margin ``m``:
+``r`` (RepDistiller's ``ConvReg`` without its ReLU: convolution + batch norm,
+:func:`~intrakd.objectives.stages.conv_regressor`), each element contributes a squared hinge with margin ``m``:
 ``(S + m)^2`` where the teacher's neuron is off (``T <= 0``) and ``S > -m``, ``(S - m)^2`` where it is
 on (``T > 0``) and ``S < m`` (the paper's eq. 6, the "alternative" loss of its code). The term is
 ``weight * sum_i 2^(i - n + 1) * sum(hinge_i) / B`` over the ``n`` stage pairs from ``first_stage``
@@ -35,24 +36,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
 from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
-from intrakd.objectives.stages import probe_stage_pairs, stage_pairs
-
-
-def ab_connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Sequential:
-    """Convolution + batch norm (no activation) mapping a ``[C_s, H_s, W_s]`` feature to ``[C_t, H_t, W_t]``:
-    1x1 at equal sizes, a strided 3x3 when the student's is twice the teacher's, a transposed 4x4 when it
-    is half, else a valid convolution that shrinks it (RepDistiller's ``ConvReg`` choices)."""
-    (c_s, h_s, w_s), (c_t, h_t, w_t) = student_shape, teacher_shape
-    if (h_s, w_s) == (2 * h_t, 2 * w_t):
-        conv: nn.Module = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1, bias=False)
-    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
-        conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1, bias=False)
-    elif h_s >= h_t and w_s >= w_t:
-        conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t), bias=False)
-    else:
-        raise ValueError(f"AB cannot connect a student feature of spatial size {h_s}x{w_s} to a teacher "
-                         f"feature of {h_t}x{w_t}")
-    return nn.Sequential(conv, nn.BatchNorm2d(c_t))
+from intrakd.objectives.stages import conv_regressor, probe_stage_pairs, stage_pairs
 
 
 def ab_hinge(student: Tensor, teacher: Tensor, margin: float) -> Tensor:
@@ -102,7 +86,7 @@ class ABObjective(Distiller):
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__(cfg, student, teacher, data)
         pairs = probe_stage_pairs(student, teacher, data.input_shape, self.settings.first_stage, "ab")
-        self.connectors = nn.ModuleList(ab_connector(tuple(s.shape[1:]), tuple(t.shape[1:])) for s, t in pairs)
+        self.connectors = nn.ModuleList(conv_regressor(s.shape[1:], t.shape[1:], "AB", relu=False) for s, t in pairs)
 
     def init_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The student's body (not its classifier) and the connectors, as RepDistiller's init stage."""

@@ -8,9 +8,12 @@ the first batch, and kept. The loss is the NCE loss of the paper (eq. 18) with a
 distribution ``Pn = 1/N``; the student-anchor and teacher-anchor losses are summed. After the loss,
 each memory row of the batch becomes ``normalise(momentum * old + (1 - momentum) * current)``.
 
-Negatives are drawn on the device with fixed shapes, with replacement: by default uniformly among
-the samples of the other classes (the reference CIFAR-100 recipe samples from those), or uniformly
-among all samples (``crd.negatives=uniform``, the memory's own sampler in the reference code).
+Negatives are drawn on the device with fixed shapes. By default they are the reference CIFAR-100
+recipe's (RepDistiller ``dataset/cifar100.py``, mode ``exact``): for each anchor, ``K`` distinct samples
+of the other classes, drawn uniformly without replacement (16,384 of 49,500 on CIFAR-100), and with
+replacement only where the other classes hold fewer than ``K`` samples, as that code does.
+``crd.negatives=uniform`` draws uniformly among all samples with replacement, as the memory's own
+sampler in the reference code (``crd/memory.py``, its alias-method multinomial) does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from intrakd.config import DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
-from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.registry import ReferenceDifferences, register_distiller
 
 
 def nce_loss(log_scores: Tensor, num_data: int) -> Tensor:
@@ -42,16 +45,29 @@ def nce_loss(log_scores: Tensor, num_data: int) -> Tensor:
 
 
 def sample_other_class(labels: Tensor, num_samples: int, class_order: Tensor, class_start: Tensor,
-                       class_count: Tensor) -> Tensor:
-    """``[B, num_samples]`` indices drawn uniformly, with replacement, among the training samples
-    whose class differs from ``labels[b]``. ``class_order`` lists the sample indices sorted by class;
-    class ``c`` occupies ``class_order[class_start[c] : class_start[c] + class_count[c]]``."""
+                       class_count: Tensor, most_others: int) -> Tensor:
+    """``[B, num_samples]`` indices of training samples whose class differs from ``labels[b]``: distinct
+    ones, a uniformly drawn subset, where that class's others number at least ``num_samples``; else
+    drawn uniformly with replacement (RepDistiller's ``np.random.choice(..., replace=k > len)``).
+    ``class_order`` lists the sample indices sorted by class; class ``c`` occupies
+    ``class_order[class_start[c] : class_start[c] + class_count[c]]``; ``most_others``: the largest
+    number of other-class samples any class has (the training split's size less its smallest class).
+    Fixed shapes, no host sync."""
     count = class_count[labels][:, None]
     start = class_start[labels][:, None]
-    available = class_order.shape[0] - count
+    available = class_order.shape[0] - count  # [B, 1]: samples of the other classes
     u = torch.rand(labels.shape[0], num_samples, device=labels.device)
-    r = torch.minimum((u * available).long(), available - 1)  # position among the other classes
-    return class_order[r + (r >= start) * count]
+    with_replacement = torch.minimum((u * available).long(), available - 1)
+    # Without replacement: the positions of the num_samples smallest of i.i.d. uniform keys, the keys
+    # past a row's own count of other-class samples pushed above every valid one.
+    if num_samples <= most_others:
+        keys = torch.rand(labels.shape[0], most_others, device=labels.device)
+        keys = keys.masked_fill(torch.arange(most_others, device=labels.device)[None, :] >= available, 2.0)
+        distinct = keys.topk(num_samples, dim=1, largest=False, sorted=False).indices
+        r = torch.where(available >= num_samples, distinct, with_replacement)
+    else:
+        r = with_replacement
+    return class_order[r + (r >= start) * count]  # position among the other classes -> sample index
 
 
 @dataclass
@@ -70,14 +86,7 @@ class CRDSettings:
 
 
 REFERENCE = ReferenceDifferences(
-    "RepDistiller: crd/criterion.py, crd/memory.py, dataset/cifar100.py",
-    (
-        Difference(
-            "negatives are drawn with replacement",
-            "simpler sampler; RepDistiller draws without replacement when nce_k is below the other-class "
-            "count (not yet changed, issue #24)",
-            "rare duplicate negatives (16,384 of 49,500)"),
-    ))
+    "RepDistiller: crd/criterion.py, crd/memory.py, dataset/cifar100.py")
 """The reference code this method follows, and its deliberate differences from it."""
 
 
@@ -107,13 +116,14 @@ class CRDObjective(Distiller):
         self.register_buffer("class_order", torch.argsort(data.labels, stable=True), persistent=False)
         self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
         self.register_buffer("class_count", counts, persistent=False)
+        self.most_others = self.num_data - int(counts[counts > 0].min())
 
     def sample_negatives(self, labels: Tensor) -> Tensor:
         """``[B, num_negatives]`` memory indices (see the module docstring)."""
         k = self.settings.num_negatives
         if self.settings.negatives == "uniform":
             return torch.randint(0, self.num_data, (labels.shape[0], k), device=labels.device)
-        return sample_other_class(labels, k, self.class_order, self.class_start, self.class_count)
+        return sample_other_class(labels, k, self.class_order, self.class_start, self.class_count, self.most_others)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

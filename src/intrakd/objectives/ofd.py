@@ -24,7 +24,14 @@ inspecting the teacher once (no architecture is named, see :func:`teacher_batchn
   ``(m, 0]`` the paper would keep it, so the target differs there. Positive responses are exact.
 * otherwise a BatchNorm that *reads* the stage output (pre-activation designs such as the Wide ResNets,
   whose next block, and after the last stage the final BN-ReLU, starts with a BatchNorm): ``P`` is that
-  BatchNorm, in inference mode, applied to the stage output: exactly the paper's pre-ReLU response.
+  BatchNorm, on the batch's statistics as the rest of the teacher, applied to the stage output: exactly
+  the paper's pre-ReLU response.
+
+The teacher runs as mdistiller's OFD distiller runs it, in training mode: every BatchNorm normalises by
+the batch's own statistics (mdistiller's ``OFD.train`` puts the teacher in training mode along with the
+student). Unlike there, the teacher's running statistics are left as they are (:func:`batch_statistics`):
+mdistiller updates them, but nothing of its OFD reads them, so the loss is the same, and the teacher
+stays what was loaded (its checkpoint, an exact resume).
 
 The student's feature is its stage output (after its ReLU where the model has one), not its pre-ReLU
 response as in the paper: the connector's BN output can still take any sign, so every target is
@@ -34,8 +41,9 @@ filled with ``m`` before pooling (they carry no value to average) and the margin
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +130,24 @@ def teacher_batchnorms(model: nn.Module,
     return found
 
 
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model`` runs in training mode, its BatchNorms on the batch's statistics without
+    updating their running ones (no buffer of the model changes); its modes are restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.train()
+    for m, _ in tracking:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, track in tracking:
+            m.track_running_stats = track
+        for m, mode in modes:
+            m.training = mode
+
+
 def ofd_targets(teacher_feature: Tensor, margin: Tensor, student_size: Sequence[int]) -> Tensor:
     """The teacher's pre-ReLU response ``P`` (``[B, C, H, W]``) with its exact zeros (responses the
     ReLU clipped) replaced by the margin ``m`` (``[C]``), average-pooled to ``student_size``."""
@@ -162,11 +188,6 @@ REFERENCE = ReferenceDifferences(
             "applied after it",
             "the clipped zeros carry no value to average",
             "small; only where the teacher's map is larger"),
-        Difference(
-            "the teacher runs in eval mode (BatchNorm on running statistics)",
-            "the trainer keeps every teacher frozen in eval mode; mdistiller keeps OFD's teacher in training"
-            " mode (not yet changed, issue #24)",
-            "teacher targets from running rather than batch statistics"),
     ))
 """The reference code this method follows, and its deliberate differences from it."""
 
@@ -207,14 +228,21 @@ class OFDObjective(Distiller):
         # neither trained nor saved with the student.
         self.readers = tuple(readers)
 
+    def outputs(self, model: nn.Module, teacher: nn.Module | None, images: Tensor) -> tuple[ModelOutput, ModelOutput]:
+        """Both models' outputs, the teacher's on the batch's statistics (:func:`batch_statistics`)."""
+        if teacher is None:
+            return super().outputs(model, teacher, images)
+        with batch_statistics(teacher):
+            return super().outputs(model, teacher, images)
+
     def pre_activation(self, i: int, teacher_feature: Tensor) -> Tensor:
-        """The teacher's response at position ``i``: the stage output, or its reading BatchNorm's output."""
+        """The teacher's response at position ``i``: the stage output, or its reading BatchNorm's output
+        on the batch's statistics."""
         bn = self.readers[i]
         if bn is None:
             return teacher_feature
         with torch.no_grad():
-            return F.batch_norm(teacher_feature, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                training=False, eps=bn.eps)
+            return F.batch_norm(teacher_feature, None, None, bn.weight, bn.bias, training=True, eps=bn.eps)
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

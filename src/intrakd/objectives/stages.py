@@ -44,3 +44,24 @@ def pool_to_smaller(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     if tuple(teacher.shape[-2:]) != size:
         teacher = F.adaptive_avg_pool2d(teacher, size)
     return student, teacher
+
+
+def conv_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], method: str,
+                   relu: bool = True) -> nn.Sequential:
+    """Convolution (with bias) + BatchNorm (+ ReLU) mapping a ``[C_s, H_s, W_s]`` feature to ``[C_t, H_t, W_t]``,
+    sized as RepDistiller's and mdistiller's ``ConvReg``: a 3x3 convolution of stride 2 when the student's
+    map is twice the teacher's, a 4x4 transposed convolution of stride 2 (padding 1) when it is half, else,
+    when it is at least as large, an unpadded convolution of kernel ``1 + H_s - H_t`` by ``1 + W_s - W_t``
+    (1x1 at equal sizes). ``ValueError`` naming ``method`` for any other pair of sizes."""
+    (c_s, h_s, w_s), (c_t, h_t, w_t) = tuple(student_shape), tuple(teacher_shape)
+    if (h_s, w_s) == (2 * h_t, 2 * w_t):
+        conv: nn.Module = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
+    elif (2 * h_s, 2 * w_s) == (h_t, w_t):
+        conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
+    elif h_s >= h_t and w_s >= w_t:
+        conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
+    else:
+        raise ValueError(f"{method} cannot connect a student feature of spatial size {h_s}x{w_s} to a teacher "
+                         f"feature of {h_t}x{w_t}: the student's must be at least as large, or half as large")
+    layers = [conv, nn.BatchNorm2d(c_t)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
