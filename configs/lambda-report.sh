@@ -9,7 +9,7 @@
 # Run from the repository root.
 set -euo pipefail
 python=${PYTHON:-python}
-"$python" -m intrakd.analysis.lambda_choice \
+"$python" -m experiments.lambda_choice \
     --dataset cifar20-16px configs/cifar20-16px-lambda.yaml ${1:-} \
     --dataset cifar10div-16px configs/cifar10div-16px.yaml ${2:-} \
     --dataset cifar20small-16px configs/cifar20small-16px.yaml ${3:-} \

@@ -1,5 +1,6 @@
 """The package's layers (docs/architecture.md): every import, at module or function level, points to a
-lower layer or stays inside its own part, and no modules import each other in a circle."""
+lower layer or stays inside its own part, and no modules import each other in a circle. The study code
+in experiments/ stands above the package: it may import intrakd, intrakd never imports it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import intrakd
 
 PACKAGE = Path(intrakd.__file__).parent
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 LAYERS: dict[str, int] = {
     "config": 0,
@@ -22,15 +24,20 @@ LAYERS: dict[str, int] = {
     "presets": 5, "demo": 5,
     "cli": 6, "__main__": 7,
     "": 8,
+    "experiments": 9,
 }
 """Each part of the package and its floor. A part may import its own modules and those of parts on
-lower floors; parts on one floor never import each other. The root package ("") is the top: it
-imports the objectives so that their methods are registered whatever a user imports first."""
+lower floors; parts on one floor never import each other. The root package ("") is the top of the
+package: it imports the objectives so that their methods are registered whatever a user imports
+first. The study code (experiments/, not installed) is above it."""
 
 
 def part_of(module: str) -> str:
-    """``intrakd.train.loop`` -> ``train``; ``intrakd`` (the root package) -> ``""``."""
+    """``intrakd.train.loop`` -> ``train``; ``intrakd`` (the root package) -> ``""``;
+    ``experiments.evidence`` -> ``experiments``."""
     parts = module.split(".")
+    if parts[0] == "experiments":
+        return "experiments"
     return parts[1] if len(parts) > 1 else ""
 
 
@@ -59,15 +66,16 @@ def imports_of(source: str, module: str, is_package: bool, known: set[str]) -> l
             for alias in node.names:
                 target = f"{base}.{alias.name}"
                 found.append((node.lineno, target if target in known else base))
-    return [(line, name) for line, name in found if name == "intrakd" or name.startswith("intrakd.")]
+    return [(line, name) for line, name in found
+            if name.split(".")[0] in ("intrakd", "experiments")]
 
 
 def package_modules(root: Path) -> dict[str, tuple[Path, bool]]:
     return {module_name(path, root): (path, path.name == "__init__.py") for path in sorted(root.rglob("*.py"))}
 
 
-def import_graph(root: Path) -> dict[str, list[tuple[int, str]]]:
-    modules = package_modules(root)
+def import_graph(*roots: Path) -> dict[str, list[tuple[int, str]]]:
+    modules = {name: found for root in roots for name, found in package_modules(root).items()}
     known = set(modules)
     return {name: imports_of(path.read_text(), name, is_package, known)
             for name, (path, is_package) in modules.items()}
@@ -131,11 +139,13 @@ def test_every_part_of_the_package_has_a_floor():
 
 
 def test_no_import_points_up_or_sideways():
-    assert layer_violations(import_graph(PACKAGE)) == []
+    graph = import_graph(PACKAGE, EXPERIMENTS)
+    assert any(m.startswith("experiments.") for m in graph), "the experiments' modules were not read"
+    assert layer_violations(graph) == []
 
 
 def test_no_modules_import_each_other_in_a_circle():
-    assert import_cycles(import_graph(PACKAGE)) == []
+    assert import_cycles(import_graph(PACKAGE, EXPERIMENTS)) == []
 
 
 def fake_package(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -158,6 +168,17 @@ def fake_package(tmp_path: Path, files: dict[str, str]) -> Path:
 ])
 def test_the_checker_finds_imports_up_and_sideways_even_inside_functions(tmp_path, files, expected):
     assert layer_violations(import_graph(fake_package(tmp_path, files))) == [expected]
+
+
+def test_the_checker_finds_the_package_importing_the_experiments(tmp_path):
+    package = fake_package(tmp_path, {"__init__.py": "", "analysis/__init__.py": "",
+                                      "analysis/report.py": "def f():\n    from experiments.evidence import headline\n"})
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "__init__.py").write_text("")
+    (experiments / "evidence.py").write_text("from intrakd.analysis import report\n")
+    assert layer_violations(import_graph(package, experiments)) == [
+        "intrakd.analysis.report:2 imports experiments.evidence (floor 9 from floor 4)"]
 
 
 def test_the_checker_finds_a_circle(tmp_path):

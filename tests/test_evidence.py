@@ -8,7 +8,7 @@ import torch
 import yaml
 from scipy import stats
 
-from intrakd.analysis.evidence import (
+from experiments.evidence import (
     assign_roles,
     criteria_met,
     headline,
@@ -17,7 +17,6 @@ from intrakd.analysis.evidence import (
     soft_label_kl,
 )
 from intrakd.analysis.runfolders import find_runs
-from intrakd.cli import main
 
 SEEDS = (0, 1, 2, 3)
 TEST_ACC = {  # role -> per-seed test accuracy
@@ -108,14 +107,16 @@ def test_headline_holds_the_documented_fields(comparison):
     assert not criteria_met({**pilot, "kd_vanilla_minus_ce_only": 0.9})["kd_vanilla_minus_ce_only"]
 
 
-def test_report_command_writes_the_summary(comparison, tmp_path, monkeypatch):
-    from intrakd.analysis import evidence
+def test_the_command_writes_the_summary(comparison, tmp_path, monkeypatch, capsys):
+    from experiments import evidence
 
     monkeypatch.setattr(evidence, "teacher_diagnostics", lambda table, seeds: {"stub": True})
     out = tmp_path / "summary.json"
-    assert main(["report", str(comparison), "--summary", str(out), "--protocol", "toy"]) == 0
+    assert evidence.main([str(comparison), "--out", str(out), "--protocol", "toy"]) == 0
     written = json.loads(out.read_text())
     assert written["protocol"] == "toy" and written["diagnostics"] == {"stub": True}
+    assert evidence.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists() and "evidence: " in capsys.readouterr().err
 
 
 def test_soft_label_kl_and_superclass_share_on_known_answers():
@@ -135,7 +136,7 @@ def test_superclass_of_each_class_is_only_known_for_fine_cifar_labels(tmp_path):
     import pickle
     from types import SimpleNamespace
 
-    from intrakd.analysis.evidence import _superclasses
+    from experiments.evidence import _superclasses
 
     folder = tmp_path / "cifar-100-python"  # fine class c in superclass c % 20
     folder.mkdir()

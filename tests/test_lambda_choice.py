@@ -1,4 +1,4 @@
-"""The lambda-rule comparison (analysis/lambda_choice.py) on run folders with known numbers: the grid's
+"""The lambda-rule comparison (experiments/lambda_choice.py) on run folders with known numbers: the grid's
 best is chosen on validation, auto and the other dataset's best are compared with it on test, paired."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from intrakd.analysis.lambda_choice import lambda_choice, main, to_markdown
+from experiments.lambda_choice import lambda_choice, main, to_markdown
 from intrakd.analysis.sweep import load_sweep, plan
 from intrakd.config import to_dict
 

@@ -271,11 +271,6 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                    help="keep only runs with these settings (a student matches on its teacher's too)")
     p.add_argument("--title", help="heading of the markdown table")
-    p.add_argument("--summary", metavar="JSON", help="also write the headline of one teacher comparison (vanilla "
-                                                     "and enriched teacher, CE-only student, KD student of each; "
-                                                     "paired differences, pilot criteria, teacher diagnostics)")
-    p.add_argument("--protocol", default="", help="name of the protocol, recorded in the --summary file")
-    p.add_argument("--pilot-seeds", type=int, default=3, help="seeds the pilot criteria are measured on (default 3)")
     p.set_defaults(func=_analysis("report"))
 
     p = sub.add_parser("pool", help="pool one effect over several protocols: fixed effect and DerSimonian-Laird "

@@ -128,12 +128,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.title:
             md.write_text(text)
         print(f"written: {md}, {table}")
-    if args.summary:
-        from intrakd.analysis.evidence import headline
-
-        summary = headline(args.runs, args.protocol, args.pilot_seeds)
-        Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"written: {args.summary}")
     return 0
 
 

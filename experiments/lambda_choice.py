@@ -7,7 +7,7 @@ the highest mean validation accuracy (a tie goes to the smaller lambda); on test
 with it (paired by seed, 95% t interval). For every pair of datasets, each one's best lambda is
 compared, used on the other, with the other's best.
 
-    python -m intrakd.analysis.lambda_choice --dataset NAME SWEEP.yaml [RUN_ROOT] [--dataset ...] --out PREFIX
+    python -m experiments.lambda_choice --dataset NAME SWEEP.yaml [RUN_ROOT] [--dataset ...] --out PREFIX
 
 writes ``PREFIX.json`` (every figure) and ``PREFIX.md`` (the tables of docs/results.md).
 """
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from experiments.evidence import is_ce_only_student
 from intrakd.analysis.comparison import mean_std, paired_interval
-from intrakd.analysis.evidence import is_ce_only_student
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
 from intrakd.analysis.sweep import load_sweep, plan
 from intrakd.config import intra_term_on
@@ -207,7 +207,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m intrakd.analysis.lambda_choice", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.lambda_choice", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", action="append", required=True, nargs="+", metavar="NAME SWEEP [RUN_ROOT]",
                         help="a dataset's name, its sweep file and (default: the file's out) the folder of its "
                              "runs; repeat for every dataset")

@@ -1,5 +1,7 @@
 """The headline of a teacher comparison: who is who in a sweep's runs, paired differences, the pilot's
-criteria and the teacher diagnostics, as one JSON document (``intrakd report --summary FILE``).
+criteria and the teacher diagnostics, as one JSON document (docs/results/summary.json).
+
+    python -m experiments.evidence RUN_DIR [RUN_DIR ...] --out SUMMARY.json --protocol NAME [--pilot-seeds 3]
 
 The runs are those of one sweep (``OUT/teachers`` and ``OUT/students``) with exactly these roles,
 told apart by their settings: the vanilla teacher (``intra.weight=0``, the teacher architecture), the
@@ -9,8 +11,11 @@ architecture and ``intra.weight=0``) and the KD student of each teacher.
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -215,3 +220,25 @@ def headline(paths: Sequence[str | Path], protocol: str, pilot_seeds: int = 3,
     if diagnostics:
         summary["diagnostics"] = teacher_diagnostics(table, seeds)
     return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.evidence", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
+    parser.add_argument("--out", required=True, metavar="JSON", help="the headline's file (docs/results/summary.json)")
+    parser.add_argument("--protocol", default="", help="name of the protocol, recorded in the file")
+    parser.add_argument("--pilot-seeds", type=int, default=3, help="seeds the pilot criteria are measured on (default 3)")
+    args = parser.parse_args(argv)
+    try:
+        summary = headline(args.runs, args.protocol, args.pilot_seeds)
+    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+        print(f"evidence: {err}", file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
