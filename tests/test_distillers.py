@@ -377,6 +377,7 @@ def test_pkt_matches_definition():
     ((8, 8, 8), (32, 4, 4), (3, 3), (2, 2), (1, 1), False),  # twice the teacher's: 3x3, stride 2
     ((8, 6, 6), (32, 4, 4), (3, 3), (1, 1), (0, 0), False),  # larger: unpadded 1 + 6 - 4
     ((8, 4, 4), (32, 8, 8), (4, 4), (2, 2), (1, 1), True),   # half: transposed 4x4, stride 2, padding 1
+    ((8, 2, 2), (32, 8, 8), (4, 4), (4, 4), (0, 0), True),   # beyond ConvReg: a quarter, transposed 4x4 stride 4
 ])
 def test_conv_regressor_is_convreg(student_shape, teacher_shape, kernel, stride, padding, transposed):
     """RepDistiller's and mdistiller's ConvReg: the convolution has a bias, then BN and (FitNet) ReLU."""
@@ -400,7 +401,8 @@ def test_fitnet_builds_convreg_at_equal_sizes():
 
 def test_conv_regressor_rejects_smaller_student_maps():
     with pytest.raises(ValueError, match="FitNet cannot connect a student feature of spatial size 3x3 to a teacher "
-                                         "feature of 4x4"):
+                                         "feature of 4x4: the student's must be at least as large, or the teacher's "
+                                         "an integer multiple of it"):
         conv_regressor((8, 3, 3), (16, 4, 4), "FitNet")
 
 

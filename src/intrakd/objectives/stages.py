@@ -52,7 +52,9 @@ def conv_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], m
     sized as RepDistiller's and mdistiller's ``ConvReg``: a 3x3 convolution of stride 2 when the student's
     map is twice the teacher's, a 4x4 transposed convolution of stride 2 (padding 1) when it is half, else,
     when it is at least as large, an unpadded convolution of kernel ``1 + H_s - H_t`` by ``1 + W_s - W_t``
-    (1x1 at equal sizes). ``ValueError`` naming ``method`` for any other pair of sizes."""
+    (1x1 at equal sizes). Beyond ``ConvReg``, which has no connector for them, a teacher map ``f > 2`` times
+    the student's (e.g. a ViT student's tokens under a CNN teacher's stage) takes a ``f x f`` transposed
+    convolution of stride ``f``. ``ValueError`` naming ``method`` for any other pair of sizes."""
     (c_s, h_s, w_s), (c_t, h_t, w_t) = tuple(student_shape), tuple(teacher_shape)
     if (h_s, w_s) == (2 * h_t, 2 * w_t):
         conv: nn.Module = nn.Conv2d(c_s, c_t, 3, stride=2, padding=1)
@@ -60,8 +62,11 @@ def conv_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], m
         conv = nn.ConvTranspose2d(c_s, c_t, 4, stride=2, padding=1)
     elif h_s >= h_t and w_s >= w_t:
         conv = nn.Conv2d(c_s, c_t, (1 + h_s - h_t, 1 + w_s - w_t))
+    elif h_t % h_s == 0 and w_t == w_s * (h_t // h_s):
+        conv = nn.ConvTranspose2d(c_s, c_t, h_t // h_s, stride=h_t // h_s)
     else:
         raise ValueError(f"{method} cannot connect a student feature of spatial size {h_s}x{w_s} to a teacher "
-                         f"feature of {h_t}x{w_t}: the student's must be at least as large, or half as large")
+                         f"feature of {h_t}x{w_t}: the student's must be at least as large, or the teacher's an "
+                         f"integer multiple of it")
     layers = [conv, nn.BatchNorm2d(c_t)]
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
