@@ -45,3 +45,19 @@ def test_evaluate_json_is_one_document(run, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] > 0
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "distill", "teacher-outputs"])
+def test_print_config_prints_the_resolved_yaml_and_runs_nothing(command, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "never"
+    argv = [command, "--print-config", "--out", str(out), *TEACHER[:2], "optim.epochs=7"]
+    if command != "train-teacher":
+        argv += ["--teacher", "t.pt"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["command"] == command and printed["optim"]["epochs"] == 7
+    assert printed["model"] == "digits_cnn_small"
+    assert list(tmp_path.iterdir()) == []  # nothing written

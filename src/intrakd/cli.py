@@ -67,6 +67,18 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                              "DIR/config.yaml (overrides may change only device, data.root, teacher, checkpoint.* "
                              "and train.skip_nonfinite_steps)")
     parser.add_argument("--data-root", help="shortcut for data.root=PATH")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as YAML and stop (nothing is run or written)")
+
+
+def _print_config(cfg: TeacherConfig | StudentConfig, command: str) -> None:
+    """The resolved configuration on stdout as the run's ``config.yaml`` would hold it (``--print-config``)."""
+    import yaml
+
+    from intrakd.config import to_dict
+    from intrakd.runs import with_absolute_paths
+
+    print(yaml.safe_dump({"command": command, **to_dict(with_absolute_paths(cfg))}, sort_keys=False), end="")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -112,6 +124,9 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
     cls, command = (TeacherConfig, "train-teacher") if kind == "teacher" else (StudentConfig, "distill")
     cfg, out = _run_config(args, cls, command, "teacher" if kind == "teacher" else "distill",
                            _overrides(args) + extra)
+    if args.print_config:
+        _print_config(cfg, command)
+        return 0
     fit = runs.train_teacher if kind == "teacher" else runs.distill
     summary = fit(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     if distributed.is_main():
@@ -132,6 +147,9 @@ def cmd_teacher_outputs(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg = load_config(StudentConfig, args.config, overrides, base=_preset_base(args, "distill"))
+    if args.print_config:
+        _print_config(cfg, "teacher-outputs")
+        return 0
     summary = runs.teacher_outputs(cfg, args.out, args.epochs, args.top_k)
     if distributed.is_main():
         print(json.dumps(summary, indent=2))
@@ -338,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="the students' recipe (`intrakd presets`); --config and overrides apply on top")
     p.add_argument("--config", help="YAML file of the students' settings")
     p.add_argument("--data-root", help="shortcut for data.root=PATH")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the students' resolved configuration as YAML and stop (nothing is run or written)")
     p.set_defaults(func=cmd_teacher_outputs)
 
     p = sub.add_parser("evaluate", help="accuracy and embedding geometry of a checkpoint")
