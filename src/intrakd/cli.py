@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -66,6 +67,18 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                              "DIR/config.yaml (overrides may change only device, data.root, teacher, checkpoint.* "
                              "and train.skip_nonfinite_steps)")
     parser.add_argument("--data-root", help="shortcut for data.root=PATH")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as YAML and stop (nothing is run or written)")
+
+
+def _print_config(cfg: TeacherConfig | StudentConfig, command: str) -> None:
+    """The resolved configuration on stdout as the run's ``config.yaml`` would hold it (``--print-config``)."""
+    import yaml
+
+    from intrakd.config import to_dict
+    from intrakd.runs import with_absolute_paths
+
+    print(yaml.safe_dump({"command": command, **to_dict(with_absolute_paths(cfg))}, sort_keys=False), end="")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -111,6 +124,9 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
     cls, command = (TeacherConfig, "train-teacher") if kind == "teacher" else (StudentConfig, "distill")
     cfg, out = _run_config(args, cls, command, "teacher" if kind == "teacher" else "distill",
                            _overrides(args) + extra)
+    if args.print_config:
+        _print_config(cfg, command)
+        return 0
     fit = runs.train_teacher if kind == "teacher" else runs.distill
     summary = fit(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     if distributed.is_main():
@@ -131,6 +147,9 @@ def cmd_teacher_outputs(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args) + ([f"teacher={args.teacher}"] if args.teacher else [])
     cfg = load_config(StudentConfig, args.config, overrides, base=_preset_base(args, "distill"))
+    if args.print_config:
+        _print_config(cfg, "teacher-outputs")
+        return 0
     summary = runs.teacher_outputs(cfg, args.out, args.epochs, args.top_k)
     if distributed.is_main():
         print(json.dumps(summary, indent=2))
@@ -154,12 +173,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from intrakd.demo import results_table, run_demo
+    from intrakd.progress import say
 
     results = run_demo(out=args.out, dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
                        train_per_class=args.train_per_class, seed=args.seed, device=args.device,
                        overwrite=args.overwrite)
-    print(results_table(results))
-    print(f"\nwritten: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}")
+    print(json.dumps(results, indent=2) if args.json else results_table(results))
+    say(f"written: {Path(args.out) / 'results.md'}, {Path(args.out) / 'results.json'}")
     return 0
 
 
@@ -170,10 +190,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         from intrakd.models.timm_models import list_timm
 
         found = list_timm(args.timm)
-        print("\n".join(found) if found else f"no timm model matches {args.timm!r}")
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print("\n".join(found) if found else f"no timm model matches {args.timm!r}")
         return 0
     rows = [(name, describe_model(name)) for name in list_models()]
     rows += [(f"{prefix}<name>", line) for prefix, line in list_families().items()]
+    if args.json:
+        print(json.dumps(dict(rows), indent=2))
+        return 0
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name.ljust(width)}  {line}" for name, line in rows))
     return 0
@@ -183,9 +209,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     import yaml
 
     from intrakd.config import to_dict
-    from intrakd.presets import get_preset, presets_table
+    from intrakd.presets import get_preset, list_presets, presets_table
 
-    if args.name:
+    if args.json:
+        shown = [get_preset(args.name)] if args.name else list_presets()
+        found = {p.name: {"kind": p.kind, "description": p.description,
+                          "published": dataclasses.asdict(p.published) if p.published else None,
+                          "method_published": p.method_published, "config": to_dict(p.config())} for p in shown}
+        print(json.dumps(found[args.name] if args.name else found, indent=2))
+    elif args.name:
         preset = get_preset(args.name)
         print(f"# {preset.name}: {preset.description}")
         if preset.published:
@@ -199,9 +231,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from intrakd.objectives import describe_methods, differences_table, methods_table
+    from intrakd.objectives import describe_methods, differences_table, methods_data, methods_table
 
-    if args.markdown:
+    if args.json:
+        print(json.dumps(methods_data(), indent=2))
+    elif args.markdown:
         print(methods_table() + "\n## Differences from the reference code\n\n" + differences_table(), end="")
     else:
         print(describe_methods())
@@ -317,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="the students' recipe (`intrakd presets`); --config and overrides apply on top")
     p.add_argument("--config", help="YAML file of the students' settings")
     p.add_argument("--data-root", help="shortcut for data.root=PATH")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the students' resolved configuration as YAML and stop (nothing is run or written)")
     p.set_defaults(func=cmd_teacher_outputs)
 
     p = sub.add_parser("evaluate", help="accuracy and embedding geometry of a checkpoint")
@@ -356,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     add_analysis_commands(sub)
+    for command in sub.choices.values():
+        command.add_argument("--json", action="store_true",
+                             help="print the result as one JSON document on stdout (messages stay on stderr)")
     return parser
 
 

@@ -354,8 +354,9 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or "student"
     if store is None:
-        teacher, _ = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
-                                                train_set.image_shape)
+        teacher, teacher_state = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
+                                                            train_set.image_shape)
+        _note_student_teacher(cfg.teacher, teacher_state)
         teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
         provenance, feed = {"teacher_sha256": file_sha256(Path(cfg.teacher))}, None
     else:
@@ -369,6 +370,16 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})", provenance,
                  lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher, feed)
     return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
+
+
+def _note_student_teacher(path: str, state: dict[str, Any]) -> None:
+    """Say so when the teacher checkpoint is itself a student (a teacher assistant, as in TAKD, is a
+    deliberate choice; a student picked by mistake is not)."""
+    if state.get("kind") == "student":
+        config = state.get("config") or {}
+        source = f" (distilled from {config['teacher']})" if config.get("teacher") else ""
+        say(f"note: the teacher {path} is a student checkpoint{source}: this run distils from a student; if you "
+            "meant its teacher, pass --teacher with that teacher's checkpoint")
 
 
 def _store_teacher(cfg: StudentConfig, store: TeacherStore) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from intrakd.analysis.agreement import prediction_agreement
 from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
-from intrakd.analysis.report import build_report, read_metrics, to_markdown, write_report
+from intrakd.analysis.report import build_report, read_metrics, to_csv, to_markdown, write_report
 from intrakd.progress import say
 
 
@@ -60,7 +62,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             say(f"intrakd analyze: plotting into {out} (t-SNE map of up to {args.tsne_points} images, distances, "
                 "soft labels, reliability, per class); the t-SNE map may take minutes")
             written += _analysis_plots(out, list(zip(names, predictions)), results, args)
-        print("written: " + ", ".join(str(p) for p in written))
+        say("written: " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -90,7 +92,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         runs.append(records)
     named = list(zip(short_names([Path(r) for r in args.runs]), runs))
     out = Path(args.out or Path(args.runs[0]) / "curves.png")
-    print(f"written: {plot_training_curves(named, out)}")
+    written = plot_training_curves(named, out)
+    say(f"written: {written}")
+    if args.json:
+        print(json.dumps({"written": str(written)}))
     return 0
 
 
@@ -107,12 +112,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError(f"no cell of {args.spec} matches --only {args.only!r}")
     check_finished(jobs)  # before anything is written
     if args.dry_run:
-        print(describe(jobs))
+        if args.json:
+            print(json.dumps([{"kind": j.kind, "name": j.name, "seed": j.seed, "out": str(j.out),
+                               "finished": j.finished} for j in jobs], indent=2))
+        else:
+            print(describe(jobs))
         return 0
     record_spec(args.spec, spec)
     counts = run_sweep(spec, jobs)
     say(f"sweep {args.spec}: {counts['ran']} run, {counts['resumed']} continued, {counts['restarted']} restarted, "
         f"{counts['skipped']} already finished; runs in {spec.out}")
+    if args.json:
+        print(json.dumps({**counts, "out": str(spec.out)}, indent=2))
     return 0
 
 
@@ -122,12 +133,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     text = to_markdown(report)
     if args.title:
         text = f"## {args.title}\n\n{text}"
-    print(text)
+    if args.json:
+        print(json.dumps(list(csv.DictReader(io.StringIO(to_csv(report)))), indent=2))
+    else:
+        print(text)
     if args.out:
         md, table = write_report(report, args.out)
         if args.title:
             md.write_text(text)
-        print(f"written: {md}, {table}")
+        say(f"written: {md}, {table}")
     return 0
 
 
@@ -167,14 +181,15 @@ def cmd_pool(args: argparse.Namespace) -> int:
         lines.append(f"| **{label}** | {mean:+.2f} | [{low:+.2f}, {high:+.2f}] | | {se:.3f} |")
     lines.append(f"\nk = {pooled.k}; Q = {pooled.q:.2f} on {pooled.k - 1} df (p = {pooled.q_p:.3f}); "
                  f"I^2 = {100 * pooled.i2:.0f}%; tau^2 = {pooled.tau2:.3f}")
-    print("\n".join(lines))
+    result = {
+        "k": pooled.k, "estimates": items,
+        "fixed": {"mean": pooled.fixed, "se": pooled.fixed_se, "ci95": list(pooled.interval("fixed"))},
+        "random": {"mean": pooled.random, "se": pooled.random_se, "ci95": list(pooled.interval("random"))},
+        "q": pooled.q, "q_p": pooled.q_p, "i2": pooled.i2, "tau2": pooled.tau2,
+    }
+    print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
     if target is not None:
-        target[args.key] = {
-            "k": pooled.k, "estimates": items,
-            "fixed": {"mean": pooled.fixed, "se": pooled.fixed_se, "ci95": list(pooled.interval("fixed"))},
-            "random": {"mean": pooled.random, "se": pooled.random_se, "ci95": list(pooled.interval("random"))},
-            "q": pooled.q, "q_p": pooled.q_p, "i2": pooled.i2, "tau2": pooled.tau2,
-        }
+        target[args.key] = result
         Path(args.into).write_text(json.dumps(target, indent=1) + "\n")
         say(f"written: {args.into}")
     return 0

@@ -38,6 +38,7 @@ from intrakd.objectives.registry import (
     list_distillers,
     logit_standardized_methods,
     method_settings,
+    methods_data,
     methods_for_pair,
     methods_table,
     published_top1,
@@ -50,6 +51,6 @@ from intrakd.objectives.temperature import LearnedTemperature, list_temperatures
 __all__ = [
     "Difference", "Distiller", "IntraClassTeacherObjective", "LearnedTemperature", "ReferenceDifferences", "StepResult", "TrainSetInfo", "create_distiller",
     "describe_methods", "differences_table", "distill_recipe", "learned_temperature_methods", "learned_temperature_recipe",
-    "list_distillers", "list_temperatures", "logit_standardized_methods", "method_settings", "methods_for_pair",
+    "list_distillers", "list_temperatures", "logit_standardized_methods", "method_settings", "methods_data", "methods_for_pair",
     "methods_table", "published_top1", "reference_of", "register_distiller", "register_temperature",
 ]

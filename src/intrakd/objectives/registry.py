@@ -190,6 +190,14 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
+def methods_data() -> dict[str, dict[str, Any]]:
+    """Every method's paper, kind, recipe weights and default settings (``intrakd methods --json``)."""
+    return {name: {"paper": (cls.__doc__ or "").strip().splitlines()[0], "kind": cls.kind,
+                   "recipe": {"ce_weight": cls.recipe[0], "kd_weight": cls.recipe[1]},
+                   "settings": method_settings(name)}
+            for name, cls in _DISTILLERS.items()}
+
+
 def methods_table() -> str:
     """The methods as a Markdown table (``intrakd methods --markdown``, docs/methods.md): name, paper,
     kind, recipe weights and default settings; then the learned temperatures and the methods that take them."""

@@ -18,13 +18,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from intrakd import distributed
 from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
 from intrakd.data.tensor_data import Batch, Batches, Split
 from intrakd.models.checkpoint import CheckpointStore, write_atomic
-from intrakd.progress import Progress
+from intrakd.progress import Progress, say
 from intrakd.train.accel import PerfSettings
 from intrakd.train.evaluate import evaluate
 from intrakd.train.policies import NONFINITE_CHECK_EVERY, NonFinitePolicy, StopPolicy
@@ -249,7 +248,7 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        tqdm.write(console_line(self.info.name, record, self.epochs, self.info.eval_split), end="\n")
+        say(console_line(self.info.name, record, self.epochs, self.info.eval_split))
 
     def _running_loss(self) -> dict[str, float]:
         """The epoch's mean loss so far (read when a progress line is shown)."""
