@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"written: {args.out}")
+    print(f"written: {args.out}", file=sys.stderr)
     return 0
 
 
