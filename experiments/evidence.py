@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from intrakd.analysis.comparison import paired_interval
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
-from intrakd.config import intra_term_on
+from intrakd.config import BAD_INPUT, ConfigError, intra_term_on
 
 ROLES = ("vanilla", "enriched", "ce_only", "kd_vanilla", "kd_enriched")
 PILOT_CRITERIA = {
@@ -45,12 +45,12 @@ def is_ce_only_student(run: RunRecord, student_models: set[Any]) -> bool:
 
 
 def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
-    """``role -> seed -> run`` for the runs of one teacher comparison; a ``ValueError`` naming the
+    """``role -> seed -> run`` for the runs of one teacher comparison; a ``ConfigError`` naming the
     problem when a role is missing or two configurations claim it."""
     students = [r for r in runs if r.kind == "student"]
     student_models = {r.config.get("model") for r in students}
     if len(student_models) != 1:
-        raise ValueError(f"expected the KD students of one architecture, found {sorted(map(str, student_models))}")
+        raise ConfigError(f"expected the KD students of one architecture, found {sorted(map(str, student_models))}")
 
     def role(run: RunRecord) -> str:
         if run.kind == "student":
@@ -67,12 +67,12 @@ def assign_roles(runs: Sequence[RunRecord]) -> dict[str, dict[int, RunRecord]]:
         if configs.setdefault(name, settings) != settings:
             differ = sorted(k for k in settings.keys() | configs[name].keys()
                             if settings.get(k) != configs[name].get(k))
-            raise ValueError(f"two configurations of the {name} role (differing in {', '.join(differ[:4])}): "
+            raise ConfigError(f"two configurations of the {name} role (differing in {', '.join(differ[:4])}): "
                              "give the folders of one comparison only")
         table[name][run.seed] = run
     missing = [name for name in ROLES if not table[name]]
     if missing:
-        raise ValueError(f"no finished runs of the role(s) {', '.join(missing)}")
+        raise ConfigError(f"no finished runs of the role(s) {', '.join(missing)}")
     return table
 
 
@@ -198,7 +198,7 @@ def headline(paths: Sequence[str | Path], protocol: str, pilot_seeds: int = 3,
     table = assign_roles(runs)
     seeds = sorted(set.intersection(*(set(by_seed) for by_seed in table.values())))
     if not seeds:
-        raise ValueError("no seed has finished runs of every role")
+        raise ConfigError("no seed has finished runs of every role")
 
     def per_seed(role: str, metric: str = "test_acc") -> list[float]:
         return [table[role][s].metrics[metric] for s in seeds]
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = headline(args.runs, args.protocol, args.pilot_seeds)
-    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+    except BAD_INPUT as err:  # bad input; any other exception keeps its traceback
         print(f"evidence: {err}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

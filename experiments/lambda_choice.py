@@ -27,7 +27,7 @@ from experiments.evidence import is_ce_only_student
 from intrakd.analysis.comparison import mean_std, paired_interval
 from intrakd.analysis.runfolders import RunRecord, find_runs, read_metrics
 from intrakd.analysis.sweep import load_sweep, plan
-from intrakd.config import intra_term_on
+from intrakd.config import BAD_INPUT, ConfigError, intra_term_on
 
 AUTO = "auto"
 CHOOSE_ON = "val_acc"
@@ -85,11 +85,11 @@ def dataset_comparison(sweep: str | Path, run_root: str | Path | None = None) ->
     students = _cells(runs, "student", "teacher.intra.weight")
     teachers = _cells(runs, "teacher", "intra.weight")
     if AUTO not in students or len(students) < 2:
-        raise ValueError(f"{run_dir}: needs students of intra.weight=auto and of at least one fixed lambda, "
+        raise ConfigError(f"{run_dir}: needs students of intra.weight=auto and of at least one fixed lambda, "
                          f"found lambdas {sorted(map(str, students))}")
     seeds = sorted(set.intersection(*(set(c) for c in students.values()), *(set(c) for c in teachers.values())))
     if len(seeds) < 2:
-        raise ValueError(f"{run_dir}: fewer than two seeds common to every cell ({seeds})")
+        raise ConfigError(f"{run_dir}: fewer than two seeds common to every cell ({seeds})")
     fixed = sorted(w for w in students if w != AUTO)
     cells = {}
     for weight in [*fixed, AUTO]:
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = {item[0]: (item[1], item[2] if len(item) == 3 else None) for item in args.dataset}
     try:
         summary = lambda_choice(datasets)
-    except (ValueError, OSError) as err:  # ConfigError is a ValueError
+    except BAD_INPUT as err:  # bad input; any other exception keeps its traceback
         print(f"lambda_choice: {err}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,20 @@ def test_bad_input_exits_2_with_message(args, message, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_fault_of_intrakd_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """Only bad input exits 2 with one line: a ValueError raised deep inside a model (a bug, not the
+    user's input) leaves main with its traceback (Python then prints it and exits 1)."""
+    from intrakd.models.digits import DigitsCNN
+
+    def broken(self, x):
+        raise ValueError("a bug deep inside the model")
+
+    monkeypatch.setattr(DigitsCNN, "stages", broken)
+    with pytest.raises(ValueError, match="a bug deep inside the model") as err:
+        main(["train-teacher", "--out", str(tmp_path / "run"), "model=digits_cnn_small", *DIGITS])
+    assert err.type is ValueError and "error:" not in capsys.readouterr().err
+
+
 def test_teacher_with_other_class_count_is_refused(teacher_run, tmp_path, capsys):
     ckpt = teacher_run / "checkpoints" / "last.pt"
     args = ["distill", "--teacher", str(ckpt), "--out", str(tmp_path / "s"), "data.dataset=cifar100",

@@ -2,7 +2,8 @@
 
 import pytest
 
-from intrakd.config import ConfigError, IntraConfig, StudentConfig, TeacherConfig, load_config, upgrade_stored
+from intrakd.config import ConfigError, IntraConfig, StudentConfig, TeacherConfig, load_config
+from intrakd.train.runfolder import upgrade_stored
 
 
 def test_defaults_are_the_benchmark_recipe():

@@ -173,7 +173,7 @@ def test_feature_caches_are_identical_on_every_rank_and_equal_to_one_process(two
 
 def test_rank_zero_failure_reaches_every_rank(two_ranks):
     assert two_ranks[0]["run_on_main"] == "FileExistsError: run folder taken"
-    assert two_ranks[1]["run_on_main"] == "ValueError: rank 0 failed: FileExistsError: run folder taken"
+    assert two_ranks[1]["run_on_main"] == "ConfigError: rank 0 failed: FileExistsError: run folder taken"
     assert (two_ranks[0]["run_on_main_value"], two_ranks[1]["run_on_main_value"]) == ("made", None)
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
+from intrakd.config import BAD_INPUT, ResumeError, StudentConfig, TeacherConfig, load_config
 
 C = TypeVar("C", TeacherConfig, StudentConfig)
 
@@ -110,7 +110,7 @@ def _run_config(
 
         check_replaces_no_input(out, {"the configuration file": args.config})
         return load_config(cls, args.config, overrides, base=base), out
-    from intrakd.runs import ResumeError, load_run_config
+    from intrakd.runs import load_run_config
 
     if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ResumeError(f"--resume {args.resume} continues the run in that folder: drop --out {args.out}")
@@ -417,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         _report(f"intrakd {args.command}: error: {err}")
         return EXIT_NONFINITE
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as err:
+    except BAD_INPUT as err:  # any other exception is a fault of intrakd: it keeps its traceback
         _report(f"intrakd {args.command}: error: {err}")
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # whoever read the output stopped (`intrakd presets | head`): stop quietly

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from intrakd.analysis import embedding_geometry, soft_label_stats
-from intrakd.config import StudentConfig, TeacherConfig, load_config
+from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.runs import distill, resolve_device, train_teacher
 from intrakd.train import classifier_from_checkpoint, predict
@@ -46,9 +46,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train both teachers and both students; write ``results.md`` and ``results.json``."""
     if dataset not in DEMO_RECIPES:
-        raise ValueError(f"unknown demo dataset {dataset!r}; available: {', '.join(DEMO_RECIPES)}")
+        raise ConfigError(f"unknown demo dataset {dataset!r}; available: {', '.join(DEMO_RECIPES)}")
     if epochs is not None and epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     recipe = DEMO_RECIPES[dataset]
     epochs = epochs or recipe["epochs"]
     out = Path(out)

@@ -36,7 +36,7 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from intrakd.config import DistConfig
+from intrakd.config import BAD_INPUT, ConfigError, DistConfig
 
 T = TypeVar("T")
 
@@ -96,7 +96,7 @@ def setup(cfg: DistConfig, device: torch.device) -> torch.device:
         return device
     backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError("dist.backend=nccl needs CUDA devices: use dist.backend=gloo (or auto) on the CPU")
+        raise ConfigError("dist.backend=nccl needs CUDA devices: use dist.backend=gloo (or auto) on the CPU")
     dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     atexit.register(_destroy)
     return device
@@ -118,7 +118,7 @@ def wrap_model(model: nn.Module, sync_batchnorm: bool = False) -> nn.Module:
     device = next(model.parameters()).device
     if sync_batchnorm:
         if device.type != "cuda":
-            raise ValueError("dist.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
+            raise ConfigError("dist.sync_batchnorm needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
@@ -203,10 +203,11 @@ def run_on_main(fn: Callable[[], T]) -> T | None:
         except Exception as err:  # noqa: BLE001  (reported to every rank below)
             error = err
     if is_distributed():
-        message = [None if error is None else f"{type(error).__name__}: {error}"]
+        message = [None if error is None else (f"{type(error).__name__}: {error}", isinstance(error, BAD_INPUT))]
         dist.broadcast_object_list(message, src=0)
         if error is None and message[0] is not None:
-            raise ValueError(f"rank 0 failed: {message[0]}")
+            text, bad_input = message[0]
+            raise (ConfigError if bad_input else RuntimeError)(f"rank 0 failed: {text}")
     if error is not None:
         raise error
     return result

@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from intrakd.config import RUN_COMMANDS, StudentConfig, TeacherConfig, load_config
+from intrakd.config import RUN_COMMANDS, ConfigError, StudentConfig, TeacherConfig, load_config
 from intrakd.objectives import (
     distill_recipe,
     learned_temperature_methods,
@@ -185,12 +185,12 @@ def list_presets(kind: Kind | None = None) -> list[Preset]:
 def get_preset(name: str, kind: Kind | None = None) -> Preset:
     """The preset called ``name``; with ``kind``, it must be of that kind."""
     if name not in all_presets():
-        raise ValueError(f"unknown preset {name!r}; `intrakd presets` lists them, e.g. "
+        raise ConfigError(f"unknown preset {name!r}; `intrakd presets` lists them, e.g. "
                          f"{', '.join(p.name for p in list_presets(kind)[:2])}")
     preset = all_presets()[name]
     if kind is not None and preset.kind != kind:
         command = RUN_COMMANDS["teacher" if preset.kind == "teacher" else "student"]
-        raise ValueError(f"preset {name!r} is a {preset.kind} recipe: use it with `intrakd {command} --preset {name}`")
+        raise ConfigError(f"preset {name!r} is a {preset.kind} recipe: use it with `intrakd {command} --preset {name}`")
     return preset
 
 

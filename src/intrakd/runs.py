@@ -32,6 +32,7 @@ from intrakd.config import (
     PATH_KEYS,
     RUN_COMMANDS,
     ConfigError,
+    ResumeError,
     StudentConfig,
     TeacherConfig,
     flatten,
@@ -40,7 +41,6 @@ from intrakd.config import (
     load_config,
     read_yaml,
     to_dict,
-    upgrade_stored,
 )
 from intrakd.data import Batches, Split, TensorBatches, build_datasets
 from intrakd.data.teacher_store import (
@@ -68,7 +68,7 @@ from intrakd.objectives.stored_teacher import StoredTeacher
 from intrakd.progress import Progress, RunPlan, run_intro, say
 from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
-from intrakd.train.runfolder import RunFolder, check_replaces_no_input
+from intrakd.train.runfolder import RunFolder, check_replaces_no_input, upgrade_stored
 from intrakd.train.signals import Interrupted
 
 RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
@@ -83,25 +83,21 @@ MODEL_FOR_THE_IMAGES = "choose a model made for such images with model=NAME (`in
 C = TypeVar("C", TeacherConfig, StudentConfig)
 
 
-class ResumeError(ValueError):
-    """A run that cannot be continued as asked."""
-
-
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N: a GPU's index) or mps"
 """The device settings, in words."""
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; anything else as given (an unknown name is a
-    ``ValueError`` naming the choices)."""
+    ``ConfigError`` naming the choices)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}: choose {DEVICE_CHOICES}") from None
+        raise ConfigError(f"unknown device {name!r}: choose {DEVICE_CHOICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available: use device=cpu or device=auto")
     return device
 
 
@@ -346,7 +342,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
         store = TeacherStore(cfg.teacher_outputs)
         cfg = dataclasses.replace(cfg, teacher=_store_teacher(cfg, store))
     if not cfg.teacher:
-        raise ValueError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
+        raise ConfigError("no teacher given: pass --teacher CHECKPOINT (or teacher=PATH, or teacher_outputs=STORE)")
     if resume and not overwrite and (done := _finished_summary(StudentConfig, cfg, out, "distill")) is not None:
         return done
     cfg = with_absolute_paths(cfg)
@@ -404,12 +400,12 @@ def _view_batches(cfg: StudentConfig, train_set: Split, device: torch.device) ->
     method = distiller_class(cfg.distill.method)
     if method.kind != "logits":
         logit_methods = [m for m in list_distillers() if distiller_class(m).kind == "logits"]
-        raise ValueError(f"distill.method={cfg.distill.method} reads the teacher's {method.kind}, and a store holds "
+        raise ConfigError(f"distill.method={cfg.distill.method} reads the teacher's {method.kind}, and a store holds "
                          f"only the teacher's logits: distil it from the teacher itself, or choose a method that "
                          f"reads logits only ({', '.join(logit_methods)})")
     batches = train_set.train_batches(cfg.data.batch_size, method.num_views, cfg.seed, device, method.strong_views)
     if not isinstance(batches, TensorBatches):
-        raise ValueError(  # noqa: TRY004 (bad input: exit 2)
+        raise ConfigError(
             f"a store of the teacher's outputs needs the training images held as tensors: {cfg.data.dataset} "
                          "is decoded from files with augmentation in worker processes, which a store does not replay; "
                          "set data.in_memory=true (with data.augment=pad_crop)")
@@ -437,18 +433,18 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     the top K in float16 and the rest's log-mass. Finished epochs of an earlier, interrupted call (or of
     a shorter store) with the same settings are kept. Returns what was written."""
     if not cfg.teacher:
-        raise ValueError("no teacher given: pass --teacher CHECKPOINT")
+        raise ConfigError("no teacher given: pass --teacher CHECKPOINT")
     if cfg.teacher_outputs:
-        raise ValueError("teacher_outputs names a store to read; this command writes one: give it as --out")
+        raise ConfigError("teacher_outputs names a store to read; this command writes one: give it as --out")
     epochs = cfg.optim.epochs if epochs is None else epochs
     if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     teacher_path = os.path.abspath(cfg.teacher)
     check_replaces_no_input(out, _reads(cfg), _read_folders(cfg))
     device, perf = _setup(cfg)
     train_set, _, _ = build_datasets(cfg.data)
     if top_k is not None and not 1 <= top_k < train_set.num_classes:
-        raise ValueError(f"--top-k must lie in 1..{train_set.num_classes - 1} (the data has {train_set.num_classes} "
+        raise ConfigError(f"--top-k must lie in 1..{train_set.num_classes - 1} (the data has {train_set.num_classes} "
                          f"classes; leave it out to store every class), got {top_k}")
     batches = _view_batches(cfg, train_set, device)
     teacher, state = classifier_from_checkpoint(teacher_path, cfg.teacher_model, train_set.num_classes,

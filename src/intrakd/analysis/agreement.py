@@ -9,11 +9,13 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
+from intrakd.config import ConfigError
+
 
 def soft_label_kl(logits_p: Tensor, logits_q: Tensor, temperature: float) -> Tensor:
     """Per-image ``KL(softmax(p/T) || softmax(q/T))`` in nats (float64, shape ``[N]``)."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     log_p = F.log_softmax(logits_p.double() / temperature, dim=1)
     log_q = F.log_softmax(logits_q.double() / temperature, dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(1)
@@ -31,7 +33,7 @@ def prediction_agreement(first: Tensor, second: Tensor, labels: Tensor, temperat
     ``temperature``.
     """
     if first.shape != second.shape or first.shape[0] != labels.shape[0]:
-        raise ValueError(f"predictions of different images: logits {tuple(first.shape)} and {tuple(second.shape)}, "
+        raise ConfigError(f"predictions of different images: logits {tuple(first.shape)} and {tuple(second.shape)}, "
                          f"labels {tuple(labels.shape)}; compare two models on the same split")
     n = labels.shape[0]
     right_1, right_2 = correctness(first, labels), correctness(second, labels)
@@ -68,7 +70,7 @@ def accuracy_spread(correct: Tensor) -> dict[str, float]:
     correct = correct.double()
     models, n = correct.shape
     if models < 2:
-        raise ValueError(f"accuracy_spread needs at least 2 models, got {models}")
+        raise ConfigError(f"accuracy_spread needs at least 2 models, got {models}")
     acc = correct.mean(1)
     p = correct.mean(0)
     image = (p * (1 - p)).sum().item() * models / (models - 1) / n**2

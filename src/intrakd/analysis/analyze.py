@@ -14,7 +14,7 @@ from torch import Tensor
 from intrakd.analysis.calibration import expected_calibration_error, reliability_bins
 from intrakd.analysis.geometry import embedding_geometry, per_class_geometry
 from intrakd.analysis.softlabels import per_class_mean, soft_label_samples, soft_label_stats
-from intrakd.config import DataConfig, from_dict
+from intrakd.config import ConfigError, DataConfig, from_dict
 from intrakd.data import FOLDER_DATASETS, Split, build_datasets
 from intrakd.progress import eval_intro, say
 
@@ -41,12 +41,12 @@ def load_split(data: dict[str, Any], split: str, data_root: str | None = None) -
     (``eval_per_class`` is ignored).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     values = {**data, "eval_per_class": None, **({"root": data_root} if data_root else {})}
     if split == "test":
         values["val_per_class"] = 0
     elif split == "val" and not values.get("val_per_class"):
-        raise ValueError("this run holds out no validation split (data.val_per_class is 0): use --split test")
+        raise ConfigError("this run holds out no validation split (data.val_per_class is 0): use --split test")
     train, eval_set, _ = build_datasets(from_dict(DataConfig, values, prefix="data."))
     return train if split == "train" else eval_set
 
@@ -99,7 +99,7 @@ def predict_checkpoint(
     state = read_checkpoint(checkpoint)
     data = state.get("config", {}).get("data") or {}
     if not data and not dataset:
-        raise ValueError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint): "
+        raise ConfigError(f"checkpoint {checkpoint} records no data settings (not an intrakd run checkpoint): "
                          "name its dataset with --dataset (and --data-root)")
     data = {**data, **({"dataset": dataset} if dataset else {}), "in_memory": False}
     target = resolve_device(device)

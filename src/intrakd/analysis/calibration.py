@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from intrakd.config import ConfigError
+
 
 def reliability_bins(logits: Tensor, labels: Tensor, bins: int = 15) -> dict[str, list[float]]:
     """Equal-width confidence bins over (0, 1]: per bin the sample count, mean confidence, accuracy.
@@ -13,7 +15,7 @@ def reliability_bins(logits: Tensor, labels: Tensor, bins: int = 15) -> dict[str
     ``ceil(c * bins) - 1``. Empty bins have NaN confidence and accuracy.
     """
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+        raise ConfigError(f"bins must be >= 1, got {bins}")
     probs = torch.softmax(logits.double(), dim=1)
     confidence, predicted = probs.max(1)
     correct = (predicted == labels.to(predicted.device)).double()

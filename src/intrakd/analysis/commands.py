@@ -12,6 +12,7 @@ from typing import Any
 from intrakd.analysis.agreement import prediction_agreement
 from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
 from intrakd.analysis.report import build_report, read_metrics, to_csv, to_markdown, write_report
+from intrakd.config import ConfigError
 from intrakd.progress import say
 
 
@@ -37,7 +38,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
     names = args.names or short_names([_run_folder(c) for c in checkpoints])
     if len(names) != len(checkpoints):
-        raise ValueError(f"--names needs {len(checkpoints)} names, one per checkpoint")
+        raise ConfigError(f"--names needs {len(checkpoints)} names, one per checkpoint")
     if len(set(names)) != len(names):
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
     predictions, results = [], []
@@ -109,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     extra = ([f"data.root={args.data_root}"] if args.data_root else []) + list(args.overrides)
     jobs = plan(spec, args.seeds, args.only, extra)
     if not jobs:
-        raise ValueError(f"no cell of {args.spec} matches --only {args.only!r}")
+        raise ConfigError(f"no cell of {args.spec} matches --only {args.only!r}")
     check_finished(jobs)  # before anything is written
     if args.dry_run:
         if args.json:
@@ -145,15 +146,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_json(path: str) -> Any:
+    """The JSON document in ``path``; a :class:`ConfigError` naming the file when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err})") from None
+
+
 def _read_estimates(path: str) -> list[dict]:
     """The estimates of ``intrakd pool``, each checked for name, mean, ci95 and n."""
-    items = json.loads(Path(path).read_text())
+    items = _read_json(path)
     if not isinstance(items, list) or len(items) < 2:
-        raise ValueError(f"{path}: expected a JSON list of at least two estimates")
+        raise ConfigError(f"{path}: expected a JSON list of at least two estimates")
     for item in items:
         missing = [k for k in ("name", "mean", "ci95", "n") if k not in item]
         if missing:
-            raise ValueError(f"{path}: estimate {item.get('name', item)!r} lacks {', '.join(missing)}; "
+            raise ConfigError(f"{path}: estimate {item.get('name', item)!r} lacks {', '.join(missing)}; "
                              f'give each {{"name", "mean", "ci95": [low, high], "n"}}')
     return items
 
@@ -165,9 +174,9 @@ def cmd_pool(args: argparse.Namespace) -> int:
     items = _read_estimates(args.estimates)
     target = None
     if args.into:
-        target = json.loads(Path(args.into).read_text())
+        target = _read_json(args.into)
         if not isinstance(target, dict):
-            raise ValueError(f"{args.into}: expected a JSON object to store the pooled estimate in")
+            raise ConfigError(f"{args.into}: expected a JSON object to store the pooled estimate in")
     ses = [se_from_interval(*item["ci95"], int(item["n"])) for item in items]
     pooled = pool_effects([float(item["mean"]) for item in items], ses)
     lines = ["| estimate | mean | 95% CI | n | standard error |", "|---|---|---|---|---|"]

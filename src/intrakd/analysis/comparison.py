@@ -12,7 +12,7 @@ from typing import Any
 from scipy import stats
 
 from intrakd.analysis.runfolders import RunRecord, find_runs
-from intrakd.config import parse_yaml_value
+from intrakd.config import ConfigError, parse_yaml_value
 
 DEFAULT_METRICS = (
     "test_acc", "val_acc", "test_intra_class_distance", "test_inter_class_distance", "test_intra_inter_ratio",
@@ -158,7 +158,7 @@ def parse_condition(text: str) -> tuple[str, Any]:
     """``key=value`` (value read as YAML) -> (key, value)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"{text!r} is not of the form key=value (e.g. intra.weight=0)")
+        raise ConfigError(f"{text!r} is not of the form key=value (e.g. intra.weight=0)")
     value = parse_yaml_value(raw, f"condition {text!r}")
     return key, tuple(value) if isinstance(value, list) else value
 
@@ -221,7 +221,7 @@ def build_report(
     runs = [r for r in runs if all(any(_matches(r.config, k2, v) for k2 in (k, f"teacher.{k}") if k2 in r.config)
                                    for k, v in conditions)]
     if not runs:
-        raise ValueError(f"no finished runs under {', '.join(map(str, paths))}"
+        raise ConfigError(f"no finished runs under {', '.join(map(str, paths))}"
                          + (f" matching {', '.join(where)}" if where else "")
                          + (f" ({len(unfinished)} unfinished)" if unfinished else ""))
     groups = group_runs(runs)
@@ -233,7 +233,7 @@ def build_report(
         if metrics:
             missing = [m for m in metrics if m not in present]
             if len(missing) == len(metrics):
-                raise ValueError(f"none of the metrics {', '.join(metrics)} is in the {kind} runs; "
+                raise ConfigError(f"none of the metrics {', '.join(metrics)} is in the {kind} runs; "
                                  f"available: {', '.join(sorted(present))}")
             shown[kind] = [m for m in metrics if m in present]
         else:
@@ -318,10 +318,10 @@ def se_from_interval(low: float, high: float, n: int, confidence: float = 0.95) 
 def pool_effects(estimates: Sequence[float], ses: Sequence[float]) -> Pooled:
     """Fixed-effect and DerSimonian-Laird random-effects pooling of ``estimates`` with standard errors ``ses``."""
     if len(estimates) != len(ses) or len(estimates) < 2:
-        raise ValueError(f"pooling needs at least two estimates, each with a standard error; "
+        raise ConfigError(f"pooling needs at least two estimates, each with a standard error; "
                          f"got {len(estimates)} estimates and {len(ses)} standard errors")
     if any(not se > 0 for se in ses):
-        raise ValueError(f"every standard error must be positive; got {list(ses)}")
+        raise ConfigError(f"every standard error must be positive; got {list(ses)}")
     w = [1 / se**2 for se in ses]
     sw = sum(w)
     fixed = sum(wi * y for wi, y in zip(w, estimates, strict=True)) / sw

@@ -17,6 +17,7 @@ import torch
 from intrakd.analysis.analyze import Predictions, subsample
 from intrakd.analysis.geometry import embedding_geometry, pair_distances
 from intrakd.analysis.softlabels import soft_label_samples
+from intrakd.config import ConfigError
 
 Named = Sequence[tuple[str, Predictions]]
 
@@ -144,7 +145,7 @@ def plot_training_curves(runs: Sequence[tuple[str, list[dict[str, Any]]]], path:
             keys += [k for k, v in record.items() if k not in keys and k not in SKIPPED_CURVES
                      and isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not keys:
-        raise ValueError("no numeric metrics to plot (are the metrics.jsonl files empty?)")
+        raise ConfigError("no numeric metrics to plot (are the metrics.jsonl files empty?)")
     acc_keys = [k for k in keys if k.endswith("_acc")]
     panels: list[tuple[str, list[str]]] = ([("accuracy [%]", acc_keys)] if acc_keys else [])
     panels += [(k, [k]) for k in keys if k not in acc_keys]

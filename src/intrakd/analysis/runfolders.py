@@ -19,10 +19,10 @@ from intrakd.config import (
     key_in,
     read_yaml,
     to_dict,
-    upgrade_stored,
 )
 from intrakd.config import flatten as flatten_config
 from intrakd.data.teacher_store import SETTINGS
+from intrakd.train.runfolder import upgrade_stored
 
 IGNORED_KEYS = ("seed", "command", *RESULT_NEUTRAL_KEYS)
 """Settings left out of a run's configuration as read here (:func:`~intrakd.config.key_in`): the

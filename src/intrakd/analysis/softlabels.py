@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from intrakd.config import ConfigError
+
 
 def soft_label_samples(logits: Tensor, labels: Tensor, temperature: float) -> dict[str, Tensor]:
     """Per-sample statistics of ``p = softmax(logits / T)`` (float64 tensors of shape ``[N]``).
@@ -15,7 +17,7 @@ def soft_label_samples(logits: Tensor, labels: Tensor, temperature: float) -> di
       entropy (1 for a one-hot label, C for a uniform one).
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     log_p = F.log_softmax(logits.double() / temperature, dim=1)
     entropy = -(log_p.exp() * log_p).sum(1)
     target = log_p.gather(1, labels.long().view(-1, 1)).squeeze(1).exp()

@@ -67,9 +67,9 @@ from intrakd.config import (
     load_config,
     read_yaml,
     to_dict,
-    upgrade_stored,
 )
 from intrakd.progress import format_duration, say
+from intrakd.train.runfolder import upgrade_stored
 
 RESULT_NEUTRAL = ("command", "teacher_outputs", *RESULT_NEUTRAL_KEYS)
 """Settings in which a finished run may differ from the sweep (:func:`~intrakd.config.key_in`): the
@@ -370,8 +370,9 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = say
     Nothing runs if a finished run was made with other settings (:func:`check_finished`). A started
     run is continued from its newest checkpoint, or started again when it cannot be (another
     configuration, no intact checkpoint)."""
+    from intrakd.config import ResumeError
     from intrakd.models.checkpoint import CheckpointError
-    from intrakd.runs import ResumeError, distill, teacher_outputs, train_teacher
+    from intrakd.runs import distill, teacher_outputs, train_teacher
     from intrakd.train.signals import Interrupted
 
     check_finished(jobs)

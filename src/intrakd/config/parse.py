@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from intrakd.config.schema import ConfigError
+from intrakd.config.errors import ConfigError
 
 C = TypeVar("C")
 

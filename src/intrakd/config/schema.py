@@ -12,10 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be used."""
-
+from intrakd.config.errors import ConfigError
 
 RUN_COMMANDS = {"teacher": "train-teacher", "student": "distill"}
 """The command that starts and resumes a run of each kind ('teacher': :class:`TeacherConfig`,
@@ -459,26 +456,6 @@ class StudentConfig:
 
 RUN_CONFIGS: dict[str, type[TeacherConfig | StudentConfig]] = {"teacher": TeacherConfig, "student": StudentConfig}
 """The configuration class of each run kind (the kinds of :data:`RUN_COMMANDS`)."""
-
-
-def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
-    """A stored run configuration (config.yaml, a checkpoint's) read the way it was written.
-
-    Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
-    -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin). Runs from before
-    ``intra.auto_ratio`` existed had a fixed lambda, on which it has no effect (today's default is
-    filled in). Runs from before ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
-    intra, data = values.get("intra"), values.get("data")
-    if isinstance(intra, dict) and "exclude_self" not in intra:
-        intra = {**intra, "exclude_self": False}
-        if intra.get("delta") == -1:
-            intra["delta"] = None
-        values = {**values, "intra": intra}
-    if isinstance(intra, dict) and "auto_ratio" not in intra:
-        values = {**values, "intra": {**intra, "auto_ratio": IntraConfig.auto_ratio}}
-    if isinstance(data, dict) and "bad_images" not in data:
-        values = {**values, "data": {**data, "bad_images": "error"}}
-    return values
 
 
 def _require_finite(prefix: str, section: Any) -> None:

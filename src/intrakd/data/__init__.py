@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from intrakd.config import DataConfig
+from intrakd.config import ConfigError, DataConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import unreadable_message
 from intrakd.data.cifar import cifar100_classes, coarse_labels, load_cifar100, resolve_cifar100_classes
@@ -49,7 +49,7 @@ def _load_folders(cfg: DataConfig) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     if not cfg.root:
         layout = ("'tiny-imagenet-200' (or the folder holding it)" if cfg.dataset == "tiny_imagenet"
                   else "the folder holding train/<class>/ and val/<class>/")
-        raise ValueError(f"data.root is required for {cfg.dataset}: {layout} (e.g. --data-root PATH)")
+        raise ConfigError(f"data.root is required for {cfg.dataset}: {layout} (e.g. --data-root PATH)")
     loader = load_tiny_imagenet if cfg.dataset == "tiny_imagenet" else load_image_folders
     return loader(cfg.root, folder_pipeline(cfg), cfg.workers)
 
@@ -66,13 +66,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         train, test = load_digits_splits()
     elif cfg.dataset == "cifar100":
         if not cfg.root:
-            raise ValueError("data.root is required for cifar100: the folder holding 'cifar-100-python' "
+            raise ConfigError("data.root is required for cifar100: the folder holding 'cifar-100-python' "
                              "(e.g. --data-root ../shared/data)")
         train, test = load_cifar100(cfg.root)
     elif cfg.dataset in FOLDER_DATASETS:
         train, test = _load_folders(cfg)
     else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
     classes = list(range(train.num_classes))
     if cfg.classes is not None:
         if cfg.dataset == "cifar100":
@@ -80,7 +80,7 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
         elif all(isinstance(c, int) for c in cfg.classes):
             classes = list(cfg.classes)
         else:
-            raise ValueError(f"data.classes: class names are known for cifar100 only; give {cfg.dataset}'s "
+            raise ConfigError(f"data.classes: class names are known for cifar100 only; give {cfg.dataset}'s "
                              "classes as indices")
         train, test = select_classes(train, classes), select_classes(test, classes)
     if cfg.image_size is not None and isinstance(train, TensorDataset):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from intrakd.config import ConfigError
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import TensorDataset
 
@@ -34,19 +35,19 @@ def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         with path.open("rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as err:
-        raise ValueError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
+        raise ConfigError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")  # noqa: TRY004 (bad file)
+        raise ConfigError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     missing = {"data", "fine_labels"} - entry.keys()
     if missing:
-        raise ValueError(f"{path}: missing keys {sorted(missing)} (is this the CIFAR-100 python version?)")
+        raise ConfigError(f"{path}: missing keys {sorted(missing)} (is this the CIFAR-100 python version?)")
     data = np.asarray(entry["data"], dtype=np.uint8)
     labels = np.asarray(entry["fine_labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: expected data of shape [N, 3072] and N labels, got {data.shape} and {labels.shape}")
+        raise ConfigError(f"{path}: expected data of shape [N, 3072] and N labels, got {data.shape} and {labels.shape}")
     if labels.min() < 0 or labels.max() >= 100:
-        raise ValueError(f"{path}: fine labels must lie in 0..99, got {labels.min()}..{labels.max()}")
+        raise ConfigError(f"{path}: fine labels must lie in 0..99, got {labels.min()}..{labels.max()}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
 
@@ -63,7 +64,7 @@ def cifar100_classes(root: str | Path) -> tuple[list[str], list[str], list[int]]
         fine_names, coarse_names = list(meta["fine_label_names"]), list(meta["coarse_label_names"])
         pairs = dict(zip(train["fine_labels"], train["coarse_labels"]))
     except (OSError, KeyError, pickle.UnpicklingError, TypeError) as err:
-        raise ValueError(f"{folder}: cannot read the class names and superclasses from 'meta' and 'train' "
+        raise ConfigError(f"{folder}: cannot read the class names and superclasses from 'meta' and 'train' "
                          f"({type(err).__name__}: {err})") from err
     return fine_names, coarse_names, [int(pairs[c]) for c in range(len(fine_names))]
 
@@ -81,7 +82,7 @@ def resolve_cifar100_classes(root: str | Path, classes: list[int | str]) -> list
         elif item in coarse_names:
             resolved.extend(c for c, g in enumerate(coarse_of) if g == coarse_names.index(item))
         else:
-            raise ValueError(f"data.classes: {item!r} is neither a CIFAR-100 class nor a superclass; "
+            raise ConfigError(f"data.classes: {item!r} is neither a CIFAR-100 class nor a superclass; "
                              f"superclasses: {', '.join(coarse_names)}")
     return resolved
 
@@ -93,7 +94,7 @@ def coarse_labels(root: str | Path, fine: list[int]) -> tuple[torch.Tensor, int]
     _, _, coarse_of = cifar100_classes(root)
     present = sorted({coarse_of[c] for c in fine})
     if len(present) < 2:
-        raise ValueError(f"data.labels=coarse: data.classes lie in {len(present)} superclass; name classes "
+        raise ConfigError(f"data.labels=coarse: data.classes lie in {len(present)} superclass; name classes "
                          "of at least 2 superclasses (with one, cross-entropy is zero)")
     return torch.tensor([present.index(coarse_of[c]) for c in fine]), len(present)
 

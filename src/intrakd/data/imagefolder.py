@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import make_dataset
 from torchvision.transforms import v2
 
+from intrakd.config import ConfigError
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import SCAN_LIMIT, BadImages, SkipLog, marked_index, marker, scan
 from intrakd.data.layouts import find_eval_folder, flat_val_labels, is_flat
@@ -39,7 +40,7 @@ EVAL_CROP_FRACTION = 0.875
 Crop = Literal["pad_crop", "resized_crop"]
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(ConfigError):
     """An image file that cannot be decoded (the message names the file)."""
 
 
@@ -246,7 +247,7 @@ class ImageFolderSplit:
         """Decode the whole split once (eval transform) into a uint8 :class:`TensorDataset` whose
         batched augmentation is the pipeline's pad-crop + flip."""
         if self.pipeline.crop != "pad_crop":
-            raise ValueError("data.in_memory needs the pad_crop augmentation (set data.augment=pad_crop): "
+            raise ConfigError("data.in_memory needs the pad_crop augmentation (set data.augment=pad_crop): "
                              "a random resized crop cannot be drawn from a pre-decoded fixed-size tensor")
         if self.bad and self.bad_images == "skip":  # decoded once: the unreadable ones are simply left out
             good = torch.tensor([i for i in range(len(self)) if i not in self.bad], dtype=torch.int64)
@@ -332,9 +333,9 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
         raise FileNotFoundError(f"{folder} does not exist: expected a folder with one sub-folder of images per class")
     found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not found:
-        raise ValueError(f"{folder} holds no class folders: expected {folder}/<class>/<image files>")
+        raise ConfigError(f"{folder} holds no class folders: expected {folder}/<class>/<image files>")
     if classes is None and len(found) == 1:
-        raise ValueError(f"{folder} holds one class folder ({found[0]}): a classifier needs at least two classes "
+        raise ConfigError(f"{folder} holds one class folder ({found[0]}): a classifier needs at least two classes "
                          "(with one, the cross-entropy is zero whatever the model does)")
     if classes is None:
         classes = found
@@ -345,7 +346,7 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
             parts.append(f"no folder for {_show(missing)};")
         if extra:
             parts.append(f"unknown class folders {_show(extra)};")
-        raise ValueError(" ".join(parts).rstrip(";"))
+        raise ConfigError(" ".join(parts).rstrip(";"))
     # torchvision's scan (sub-folders included, links followed, extensions case-insensitive), grouped
     # by label in the order of `classes` (it walks the classes in name order)
     samples = sorted(make_dataset(folder, {name: i for i, name in enumerate(classes)}, IMAGE_EXTENSIONS,
@@ -353,7 +354,7 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
     counts = Counter(label for _, label in samples)
     empty = [name for label, name in enumerate(classes) if not counts[label]]
     if empty:
-        raise ValueError(f"class folder {folder / empty[0]} holds no images (expected files ending in "
+        raise ConfigError(f"class folder {folder / empty[0]} holds no images (expected files ending in "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
     paths = [path for path, _ in samples]
     labels = [label for _, label in samples]
@@ -410,10 +411,10 @@ def _tiny_imagenet_val(folder: Path, classes: list[str]) -> tuple[list[str], lis
             continue
         fields = line.split("\t")
         if len(fields) < 2:
-            raise ValueError(f"{annotations} line {number}: expected '<file>\\t<wnid>\\t...', got {line!r}")
+            raise ConfigError(f"{annotations} line {number}: expected '<file>\\t<wnid>\\t...', got {line!r}")
         name, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in index:
-            raise ValueError(f"{annotations} line {number}: class {wnid!r} of {name} is not one of the "
+            raise ConfigError(f"{annotations} line {number}: class {wnid!r} of {name} is not one of the "
                              f"{len(classes)} training classes")
         path = folder / "images" / name
         if not path.is_file():
@@ -421,7 +422,7 @@ def _tiny_imagenet_val(folder: Path, classes: list[str]) -> tuple[list[str], lis
         paths.append(str(path))
         labels.append(index[wnid])
     if not paths:
-        raise ValueError(f"{annotations} lists no images")
+        raise ConfigError(f"{annotations} lists no images")
     return paths, labels
 
 
@@ -436,7 +437,7 @@ def load_tiny_imagenet(root: str | Path, pipeline: Pipeline, workers: int = 8) -
     if wnids_file.is_file():
         wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
         if len(set(wnids)) != len(wnids):
-            raise ValueError(f"{wnids_file} lists a class twice")
+            raise ConfigError(f"{wnids_file} lists a class twice")
         classes = sorted(wnids)
     else:
         classes = None

@@ -8,6 +8,8 @@ import csv
 import os
 from pathlib import Path
 
+from intrakd.config import ConfigError
+
 EVAL_SPLIT_NAMES = ("val", "validation", "test")
 """Folder names tried, in order, for the evaluation split of an image-folder dataset."""
 LOC_SOLUTION = "LOC_val_solution.csv"
@@ -54,9 +56,9 @@ def flat_val_labels(folder: Path, root: Path, classes: list[str],
     for name in files:
         stem = Path(name).stem
         if stem not in wnids:
-            raise ValueError(f"{folder / name} has no label in the ground truth")
+            raise ConfigError(f"{folder / name} has no label in the ground truth")
         if wnids[stem] not in index:
-            raise ValueError(f"{folder / name} is labelled {wnids[stem]!r}, not one of the {len(classes)} "
+            raise ConfigError(f"{folder / name} is labelled {wnids[stem]!r}, not one of the {len(classes)} "
                              "training classes")
         paths.append(str(folder / name))
         labels.append(index[wnids[stem]])
@@ -69,11 +71,11 @@ def _loc_solution(path: Path) -> dict[str, str]:
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0][:2]] != ["ImageId", "PredictionString"]:
-        raise ValueError(f"{path}: expected the header 'ImageId,PredictionString'")
+        raise ConfigError(f"{path}: expected the header 'ImageId,PredictionString'")
     labels = {}
     for number, row in enumerate(rows[1:], start=2):
         if len(row) < 2 or not row[1].split():
-            raise ValueError(f"{path} line {number}: expected '<image id>,<wnid> <box> ...', got {','.join(row)!r}")
+            raise ConfigError(f"{path} line {number}: expected '<image id>,<wnid> <box> ...', got {','.join(row)!r}")
         labels[row[0].strip()] = row[1].split()[0]
     return labels
 
@@ -92,5 +94,5 @@ def _devkit_ground_truth(devkit: Path, files: list[str]) -> dict[str, str]:
     wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
     ids = [int(line) for line in truth.read_text().split()]
     if len(ids) != len(files):
-        raise ValueError(f"{truth} lists {len(ids)} labels for the {len(files)} images of the val folder")
+        raise ConfigError(f"{truth} lists {len(ids)} labels for the {len(files)} images of the val folder")
     return {Path(name).stem: wnid_of[i] for name, i in zip(files, ids)}

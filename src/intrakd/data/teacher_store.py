@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intrakd.config import DataConfig, flatten, to_dict
+from intrakd.config import ConfigError, DataConfig, flatten, to_dict
 from intrakd.data.augment import ViewDraws
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
 from intrakd.progress import Progress
@@ -51,7 +51,7 @@ LOGIT_DTYPES = {torch.float32: ("float32", "<f4"), torch.bfloat16: ("bfloat16", 
 TORCH_DTYPES = {name: dtype for dtype, (name, _) in LOGIT_DTYPES.items()}
 
 
-class StoreMismatch(ValueError):
+class StoreMismatch(ConfigError):
     """A store that does not hold what a run needs (other data settings, seed, teacher, too few epochs)."""
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2.functional import resize
 
+from intrakd.config import ConfigError
 from intrakd.data.augment import Augmentation, ViewDraws
 
 
@@ -119,15 +120,15 @@ def mix_seed(seed: int, *parts: int, prime: int = 1_000_003) -> int:
 
 
 def check_fills_a_batch(images: int, batch_size: int) -> None:
-    """Raise ``ValueError`` naming the fix when ``images`` training images make no full batch."""
+    """Raise ``ConfigError`` naming the fix when ``images`` training images make no full batch."""
     if images < batch_size:
-        raise ValueError(f"{images} training images is fewer than one batch of {batch_size}: lower data.batch_size")
+        raise ConfigError(f"{images} training images is fewer than one batch of {batch_size}: lower data.batch_size")
 
 
 def check_strong_views(views: int, strong_views: int) -> None:
-    """Raise ``ValueError`` unless ``0 <= strong_views <= views``."""
+    """Raise ``ConfigError`` unless ``0 <= strong_views <= views``."""
     if not 0 <= strong_views <= views:
-        raise ValueError(f"strong_views={strong_views} must lie in 0..{views} (the number of views)")
+        raise ConfigError(f"strong_views={strong_views} must lie in 0..{views} (the number of views)")
 
 
 def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor, Tensor]:
@@ -136,7 +137,7 @@ def split_per_class(labels: Tensor, num_classes: int, last: int) -> tuple[Tensor
     for c in range(num_classes):
         members = (labels == c).nonzero().squeeze(1)
         if members.numel() <= last:
-            raise ValueError(f"class {c} has {members.numel()} samples: cannot hold out {last} of them")
+            raise ConfigError(f"class {c} has {members.numel()} samples: cannot hold out {last} of them")
         held[members[-last:]] = True
     return (~held).nonzero().squeeze(1), held.nonzero().squeeze(1)
 
@@ -145,12 +146,12 @@ def select_classes(split: S, classes: list[int]) -> S:
     """The images of ``classes`` only (a dataclass split: tensors or files), relabelled ``0..k-1`` in
     the order given."""
     if len(set(classes)) != len(classes):
-        raise ValueError(f"data.classes names a class twice: {classes}")
+        raise ConfigError(f"data.classes names a class twice: {classes}")
     bad = [c for c in classes if not 0 <= c < split.num_classes]
     if bad:
-        raise ValueError(f"data.classes: {bad[0]} is not a class index of this dataset (0..{split.num_classes - 1})")
+        raise ConfigError(f"data.classes: {bad[0]} is not a class index of this dataset (0..{split.num_classes - 1})")
     if len(classes) < 2:
-        raise ValueError("data.classes must name at least 2 classes (with one, cross-entropy is zero)")
+        raise ConfigError("data.classes must name at least 2 classes (with one, cross-entropy is zero)")
     mapping = torch.full((split.num_classes,), -1, dtype=torch.long)
     mapping[torch.tensor(classes)] = torch.arange(len(classes))
     new_labels = mapping[split.labels.cpu()]
@@ -192,7 +193,7 @@ class TensorBatches:
             rank = torch.distributed.get_rank() if grouped else 0
         self.rank, self.world_size = rank, world_size
         if batch_size % self.world_size:
-            raise ValueError(f"data.batch_size={batch_size} (the global batch) is not divisible by the "
+            raise ConfigError(f"data.batch_size={batch_size} (the global batch) is not divisible by the "
                              f"{self.world_size} data-parallel processes")
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:

@@ -26,6 +26,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from intrakd.config import ConfigError
 from intrakd.models.contract import Classifier, check_reads_images
 from intrakd.models.registry import create_model
 
@@ -39,7 +40,7 @@ CHECKPOINT_FORMAT = "intrakd-2"
 """Version of the training-state layout written by :class:`intrakd.train.state.TrainState`."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint that cannot be used: truncated, corrupted, unreadable or of the wrong kind."""
 
 
@@ -200,7 +201,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         if mismatched:
             parts.append(f"shape mismatches (checkpoint vs model): {show(mismatched)}")
         parts.append("Check that the architecture and number of classes are those the checkpoint was trained with.")
-        raise ValueError(" ".join(parts))
+        raise ConfigError(" ".join(parts))
     model.load_state_dict(state_dict)
 
 
@@ -217,17 +218,17 @@ def classifier_from_checkpoint(
     state = read_checkpoint(path)
     name = state.get("model_name") or model_name
     if name is None:
-        raise ValueError(f"checkpoint {path} does not name its architecture: pass the model name "
+        raise ConfigError(f"checkpoint {path} does not name its architecture: pass the model name "
                          "(teacher_model=NAME for distill, --model NAME for evaluate)")
     if model_name is not None and model_name != name:
-        raise ValueError(f"checkpoint {path} holds a {name!r}, not the requested {model_name!r}")
+        raise ConfigError(f"checkpoint {path} holds a {name!r}, not the requested {model_name!r}")
     stored_classes = state.get("num_classes") or _classes_from_weights(state["model"])
     if num_classes is not None and stored_classes is not None and stored_classes != num_classes:
-        raise ValueError(f"checkpoint {path} is a {stored_classes}-class model but the data has {num_classes} "
+        raise ConfigError(f"checkpoint {path} is a {stored_classes}-class model but the data has {num_classes} "
                          "classes: use a teacher trained on this dataset")
     classes = stored_classes or num_classes
     if classes is None:
-        raise ValueError(f"cannot tell how many classes the model in {path} has")
+        raise ConfigError(f"cannot tell how many classes the model in {path} has")
     model = create_model(name, num_classes=classes, image_shape=image_shape)
     load_weights(model, state["model"], f"checkpoint {path}", name)
     if image_shape is not None:

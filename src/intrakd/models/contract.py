@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from intrakd.config import ConfigError
+
 
 class ModelOutput(NamedTuple):
     """What every model's ``forward`` returns."""
@@ -80,7 +82,7 @@ def probe(model: nn.Module, image_shape: Sequence[int]) -> ModelOutput:
 
 
 def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: str, fix: str) -> None:
-    """Raise ``ValueError`` when ``model`` cannot read images of ``image_shape`` ``(C, H, W)`` (another
+    """Raise ``ConfigError`` when ``model`` cannot read images of ``image_shape`` ``(C, H, W)`` (another
     number of channels, or too small for its stages); the message names the model as ``described``
     and ends with ``fix``. A zero image goes through :func:`probe`; the model's state is unchanged."""
     try:
@@ -88,7 +90,7 @@ def check_reads_images(model: nn.Module, image_shape: Sequence[int], described: 
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0]
         channels, *size = image_shape
-        raise ValueError(
+        raise ConfigError(
             f"{described} cannot read this dataset's {channels}-channel {'x'.join(map(str, size))} images "
             f"({reason}): {fix}"
         ) from None

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from intrakd.config import ConfigError
 from intrakd.models.contract import Classifier
 
 _MODELS: dict[str, Callable[..., Classifier]] = {}
@@ -74,9 +75,9 @@ def list_families() -> dict[str, str]:
     return {prefix: family.describe() for prefix, family in sorted(_FAMILIES.items())}
 
 
-def _unknown(name: str) -> ValueError:
+def _unknown(name: str) -> ConfigError:
     families = "".join(f"; or {prefix}<architecture>" for prefix in sorted(_FAMILIES))
-    return ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}{families}")
+    return ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}{families}")
 
 
 def describe_model(name: str) -> str:
@@ -94,7 +95,7 @@ def create_model(name: str, num_classes: int, image_shape: Sequence[int] | None 
     built for them (timm's: their input channels, and the input size of those whose size is fixed when
     built, like ViTs); the registered models read any size their stages allow and ignore it.
     ``options`` go to the model's constructor (``weights=PATH`` for the ``imagenet_*`` and ``timm/``
-    models, ``pretrained=True`` for ``timm/``); one it does not take is a ``ValueError``.
+    models, ``pretrained=True`` for ``timm/``); one it does not take is a ``ConfigError``.
     """
     for prefix, family in _FAMILIES.items():
         if name.startswith(prefix):
@@ -103,6 +104,6 @@ def create_model(name: str, num_classes: int, image_shape: Sequence[int] | None 
         raise _unknown(name)
     refused = sorted(options.keys() - _OPTIONS[name])
     if refused:
-        raise ValueError(f"model {name!r} takes no {' or '.join(refused)} (weights=PATH: the imagenet_* and "
+        raise ConfigError(f"model {name!r} takes no {' or '.join(refused)} (weights=PATH: the imagenet_* and "
                          "timm/ models; pretrained=true: the timm/ models)")
     return _MODELS[name](num_classes=num_classes, **options)

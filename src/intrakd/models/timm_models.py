@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from intrakd.config import ConfigError
 from intrakd.models.contract import Classifier, ModelOutput
 from intrakd.models.registry import register_family
 
@@ -39,11 +40,11 @@ INSTALL = "pip install 'intrakd[timm]'"
 
 
 def import_timm() -> ModuleType:
-    """The timm package, or a ``ValueError`` that says how to install it."""
+    """The timm package, or a ``ConfigError`` that says how to install it."""
     try:
         import timm
     except ImportError as err:
-        raise ValueError(f"timm models need the timm package, which is not installed ({err}): {INSTALL}") from None
+        raise ConfigError(f"timm models need the timm package, which is not installed ({err}): {INSTALL}") from None
     return timm
 
 
@@ -59,7 +60,7 @@ class TimmClassifier(Classifier):
         classifier = net.get_classifier()
         heads = (classifier,) if isinstance(classifier, nn.Module) else tuple(classifier)
         if len(heads) > 1 and not (len(heads) == 2 and hasattr(net, "distilled_training")):
-            raise ValueError(  # a model the user chose: bad input
+            raise ConfigError(  # a model the user chose: bad input
                 f"timm model {name!r} has {len(heads)} classifiers: intrakd's models have one, or a class and a "
                 "distillation head (DeiT); choose another model")
         self.net = net
@@ -115,7 +116,7 @@ def add_distillation_token(model: nn.Module) -> None:
     DeiT's distilled models have them (timm's ``VisionTransformerDistilled``): a token after the class
     token with its own position embedding, both drawn from a truncated normal of std 0.02, and a linear
     head on its output (weights likewise, bias 0); the class token, patches and their positions keep their
-    weights. Nothing to do for a model that has one; any other model is a ``ValueError``."""
+    weights. Nothing to do for a model that has one; any other model is a ``ConfigError``."""
     import torch
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
@@ -125,7 +126,7 @@ def add_distillation_token(model: nn.Module) -> None:
     net = getattr(model, "net", None)
     if not (isinstance(model, TimmClassifier) and type(net) is VisionTransformer and net.cls_token is not None
             and net.global_pool == "token" and net.num_reg_tokens == 0):
-        raise ValueError("a distillation token needs a timm Vision Transformer student with a class token read "
+        raise ConfigError("a distillation token needs a timm Vision Transformer student with a class token read "
                          "by its head and no register tokens (e.g. model=timm/vit_small_patch16_224, or timm's "
                          "model=timm/deit_small_distilled_patch16_224, which has one)")
     std = 0.02
@@ -185,10 +186,10 @@ def build_timm(name: str, num_classes: int, image_shape: Sequence[int] | None = 
     from random weights, the local file ``weights`` or (``pretrained``) timm's published weights."""
     timm = import_timm()
     if not timm.is_model(name):
-        raise ValueError(f"timm has no model {name!r}: `intrakd models --timm PATTERN` lists its models "
+        raise ConfigError(f"timm has no model {name!r}: `intrakd models --timm PATTERN` lists its models "
                          f"(timm {timm.__version__})")
     if weights is not None and pretrained:
-        raise ValueError("weights=PATH and pretrained=true both give starting weights: choose one")
+        raise ConfigError("weights=PATH and pretrained=true both give starting weights: choose one")
     options = _input_options(timm, name, image_shape)
     if weights is not None:
         source = f"weights file {weights}"
@@ -201,14 +202,14 @@ def build_timm(name: str, num_classes: int, image_shape: Sequence[int] | None = 
                                     pretrained_cfg_overlay={"state_dict": state_dict, "num_classes": classes})
         except RuntimeError as err:
             reason = textwrap.shorten(" ".join(str(err).split()), 400)
-            raise ValueError(f"{source} does not fit timm model {name!r} ({reason}): check that it holds this "
+            raise ConfigError(f"{source} does not fit timm model {name!r} ({reason}): check that it holds this "
                              "architecture's weights") from None
     elif pretrained:
         source = f"timm's pretrained {name}"
         try:
             net = timm.create_model(name, pretrained=True, **options)
         except (OSError, RuntimeError) as err:  # no network, no such weights, an incomplete download
-            raise ValueError(f"cannot get {source}'s weights ({type(err).__name__}: "
+            raise ConfigError(f"cannot get {source}'s weights ({type(err).__name__}: "
                              f"{str(err).strip().splitlines()[0]}): pretrained=true needs a network (or "
                              "timm's download cache); or pass a local file with weights=PATH") from None
     else:
@@ -225,7 +226,7 @@ def describe_family() -> str:
     """The family's line in `intrakd models`."""
     try:
         timm = import_timm()
-    except ValueError:
+    except ConfigError:
         return f"any timm architecture, once timm is installed: {INSTALL}"
     return (f"any of timm {timm.__version__}'s {len(timm.list_models())} architectures, e.g. timm/resnet50, "
             "timm/vit_small_patch16_224 (`intrakd models --timm PATTERN` lists them)")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -111,7 +111,7 @@ class CRDObjective(Distiller):
         self.register_buffer("z_teacher", torch.zeros(()))
         counts = torch.bincount(data.labels, minlength=data.num_classes)
         if s.negatives == "other_class" and int(counts.max()) == self.num_data:
-            raise ValueError("CRD with crd.negatives=other_class needs at least two classes in the "
+            raise ConfigError("CRD with crd.negatives=other_class needs at least two classes in the "
                              "training split")
         self.register_buffer("class_order", torch.argsort(data.labels, stable=True), persistent=False)
         self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
@@ -128,7 +128,7 @@ class CRDObjective(Distiller):
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,
                       batch: Batch) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if batch.indices is None:
-            raise ValueError("CRD needs the training-split index of every sample (Batch.indices), "
+            raise ConfigError("CRD needs the training-split index of every sample (Batch.indices), "
                              "and this dataset's batches do not carry them")
         index, tau = batch.indices, self.settings.temperature
         with torch.autocast(device_type=batch.labels.device.type, enabled=False):

@@ -92,7 +92,7 @@ class DeiTObjective(Distiller):
         super().__init__(cfg, student, teacher, data)
         try:
             add_distillation_token(student)
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"distill.method=deit: {err}") from None
 
     @classmethod

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch, Split
 from intrakd.losses import kd_loss
 from intrakd.models import ModelOutput
@@ -112,7 +112,7 @@ class Distiller(nn.Module):
         self.learned_temperature = create_temperature(cfg)
         """The learned temperature (a submodule: trained and checkpointed with the objective), or None."""
         if self.learned_temperature is not None and not self.takes_learned_temperature:
-            raise ValueError(f"distill.temperature={cfg.temperature}: method {self.method!r} takes a fixed "
+            raise ConfigError(f"distill.temperature={cfg.temperature}: method {self.method!r} takes a fixed "
                              "temperature only")
         self.temperature: float | None = None if self.learned_temperature is not None else cfg.temperature
         """``distill.temperature`` when it is a number (None with a learned temperature)."""
@@ -198,7 +198,7 @@ class Distiller(nn.Module):
     def outputs(self, model: nn.Module, teacher: nn.Module | None, images: Tensor) -> tuple[ModelOutput, ModelOutput]:
         """``(student, teacher)`` outputs on ``images``; the teacher runs without gradients (:meth:`teacher_mode`)."""
         if teacher is None:
-            raise ValueError(f"distillation method {self.method!r} needs a teacher")
+            raise ConfigError(f"distillation method {self.method!r} needs a teacher")
         with self.teacher_mode():
             teacher_out = teacher(images)
         return model(images), teacher_out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -48,7 +48,7 @@ class FitNetObjective(Distiller):
         t_features = probe(teacher, data.input_shape).features
         for who, features in (("student", s_features), ("teacher", t_features)):
             if not -len(features) <= layer < len(features):
-                raise ValueError(f"distill.fitnet.hint_layer={layer}, but the {who} has {len(features)} stage "
+                raise ConfigError(f"distill.fitnet.hint_layer={layer}, but the {who} has {len(features)} stage "
                                  f"features (valid: {-len(features)} to {len(features) - 1})")
         self.connector = conv_regressor(s_features[layer].shape[1:], t_features[layer].shape[1:], "FitNet")
 

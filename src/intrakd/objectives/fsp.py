@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, create_model, stage_channels
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
@@ -67,7 +67,7 @@ class FSPObjective(Distiller):
         super().__init__(cfg, student, teacher, data)
         s_channels, t_channels = stage_channels(student, data.input_shape), stage_channels(teacher, data.input_shape)
         if not _fsp_compatible(s_channels, t_channels):
-            raise ValueError(f"FSP compares the student's and the teacher's Gram matrices between consecutive stages, "
+            raise ConfigError(f"FSP compares the student's and the teacher's Gram matrices between consecutive stages, "
                              f"so both need the same stage channels (at least two stages), but the student has "
                              f"{list(s_channels)} and the teacher {list(t_channels)}")
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -144,14 +144,14 @@ class KDSVDObjective(Distiller):
         pairs = probe_stage_pairs(student, teacher, data.input_shape, s.first_stage, "kdsvd", needed=2)
         for index, (f_s, f_t) in enumerate(pairs, start=s.first_stage):
             if s.vectors_over == "channels" and f_s.shape[1] != f_t.shape[1]:
-                raise ValueError(f"distill.kdsvd.vectors_over=channels compares singular vectors over the "
+                raise ConfigError(f"distill.kdsvd.vectors_over=channels compares singular vectors over the "
                                  f"channels, but stage {index} has {f_s.shape[1]} student and {f_t.shape[1]} "
                                  f"teacher channels (vectors_over=width pairs any channel counts)")
             if s.vectors_over == "width":
                 f_t = pool_to_smaller(f_s, f_t)[1]
             rank = min(stage_matrix(f_t, s.vectors_over).shape[1:])
             if s.k > rank:
-                raise ValueError(f"distill.kdsvd.k={s.k}, but the teacher's stage {index} has only {rank} "
+                raise ConfigError(f"distill.kdsvd.k={s.k}, but the teacher's stage {index} has only {rank} "
                                  f"singular vectors")
 
     def method_losses(self, student: ModelOutput, teacher: ModelOutput,

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -207,7 +207,7 @@ class OFDObjective(Distiller):
         t_features = probe(teacher, data.input_shape).features[1:]
         count = min(len(s_features), len(t_features))
         if count == 0:
-            raise ValueError("OFD needs at least two stage features in the student and the teacher")
+            raise ConfigError("OFD needs at least two stage features in the student and the teacher")
         self.student_stages = range(len(s_features) + 1 - count, len(s_features) + 1)
         self.teacher_stages = range(len(t_features) + 1 - count, len(t_features) + 1)
         batchnorms = teacher_batchnorms(teacher, data.input_shape)
@@ -216,7 +216,7 @@ class OFDObjective(Distiller):
         for i, (s, t, k) in enumerate(zip(s_features[-count:], t_features[-count:], self.teacher_stages)):
             found = batchnorms[k]
             if found is None:
-                raise ValueError(f"OFD needs a BatchNorm2d feeding or reading each distilled teacher stage "
+                raise ConfigError(f"OFD needs a BatchNorm2d feeding or reading each distilled teacher stage "
                                  f"feature (the margin comes from its statistics); the teacher's stage feature {k} "
                                  f"({'x'.join(map(str, t.shape[1:]))}) has none")
             conv = nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)

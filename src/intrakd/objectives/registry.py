@@ -15,7 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from intrakd.config import DistillConfig, DistillMethodSpec, flatten, register_distill_method, to_dict
+from intrakd.config import (
+    ConfigError,
+    DistillConfig,
+    DistillMethodSpec,
+    flatten,
+    register_distill_method,
+    to_dict,
+)
 from intrakd.data.tensor_data import Split
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.temperature import list_temperatures, temperature_class
@@ -123,7 +130,7 @@ def distill_recipe(name: str, teacher_model: str | None = None, student_model: s
         return recipe
     standardized = _DISTILLERS[name].logit_standardized_recipe(recipe)
     if standardized is None:
-        raise ValueError(f"method {name!r} has no logit-standardised recipe; methods that have one: "
+        raise ConfigError(f"method {name!r} has no logit-standardised recipe; methods that have one: "
                          + ", ".join(logit_standardized_methods()))
     return standardized
 
@@ -139,7 +146,7 @@ def learned_temperature_recipe(temperature: str, name: str, teacher_model: str |
     learned ``temperature`` and its standard settings in place of the fixed temperature."""
     cls = temperature_class(temperature)
     if name not in learned_temperature_methods():
-        raise ValueError(f"method {name!r} takes a fixed temperature only; the methods that take a learned one: "
+        raise ConfigError(f"method {name!r} takes a fixed temperature only; the methods that take a learned one: "
                          + ", ".join(learned_temperature_methods()))
     recipe = distill_recipe(name, teacher_model, student_model)
     return {**recipe, "temperature": temperature, temperature: to_dict(cls.settings_class())}
@@ -245,4 +252,4 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _check(name: str) -> None:
     if name not in _DISTILLERS:
-        raise ValueError(f"unknown distillation method {name!r}; available: {', '.join(list_distillers())}")
+        raise ConfigError(f"unknown distillation method {name!r}; available: {', '.join(list_distillers())}")

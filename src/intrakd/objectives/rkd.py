@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from intrakd.config import setting
+from intrakd.config import ConfigError, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
@@ -40,7 +40,7 @@ def angle_potential(embedding: Tensor) -> Tensor:
 def rkd_losses(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """``(distance loss, angle loss)`` between ``[B, D_s]`` and ``[B, D_t]`` embeddings, in float32."""
     if student.shape[0] < 2:
-        raise ValueError("RKD needs at least 2 samples per batch")
+        raise ConfigError("RKD needs at least 2 samples per batch")
     with torch.autocast(device_type=student.device.type, enabled=False):
         student, teacher = student.float(), teacher.float()
         with torch.no_grad():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from intrakd.config import ConfigError
 from intrakd.models import probe
 
 
@@ -24,12 +25,12 @@ def stage_pairs(student: Sequence[Tensor], teacher: Sequence[Tensor], first: int
 def probe_stage_pairs(student: nn.Module, teacher: nn.Module, input_shape: Sequence[int], first: int,
                       method: str, needed: int = 1) -> list[tuple[Tensor, Tensor]]:
     """The paired stage features of one zero image of ``input_shape`` (to size auxiliary modules from);
-    ``ValueError`` naming ``distill.<method>.first_stage`` when fewer than ``needed`` pairs remain."""
+    ``ConfigError`` naming ``distill.<method>.first_stage`` when fewer than ``needed`` pairs remain."""
     s_features = probe(student, input_shape).features
     t_features = probe(teacher, input_shape).features
     pairs = stage_pairs(s_features, t_features, first)
     if len(pairs) < needed:
-        raise ValueError(f"distill.{method}.first_stage={first}, but the student has {len(s_features)} and the "
+        raise ConfigError(f"distill.{method}.first_stage={first}, but the student has {len(s_features)} and the "
                          f"teacher {len(t_features)} stage features: {method.upper()} needs {needed} pair(s) of "
                          f"stages from there")
     return pairs
@@ -65,7 +66,7 @@ def conv_regressor(student_shape: Sequence[int], teacher_shape: Sequence[int], m
     elif h_t % h_s == 0 and w_t == w_s * (h_t // h_s):
         conv = nn.ConvTranspose2d(c_s, c_t, h_t // h_s, stride=h_t // h_s)
     else:
-        raise ValueError(f"{method} cannot connect a student feature of spatial size {h_s}x{w_s} to a teacher "
+        raise ConfigError(f"{method} cannot connect a student feature of spatial size {h_s}x{w_s} to a teacher "
                          f"feature of {h_t}x{w_t}: the student's must be at least as large, or the teacher's an "
                          f"integer multiple of it")
     layers = [conv, nn.BatchNorm2d(c_t)]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from intrakd import distributed
-from intrakd.config import IntraConfig
+from intrakd.config import ConfigError, IntraConfig
 from intrakd.data.tensor_data import Batch
 from intrakd.losses import FeatureCache, Memory, classification_margin, intra_class_terms
 from intrakd.losses.balance import GradientBalancedWeight, squared_gradient_norm
@@ -54,7 +54,7 @@ class IntraClassTeacherObjective(nn.Module):
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         labels, cfg = batch.labels, self.cfg
         if self.enabled and cfg.exclude_self and batch.indices is None:
-            raise ValueError("intra.exclude_self needs the sample index of every training image, which "
+            raise ConfigError("intra.exclude_self needs the sample index of every training image, which "
                              "these batches do not carry: set intra.exclude_self=false")
         n_views = len(batch.views)
         out = model(torch.cat(batch.views) if n_views > 1 else batch.views[0])

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, LearnedTemperatureSpec, register_learned_temperature
+from intrakd.config import ConfigError, DistillConfig, LearnedTemperatureSpec, register_learned_temperature
 
 
 class LearnedTemperature(nn.Module):
@@ -67,7 +67,7 @@ def list_temperatures() -> list[str]:
 def temperature_class(name: str) -> type[LearnedTemperature]:
     """The class of learned temperature ``name``."""
     if name not in _TEMPERATURES:
-        raise ValueError(f"unknown learned temperature {name!r}; available: {', '.join(_TEMPERATURES) or 'none'}")
+        raise ConfigError(f"unknown learned temperature {name!r}; available: {', '.join(_TEMPERATURES) or 'none'}")
     return _TEMPERATURES[name]
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from intrakd.config import DistillConfig, setting
+from intrakd.config import ConfigError, DistillConfig, setting
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
@@ -70,7 +70,7 @@ class VIDObjective(Distiller):
         super().__init__(cfg, student, teacher, data)
         s = self.settings
         if s.init_variance <= s.eps:
-            raise ValueError(f"distill.vid.init_variance={s.init_variance} must exceed distill.vid.eps={s.eps}")
+            raise ConfigError(f"distill.vid.init_variance={s.init_variance} must exceed distill.vid.eps={s.eps}")
         pairs = probe_stage_pairs(student, teacher, data.input_shape, s.first_stage, "vid")
         self.regressors = nn.ModuleList(regressor(f_s.shape[1], f_t.shape[1]) for f_s, f_t in pairs)
         alpha = math.log(math.expm1(s.init_variance - s.eps))  # softplus(alpha) + eps = init_variance

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from intrakd.config import PerfConfig
+from intrakd.config import ConfigError, PerfConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def resolve_perf(cfg: PerfConfig, device: torch.device, processes_per_node: int 
     """Turn ``cfg`` into settings for ``device``, resolving every ``"auto"``.
 
     ``processes_per_node`` shares the CPU cores among data-parallel processes when ``threads`` is
-    not given. Raises ``ValueError`` for a precision the device cannot run.
+    not given. Raises ``ConfigError`` for a precision the device cannot run.
     """
     cuda = device.type == "cuda"
     # bf16 where the hardware computes in it natively: Ampere or newer GPUs, CPUs with AVX512-BF16 or AMX
@@ -102,7 +102,7 @@ def resolve_perf(cfg: PerfConfig, device: torch.device, processes_per_node: int 
         dtype = torch.bfloat16 if fast_bf16 else None
     elif cfg.precision == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"perf.precision=bf16: {torch.cuda.get_device_name(device)} does not support "
+            raise ConfigError(f"perf.precision=bf16: {torch.cuda.get_device_name(device)} does not support "
                              "bfloat16; use perf.precision=fp32")
         dtype = torch.bfloat16
     else:

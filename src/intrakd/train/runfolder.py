@@ -13,6 +13,8 @@ run that stopped before making anything worth keeping is undone.
   :data:`LOCK` in the folder, held while the run writes it. The kernel drops it when its holder
   ends, however it ends (``kill -9`` included), so no stale lock can block a later run; a second
   writer is refused, naming the holder's process id.
+* A configuration stored in a run folder (``config.yaml``, a checkpoint's) is read the way it was
+  written: :func:`upgrade_stored` fills in what settings added since then mean for an older run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from intrakd.config import ConfigError, IntraConfig
 
 GENERATED = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "curves.png")
 """Files and folders a run (and ``intrakd plot``'s default output) writes into its run folder."""
@@ -35,7 +40,7 @@ LOCK = ".intrakd-lock"
 """The lock file of a run folder (it holds the writer's process id while a run writes the folder)."""
 
 
-class RunFolderBusy(ValueError):
+class RunFolderBusy(ConfigError):
     """Another process is writing the run folder."""
 
 
@@ -91,7 +96,7 @@ def _forms(path: str | Path) -> set[Path]:
 
 def check_replaces_no_input(run_dir: str | Path, reads: dict[str, str | Path | None],
                             folders: dict[str, str | Path | None] | None = None) -> None:
-    """Refuse (``ValueError``) a run folder that would replace, hold or lie in what the run reads.
+    """Refuse (``ConfigError``) a run folder that would replace, hold or lie in what the run reads.
 
     ``reads`` maps a description ('the teacher checkpoint') to a file or folder the run reads (None:
     not used), which the run folder may not hold; ``folders`` maps a description ('the dataset') to
@@ -105,16 +110,16 @@ def check_replaces_no_input(run_dir: str | Path, reads: dict[str, str | Path | N
         for form in _forms(path):
             hit = next((g for g in generated if form == g or form.is_relative_to(g)), None)
             if hit is not None:
-                raise ValueError(f"--out {run_dir} would replace {path}, {what} this run reads (it lies in the run "
+                raise ConfigError(f"--out {run_dir} would replace {path}, {what} this run reads (it lies in the run "
                                  f"folder's {hit.name}): choose another --out")
     for what, path in {**reads, **(folders or {})}.items():
         if path and any(form.is_relative_to(out) for form in _forms(path) for out in outs):
             relation = "is" if _forms(path) & outs else "holds"
-            raise ValueError(f"--out {run_dir} {relation} {path}, {what} this run reads: choose an --out that "
+            raise ConfigError(f"--out {run_dir} {relation} {path}, {what} this run reads: choose an --out that "
                              "holds none of the run's inputs")
     for what, path in (folders or {}).items():
         if path and any(out.is_relative_to(form) for form in _forms(path) for out in outs):
-            raise ValueError(f"--out {run_dir} lies in {path}, {what} this run reads (a run folder there would "
+            raise ConfigError(f"--out {run_dir} lies in {path}, {what} this run reads (a run folder there would "
                              "change what is read): choose an --out outside it")
 
 
@@ -164,7 +169,7 @@ class RunFolder:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             _remove_made(path, made)
-            raise ValueError(f"cannot create the run folder {path}: {err.strerror or err} "
+            raise ConfigError(f"cannot create the run folder {path}: {err.strerror or err} "
                              f"({err.filename or path}): choose another --out") from None
         try:
             lock = RunLock.acquire(path)
@@ -225,3 +230,23 @@ class RunFolder:
     def close(self) -> None:
         """Unlock the folder (a second call does nothing)."""
         self.lock.release()
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored run configuration (config.yaml, a checkpoint's) read the way it was written.
+
+    Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
+    -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin). Runs from before
+    ``intra.auto_ratio`` existed had a fixed lambda, on which it has no effect (today's default is
+    filled in). Runs from before ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
+    intra, data = values.get("intra"), values.get("data")
+    if isinstance(intra, dict) and "exclude_self" not in intra:
+        intra = {**intra, "exclude_self": False}
+        if intra.get("delta") == -1:
+            intra["delta"] = None
+        values = {**values, "intra": intra}
+    if isinstance(intra, dict) and "auto_ratio" not in intra:
+        values = {**values, "intra": {**intra, "auto_ratio": IntraConfig.auto_ratio}}
+    if isinstance(data, dict) and "bad_images" not in data:
+        values = {**values, "data": {**data, "bad_images": "error"}}
+    return values
