@@ -204,7 +204,8 @@ def compare(task: str, student_name: str, teacher_name: str | None, data: Tensor
         if task == "teacher":
             objective = IntraClassTeacherObjective(IntraConfig(weight=0.0), NUM_CLASSES, student.embedding_dim, 1)
         else:
-            objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, TrainSetInfo(NUM_CLASSES, torch.zeros(0, dtype=torch.long), (3, 32, 32)))
+            info = TrainSetInfo(NUM_CLASSES, torch.zeros(0, dtype=torch.long), (3, 32, 32))
+            objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, info)
         loops["intrakd" + suffix] = (IntrakdLoop(data, device, perf, student, teacher, batch_size, objective,
                                                  student_name), _describe(perf))
         if perf.compile:

@@ -41,7 +41,8 @@ STUB_DIM = 256  # the embedding size of resnet8x4 and resnet32x4
 
 def _where(err: BaseException) -> str:
     """The error and the intrakd / benchmark source lines that led to it."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "intrakd" in f.filename or "benchmarks" in f.filename]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if "intrakd" in f.filename or "benchmarks" in f.filename]
     lines = [f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in frames[-4:]]
     return f"{type(err).__name__}: {str(err).strip()[:300]} | at " + " <- ".join(reversed(lines))
 
@@ -113,7 +114,8 @@ def sync_steps(task: str, device: torch.device, perf: PerfSettings, data, batch_
         model = perf.prepare_model(create_model("resnet8x4", num_classes=NUM_CLASSES).to(device))
         teacher = perf.prepare_model(create_model("resnet32x4", num_classes=NUM_CLASSES).to(device).eval()
                                      .requires_grad_(False))
-        objective = create_distiller(DistillConfig.recipe("kd"), model, teacher, TrainSetInfo(NUM_CLASSES, torch.zeros(0, dtype=torch.long), (3, 32, 32)))
+        info = TrainSetInfo(NUM_CLASSES, torch.zeros(0, dtype=torch.long), (3, 32, 32))
+        objective = create_distiller(DistillConfig.recipe("kd"), model, teacher, info)
     batches = data.train_batches(batch_size, objective.num_views, 0, device)
     trainer = Trainer(model=model, objective=objective, train_batches=FirstBatches(batches, 3), eval_set=data,
                       optim=OptimConfig(), run_dir=Path(tempfile.mkdtemp(prefix="intrakd-checks-")),

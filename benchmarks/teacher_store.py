@@ -7,7 +7,8 @@ The bound is what a store can at most give: live step time / student-alone step 
 store's speed-up over the live teacher >= 0.9 of the bound (that is, the store's speed >= 0.9 of the
 student alone's), at the precision ``perf`` picks for the device. Each ratio is the median over repeats
 of the ratio within a repeat (whose blocks run back to back, live / store / alone, then the reverse),
-which a machine whose load changes over minutes disturbs less than a ratio of medians. Also the store's size per epoch (of the batches timed, and of the full 50,000-image CIFAR-100
+which a machine whose load changes over minutes disturbs less than a ratio of medians. Also the store's
+size per epoch (of the batches timed, and of the full 50,000-image CIFAR-100
 epoch), its write speed (the teacher's forward passes included) and its read speed alone.
 
     PYTHONPATH=src python benchmarks/teacher_store.py --threads 1        # both pairs on the CPU
@@ -80,7 +81,8 @@ def write_store(folder: Path, data: TensorDataset, data_cfg: DataConfig, teacher
     batches = data.train_batches(data_cfg.batch_size, 1, 0, device)
     with torch.no_grad(), perf.autocast():
         dtype = teacher(torch.zeros(1, *data.image_shape, device=device)).logits.dtype
-    settings = {"teacher": {"path": "-", "sha256": "-", "model": teacher_name}, **view_settings(data_cfg, data, batches),
+    settings = {"teacher": {"path": "-", "sha256": "-", "model": teacher_name},
+                **view_settings(data_cfg, data, batches),
                 "precision": perf.describe()["precision"], "device": device.type,
                 "logits": {"dtype": LOGIT_DTYPES[dtype][0], "top_k": None}}
     writer = StoreWriter(folder, settings)
@@ -96,7 +98,8 @@ def write_store(folder: Path, data: TensorDataset, data_cfg: DataConfig, teacher
     images = len(batches) * data_cfg.batch_size
     full_epoch = CIFAR100_TRAIN_IMAGES // data_cfg.batch_size * data_cfg.batch_size * writer.dtype.itemsize
     read = time_block(lambda: [store.read(0, 0, i, 1, device) for i in range(len(batches))], device)
-    return store, {"bytes_per_image": writer.dtype.itemsize, "store_mb_per_epoch": writer.rows * writer.dtype.itemsize / 2**20,
+    return store, {"bytes_per_image": writer.dtype.itemsize,
+                   "store_mb_per_epoch": writer.rows * writer.dtype.itemsize / 2**20,
                    "cifar100_epoch_mb": full_epoch / 2**20, "write_images_per_s": images / seconds,
                    "write_mb_per_s": writer.rows * writer.dtype.itemsize / 2**20 / seconds,
                    "read_images_per_s": images / read}

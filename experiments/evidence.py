@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
     parser.add_argument("--out", required=True, metavar="JSON", help="the headline's file (docs/results/summary.json)")
     parser.add_argument("--protocol", default="", help="name of the protocol, recorded in the file")
-    parser.add_argument("--pilot-seeds", type=int, default=3, help="seeds the pilot criteria are measured on (default 3)")
+    parser.add_argument("--pilot-seeds", type=int, default=3,
+                        help="seeds the pilot criteria are measured on (default 3)")
     args = parser.parse_args(argv)
     try:
         summary = headline(args.runs, args.protocol, args.pilot_seeds)

@@ -69,7 +69,8 @@ def collect(runs: Path, seeds: list[int], arms: dict[str, str] = ARMS, ce_only: 
             labels = students[arm, have[0]].labels
             spread[arm] = accuracy_spread(torch.stack([correctness(students[arm, s].logits, labels) for s in have]))
             same_arm[arm] = {f"seed{a} vs seed{b}": prediction_agreement(
-                students[arm, a].logits, students[arm, b].logits, labels, TEMPERATURE) for a, b in itertools.combinations(have, 2)}
+                students[arm, a].logits, students[arm, b].logits, labels, TEMPERATURE)
+                for a, b in itertools.combinations(have, 2)}
     result["student_spread"] = spread
     result["students_of_two_seeds"] = same_arm
     result["students_of_the_two_arms"] = {

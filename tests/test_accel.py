@@ -162,7 +162,8 @@ def test_kd_step_compiles_without_graph_break():
     torch._dynamo.reset()
     torch.manual_seed(0)
     student, teacher = TinyNet(), TinyNet(width=4).eval().requires_grad_(False)
-    objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, TrainSetInfo(4, torch.zeros(0, dtype=torch.long), (1, 8, 8)))
+    info = TrainSetInfo(4, torch.zeros(0, dtype=torch.long), (1, 8, 8))
+    objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, info)
     compiled = torch.compile(objective, backend="aot_eager", fullgraph=True)
     batch = _teacher_batches(1)[0]
     batch = Batch(batch.views[:1], batch.labels)

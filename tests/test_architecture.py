@@ -93,7 +93,8 @@ def layer_violations(graph: dict[str, list[tuple[int, str]]]) -> list[str]:
             if source not in LAYERS or wanted not in LAYERS:
                 problems.append(f"{module}:{line} imports {target}: part {source or wanted!r} has no floor in LAYERS")
             elif LAYERS[wanted] >= LAYERS[source]:
-                problems.append(f"{module}:{line} imports {target} (floor {LAYERS[wanted]} from floor {LAYERS[source]})")
+                problems.append(f"{module}:{line} imports {target} "
+                                f"(floor {LAYERS[wanted]} from floor {LAYERS[source]})")
     return problems
 
 
@@ -171,8 +172,9 @@ def test_the_checker_finds_imports_up_and_sideways_even_inside_functions(tmp_pat
 
 
 def test_the_checker_finds_the_package_importing_the_experiments(tmp_path):
-    package = fake_package(tmp_path, {"__init__.py": "", "analysis/__init__.py": "",
-                                      "analysis/report.py": "def f():\n    from experiments.evidence import headline\n"})
+    package = fake_package(tmp_path, {
+        "__init__.py": "", "analysis/__init__.py": "",
+        "analysis/report.py": "def f():\n    from experiments.evidence import headline\n"})
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     (experiments / "__init__.py").write_text("")

@@ -132,7 +132,8 @@ def test_full_disk_leaves_the_previous_checkpoint_and_no_temporary(store, monkey
     assert err.value.errno == errno.ENOSPC
     # at-checksum: the whole checkpoint went out, its checksum did not
     assert disk.written == size if room == 200_000 else disk.written <= room
-    assert str(err.value) == (f"[Errno {errno.ENOSPC}] cannot write checkpoint {store.folder / 'ckpt-e0002-s000005.pt'}: "
+    assert str(err.value) == (f"[Errno {errno.ENOSPC}] cannot write checkpoint "
+                              f"{store.folder / 'ckpt-e0002-s000005.pt'}: "
                               "No space left on device; nothing on disk was replaced")
     monkeypatch.undo()
     assert snapshot(store.folder) == before

@@ -84,7 +84,8 @@ def test_existing_run_is_refused_and_kept(teacher_run, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["train-teacher", "intra.weigth=0.1"], "unknown config key intra.weigth"),
-    (["train-teacher", "data.dataset=cifar100", "data.root=/nonexistent/cifar"], "CIFAR-100 not found at /nonexistent/cifar"),
+    (["train-teacher", "data.dataset=cifar100", "data.root=/nonexistent/cifar"],
+     "CIFAR-100 not found at /nonexistent/cifar"),
     (["distill", "data.dataset=digits"], "no teacher given"),
     (["distill", "--teacher", "/nonexistent.pt", "data.dataset=digits"], "checkpoint /nonexistent.pt does not exist"),
     (["train-teacher", "data.dataset=digits", "model=resnet8"],

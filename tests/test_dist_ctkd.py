@@ -302,7 +302,8 @@ def test_ctkd_listing_recipe_and_presets():
             assert (kd_cfg.distill.method, kd_cfg.distill.temperature, kd_cfg.distill.ce_weight,
                     kd_cfg.distill.kd_weight) == ("kd", "ctkd", 0.1, 0.9)
             assert (dkd_cfg.distill.method, dkd_cfg.distill.temperature) == ("dkd", "ctkd")
-            assert dkd_cfg.distill.dkd == all_presets()[f"cifar100/{teacher}-{student}/dkd-{variant}"].config().distill.dkd
+            preset = all_presets()[f"cifar100/{teacher}-{student}/dkd-{variant}"]
+            assert dkd_cfg.distill.dkd == preset.config().distill.dkd
 
 
 # ------------------------------------------------------------------------------ end to end, resume

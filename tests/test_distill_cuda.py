@@ -30,7 +30,8 @@ def cifar_like() -> TensorDataset:
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("method", methods_for_pair("resnet32x4", "resnet8x4") + [f"{method}+{temperature}" for temperature in list_temperatures()
+@pytest.mark.parametrize("method", methods_for_pair("resnet32x4", "resnet8x4")
+                         + [f"{method}+{temperature}" for temperature in list_temperatures()
                                                         for method in learned_temperature_methods()])
 def test_method_steps_on_cuda_without_host_sync(cifar_like, method, amp):
     """``method``: a method's name, or ``method+temperature`` with a learned temperature."""

@@ -221,7 +221,8 @@ def test_helpers_are_identities_in_one_process():
     peers = PeerBatch(x, x, torch.tensor([0, 1, 0]), torch.tensor([True, False, True]))
     assert peers.others is None
     z, y, ids, gate = peers.rows
-    assert torch.equal(z, x) and not z.requires_grad and y.tolist() == [0, 1, 0] and gate.tolist() == [True, False, True]
+    assert torch.equal(z, x) and not z.requires_grad
+    assert y.tolist() == [0, 1, 0] and gate.tolist() == [True, False, True]
     assert ids.tolist() == [-1, -1, -1]
     assert distributed.gather_tensors(x) is x
     assert distributed.run_on_main(lambda: 7) == 7
@@ -241,7 +242,8 @@ def test_torchrun_launch_trains_a_teacher_and_a_student_with_two_processes(tmp_p
          "model=digits_cnn_small", *common],
     ]
     for command, out in zip(commands, (teacher, student)):
-        done = subprocess.run([*launch[:3], "--master_port", str(_free_port()), *launch[3:], *command], env=env, check=False,
+        done = subprocess.run([*launch[:3], "--master_port", str(_free_port()), *launch[3:], *command], env=env,
+                              check=False,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count('"world_size": 2') == 1  # printed once, by rank 0

@@ -80,7 +80,8 @@ def test_unpack_refuses_files_that_differ_from_sha256sums(tmp_path, monkeypatch)
     """Parts whose own checksums agree but whose content differs from SHA256SUMS (damaged before packing)."""
     source = fake_cifar100(tmp_path / "data")
     sums = (source / "SHA256SUMS").read_text()
-    (source / "SHA256SUMS").write_text(sums.replace(hashlib.sha256((source / "meta").read_bytes()).hexdigest(), "0" * 64))
+    meta_digest = hashlib.sha256((source / "meta").read_bytes()).hexdigest()
+    (source / "SHA256SUMS").write_text(sums.replace(meta_digest, "0" * 64))
     monkeypatch.setattr(gpu_data, "check_files", lambda folder, sums: None)  # pack without its own check ...
     gpu_data.pack(tmp_path / "data", tmp_path / "parts")
     monkeypatch.undo()

@@ -209,7 +209,8 @@ def test_nan_stops_the_run_naming_step_and_term(tmp_path, monkeypatch, capsys):
     good = run / "checkpoints" / "ckpt-e0000-s000004.pt"
     assert (f"intrakd train-teacher: error: non-finite loss at epoch 1, step 5/21 (global step 5): loss=nan, "
             f"intra=nan. The run stopped without saving the state this produced; its last good checkpoint is {good}. "
-            f"To skip such steps, resume with: intrakd train-teacher --resume {run} train.skip_nonfinite_steps=N") in err
+            f"To skip such steps, resume with: intrakd train-teacher --resume {run} "
+            "train.skip_nonfinite_steps=N") in err
     assert [p.name for _, p in CheckpointStore(run / "checkpoints").history()] == ["ckpt-e0000-s000002.pt",
                                                                                    "ckpt-e0000-s000004.pt"]
     state = read_checkpoint(run / "checkpoints" / "last.pt")

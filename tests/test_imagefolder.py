@@ -291,7 +291,8 @@ def test_tiny_imagenet_annotation_and_wnid_errors(tmp_path):
         build_datasets(tiny(tmp_path))
     annotations.write_text(good)
     (folder / "wnids.txt").write_text("\n".join(WNIDS + ["n04000000"]) + "\n")
-    with pytest.raises(ValueError, match=r"train do not match the classes listed in .*wnids.txt .*no folder for n04000000"):
+    with pytest.raises(ValueError,
+                       match=r"train do not match the classes listed in .*wnids.txt .*no folder for n04000000"):
         build_datasets(tiny(tmp_path))
 
 

@@ -96,7 +96,8 @@ def test_the_command_writes_json_and_markdown(two_datasets, tmp_path, capsys):
 
 
 def test_missing_auto_runs_are_named(tmp_path, capsys):
-    spec = make_dataset(tmp_path, "a", per_seed({0.01: 70, 0.05: 68, "auto": 69}), per_seed({0.01: 60, 0.05: 58, "auto": 59}))
+    spec = make_dataset(tmp_path, "a", per_seed({0.01: 70, 0.05: 68, "auto": 69}),
+                        per_seed({0.01: 60, 0.05: 58, "auto": 59}))
     for folder in (tmp_path / "a" / "students").glob("intra.weight=auto/base/seed*"):
         (folder / "summary.json").unlink()
     assert main(["--dataset", "a", str(spec), "--out", str(tmp_path / "x")]) == 2
@@ -121,7 +122,8 @@ def test_a_pair_that_meets_every_criterion_is_a_success_and_other_pairs_do_not_h
     b (auto fails there) is in the comparison too; e has the same best as a (so d and e succeed too)."""
     d = make_dataset(tmp_path, "d", per_seed({0.01: 50, 0.05: 52, "auto": 51}),
                      {0.01: [40, 41, 39], 0.05: [42, 43, 41.5], "auto": [42.2, 42.9, 41.5]})
-    e = make_dataset(tmp_path, "e", per_seed({0.01: 52, 0.05: 50, "auto": 51}), per_seed({0.01: 42, 0.05: 40, "auto": 42}))
+    e = make_dataset(tmp_path, "e", per_seed({0.01: 52, 0.05: 50, "auto": 51}),
+                     per_seed({0.01: 42, 0.05: 40, "auto": 42}))
     summary = lambda_choice({**two_datasets, "d": (d, None), "e": (e, None)})
     pairs = {tuple(p["datasets"]): p for p in summary["pairs"]}
     assert len(pairs) == 6 and summary["success"] is True
@@ -150,4 +152,5 @@ def test_kd_students_are_compared_with_the_ce_only_student_when_the_sweep_trains
     want = stats.ttest_rel([42, 43, 41.5], [39, 40, 39]).confidence_interval(0.95)
     assert (kd["0.05"]["low"], kd["0.05"]["high"]) == pytest.approx((want.low, want.high))
     assert summary["datasets"]["g"]["best_fixed"] == 0.05  # the CE-only run is not a cell of the grid
-    assert "KD student minus the CE-only student (test_acc, paired), teacher's lambda: 0.01 +0.67 [" in to_markdown(summary)
+    assert ("KD student minus the CE-only student (test_acc, paired), teacher's lambda: 0.01 +0.67 ["
+            in to_markdown(summary))

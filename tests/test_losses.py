@@ -135,7 +135,8 @@ def test_gradient_matches_slow_loop_autograd():
     for i in range(8):
         if not mask[i]:
             continue
-        negs = [za[j] for j in range(8) if j != i and y[j] == y[i]] + [zp[j] for j in range(8) if j != i and y[j] == y[i]]
+        same = [j for j in range(8) if j != i and y[j] == y[i]]
+        negs = [za[j] for j in same] + [zp[j] for j in same]
         negs += [zm[m] for m in range(6) if mem_y[m] == y[i]]
         if negs:
             diffs = torch.stack([(za[i] @ n - za[i] @ zp[i]) / 0.1 for n in negs])

@@ -47,7 +47,8 @@ def toy_method(monkeypatch):
     monkeypatch.setattr(registry, "_DISTILLERS", dict(registry._DISTILLERS))
     monkeypatch.setattr(registry, "_REFERENCES", dict(registry._REFERENCES))
     monkeypatch.setattr(schema, "DISTILL_METHODS", dict(schema.DISTILL_METHODS))
-    registry.register_distiller("toy", registry.ReferenceDifferences("none (a test method)"))(ToyObjective)  # the one registry line
+    # the one registry line
+    registry.register_distiller("toy", registry.ReferenceDifferences("none (a test method)"))(ToyObjective)
     yield "toy"
 
 

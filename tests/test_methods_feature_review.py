@@ -82,7 +82,8 @@ def test_teacher_batchnorms_feed_or_read_each_stage():
 def slow_ofd_position(mapped: torch.Tensor, feature: torch.Tensor, margin: torch.Tensor,
                       bn: torch.nn.BatchNorm2d | None) -> float:
     """The paper's partial L2 to ``max(P, m)`` with P the pre-ReLU response (the reading BN, on the
-    batch's statistics as mdistiller's teacher in training mode, applied to the feature, or the feature with its exact zeros standing for clipped responses, filled with m);
+    batch's statistics as mdistiller's teacher in training mode, applied to the feature, or the feature
+    with its exact zeros standing for clipped responses, filled with m);
     the teacher map average-pooled to the student's size by block means."""
     b_count, channels, height, width = mapped.shape
     factor = feature.shape[2] // height
@@ -188,7 +189,8 @@ def slow_pool(f: torch.Tensor, size: int) -> torch.Tensor:
         for ch in range(c):
             for i in range(size):
                 for j in range(size):
-                    out[b, ch, i, j] = sum(float(f[b, ch, i * k + u, j * k + v]) for u in range(k) for v in range(k)) / k**2
+                    block = [float(f[b, ch, i * k + u, j * k + v]) for u in range(k) for v in range(k)]
+                    out[b, ch, i, j] = sum(block) / k**2
     return out
 
 

@@ -208,7 +208,8 @@ def test_ft_reads_the_last_stage_repdistiller_reads(teacher_name, student_name, 
 def test_ft_pretrains_at_the_run_rate_for_the_students_repdistiller_does():
     assert distill_recipe("ft", "resnet32x4", "resnet8x4")["ft"]["init_lr"] == 0.01
     assert distill_recipe("ft", "vgg13", "vgg8")["ft"]["init_lr"] is None
-    assert load_config(StudentConfig, base={"distill": distill_recipe("ft", "vgg13", "vgg8")}).distill.ft.init_lr is None
+    loaded = load_config(StudentConfig, base={"distill": distill_recipe("ft", "vgg13", "vgg8")})
+    assert loaded.distill.ft.init_lr is None
 
 
 # --------------------------------------------------------------------------------- the engine's stage

@@ -63,7 +63,8 @@ def test_cifar100_pairs_and_recipe():
             assert cfg.optim.milestones == [150, 180, 210] and cfg.optim.lr_decay == 0.1
         assert t.optim.lr == 0.05
         assert s.optim.lr == (0.01 if student in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
-        assert (s.distill.method, s.distill.temperature, s.distill.ce_weight, s.distill.kd_weight) == ("kd", 4, 0.1, 0.9)
+        distill = s.distill
+        assert (distill.method, distill.temperature, distill.ce_weight, distill.kd_weight) == ("kd", 4, 0.1, 0.9)
     from intrakd.objectives import learned_temperature_methods, list_temperatures, logit_standardized_methods
 
     names = {p.name for p in list_presets() if p.name.startswith("cifar100/")}

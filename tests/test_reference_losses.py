@@ -487,7 +487,8 @@ def test_ab():
         return 0.003 * sum(hinge(m, t) / B * 2 ** (i - n + 1) for i, (m, t) in enumerate(zip(mapped, t_feats[1:])))
 
     def ours(*s):
-        return made.init_losses(out(features=s), out(features=t_feats), batch(torch.zeros(B, dtype=torch.long)))[0]["ab"]
+        losses, *_ = made.init_losses(out(features=s), out(features=t_feats), batch(torch.zeros(B, dtype=torch.long)))
+        return losses["ab"]
 
     assert_matches(ours, reference, stage_features(1))
 

@@ -40,7 +40,8 @@ EPOCHS = 3
 def teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "run"
     assert main(["train-teacher", "--vanilla", "--out", str(out), "device=cpu", "data.dataset=digits",
-                 "data.eval_per_class=20", "model=digits_cnn", "views=1", "optim.epochs=4", "optim.milestones=[3]"]) == 0
+                 "data.eval_per_class=20", "model=digits_cnn", "views=1", "optim.epochs=4",
+                 "optim.milestones=[3]"]) == 0
     return out / "checkpoints" / "last.pt"
 
 
@@ -377,7 +378,8 @@ def test_a_sweep_makes_one_store_per_teacher_run_and_its_students_equal_the_live
     manifest = TeacherStore(store).manifest
     assert (manifest["views"], manifest["strong_views"], manifest["epochs"]) == (2, 1, 2)  # MLKD's, for both
     for method in ("kd", "mlkd"):
-        a, b = (tmp_path / name / "students" / "base" / f"distill.method={method}" / "seed0" for name in ("stored", "live"))
+        a, b = (tmp_path / name / "students" / "base" / f"distill.method={method}" / "seed0"
+                for name in ("stored", "live"))
         assert_same_run(a, b)
         assert run_config(a) == run_config(b)  # reported as one group: the store kept every class
     written = (store / "manifest.json").stat().st_mtime_ns

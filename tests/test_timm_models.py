@@ -178,7 +178,8 @@ def test_models_command_summarises_and_filters(capsys):
     assert len(out.splitlines()) < 60  # a summary line, not timm's 1,000 names
     assert "timm/" in list_families()
     assert main(["models", "--timm", "resnet1?t"]) == 0
-    assert capsys.readouterr().out.split("\n")[:2] == ["timm/resnet10t  (1 pretrained)", "timm/resnet14t  (1 pretrained)"]
+    listed = capsys.readouterr().out.split("\n")[:2]
+    assert listed == ["timm/resnet10t  (1 pretrained)", "timm/resnet14t  (1 pretrained)"]
 
 
 @pytest.mark.parametrize("method", ["fitnet", "at"])

@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "settings and seed draw, and store its logits (distill with teacher_outputs=STORE)",
                        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="the students' settings, as for distill: data.*, seed, distill.method (its views), optim.epochs, "
-                        "perf.precision")
+                   help="the students' settings, as for distill: data.*, seed, distill.method (its views), "
+                        "optim.epochs, perf.precision")
     p.add_argument("--teacher", help="teacher checkpoint (shortcut for teacher=PATH)")
     p.add_argument("--out", required=True, help="folder of the store (run the same command again to continue an "
                                                 "interrupted one, or with more --epochs to extend it)")
@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as err:
         run = getattr(args, "resume", None) or getattr(args, "out", None) or "DIR"
-        hint = f" (the disk is full: free space, then continue with --resume {run})" if err.errno == errno.ENOSPC else ""
+        full = err.errno == errno.ENOSPC
+        hint = f" (the disk is full: free space, then continue with --resume {run})" if full else ""
         _report(f"intrakd {args.command}: error: {err}{hint}")
         return EXIT_IO_ERROR
     except KeyboardInterrupt:

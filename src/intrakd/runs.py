@@ -465,7 +465,8 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     kept = f", {epochs - len(todo)} kept from before" if len(todo) < epochs else ""
     say(f"intrakd teacher-outputs: {settings['teacher']['model']} ({teacher_path}) -> {out}")
     say(f"  views   {cfg.data.dataset}: {len(train_set)} training images, {len(batches)} batches of "
-        f"{cfg.data.batch_size} x {batches.views} views, seed {cfg.seed}: {len(todo)} of {epochs} epochs to write{kept}")
+        f"{cfg.data.batch_size} x {batches.views} views, seed {cfg.seed}: {len(todo)} of {epochs} epochs to "
+        f"write{kept}")
     say(f"  logits  {settings['logits']['dtype'] if top_k is None else f'top {top_k} in float16'}, "
         f"{writer.dtype.itemsize} bytes an image; device {device}, precision {settings['precision']}")
     progress = Progress(len(todo) * len(batches), "teacher outputs")

@@ -156,7 +156,8 @@ def expand_grid(grid: Any, where: str) -> list[Cell]:
     cells: list[Cell] = []
     for part in parts:
         if not isinstance(part, dict) or not part:
-            raise ConfigError(f"{where}: each grid entry must be a non-empty mapping key -> list of values, got {part!r}")
+            raise ConfigError(f"{where}: each grid entry must be a non-empty mapping key -> list of values, "
+                              f"got {part!r}")
         keys = list(part)
         for key in keys:
             if not isinstance(part[key], list) or not part[key]:
@@ -306,7 +307,8 @@ def _sharing_a_store(students: list[Job], out: Path) -> list[Job]:
     for job in students:
         method = distiller_class(job.config.distill.method)
         if method.kind != "logits":
-            raise ConfigError(f"student cell {job.name}: distill.method={job.config.distill.method} reads the teacher's "
+            raise ConfigError(f"student cell {job.name}: distill.method={job.config.distill.method} reads the "
+                              f"teacher's "
                               f"{method.kind}, which a store of its outputs does not hold: drop "
                               "student.teacher_outputs or that cell")
     widest = max(students, key=lambda job: distiller_class(job.config.distill.method).num_views)

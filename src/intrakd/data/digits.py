@@ -26,7 +26,8 @@ def load_digits_splits() -> tuple[TensorDataset, TensorDataset]:
     idx_train.sort()
     idx_test.sort()
     train_pixels = images[idx_train].astype(np.float64) / 255.0
-    augmentation = Augmentation(mean=(float(train_pixels.mean()),), std=(float(train_pixels.std()),), padding=1, flip=False)
+    augmentation = Augmentation(mean=(float(train_pixels.mean()),), std=(float(train_pixels.std()),), padding=1,
+                                flip=False)
 
     def split(index: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(images[index]), torch.from_numpy(labels[index]), 10, augmentation)

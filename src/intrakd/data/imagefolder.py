@@ -365,7 +365,8 @@ def _split(paths: list[str], labels: list[int], num_classes: int, pipeline: Pipe
     return ImageFolderSplit(paths, torch.tensor(labels, dtype=torch.int64), num_classes, pipeline, workers)
 
 
-def load_image_folders(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+def load_image_folders(root: str | Path, pipeline: Pipeline,
+                       workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     """(train, val) of ``root/train/<class>/*`` and ``root/val/<class>/*`` (ImageNet's usual layout,
     or any such tree; the eval folder may be called ``val``, ``validation`` or ``test``, and may be
     ImageNet's flat ``val/`` labelled by the devkit or ``LOC_val_solution.csv``); the classes are the
@@ -426,7 +427,8 @@ def _tiny_imagenet_val(folder: Path, classes: list[str]) -> tuple[list[str], lis
     return paths, labels
 
 
-def load_tiny_imagenet(root: str | Path, pipeline: Pipeline, workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+def load_tiny_imagenet(root: str | Path, pipeline: Pipeline,
+                       workers: int = 8) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     """(train, val) of Tiny ImageNet in its official layout, no reorganisation needed.
 
     Classes are the sorted wnids (of ``wnids.txt`` when present, else of the train folders): the

@@ -121,7 +121,8 @@ class ShuffleNetV2(Classifier):
         self.bn1 = nn.BatchNorm2d(24)
         cin = 24
         for s, (width, count) in enumerate(zip(widths, blocks), start=1):
-            setattr(self, f"layer{s}", nn.Sequential(ShuffleV2Down(cin, width), *[ShuffleV2Block(width) for _ in range(count)]))
+            blocks = [ShuffleV2Block(width) for _ in range(count)]
+            setattr(self, f"layer{s}", nn.Sequential(ShuffleV2Down(cin, width), *blocks))
             cin = width
         self.conv2 = nn.Conv2d(cin, last, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(last)

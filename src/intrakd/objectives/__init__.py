@@ -49,8 +49,9 @@ from intrakd.objectives.teacher import IntraClassTeacherObjective
 from intrakd.objectives.temperature import LearnedTemperature, list_temperatures, register_temperature
 
 __all__ = [
-    "Difference", "Distiller", "IntraClassTeacherObjective", "LearnedTemperature", "ReferenceDifferences", "StepResult", "TrainSetInfo", "create_distiller",
-    "describe_methods", "differences_table", "distill_recipe", "learned_temperature_methods", "learned_temperature_recipe",
-    "list_distillers", "list_temperatures", "logit_standardized_methods", "method_settings", "methods_data", "methods_for_pair",
+    "Difference", "Distiller", "IntraClassTeacherObjective", "LearnedTemperature", "ReferenceDifferences",
+    "StepResult", "TrainSetInfo", "create_distiller", "describe_methods", "differences_table", "distill_recipe",
+    "learned_temperature_methods", "learned_temperature_recipe", "list_distillers", "list_temperatures",
+    "logit_standardized_methods", "method_settings", "methods_data", "methods_for_pair",
     "methods_table", "published_top1", "reference_of", "register_distiller", "register_temperature",
 ]

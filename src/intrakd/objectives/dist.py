@@ -81,7 +81,8 @@ class DISTObjective(Distiller):
     teacher_in_graph = False
     settings_class = DISTSettings
     recipe = (1.0, 0.0)
-    published: ClassVar[dict[tuple[str, str], float]] = {  # CIFAR-100 top-1 (mean of the runs): the DIST_KD repository's README
+    # CIFAR-100 top-1 (mean of the runs): the DIST_KD repository's README
+    published: ClassVar[dict[tuple[str, str], float]] = {
         ("wrn_40_2", "wrn_40_1"): 74.43,
         ("resnet56", "resnet20"): 71.75,
         ("resnet32x4", "resnet8x4"): 76.31,

@@ -85,7 +85,8 @@ def ft_loss(student_factor: Tensor, teacher_factor: Tensor, factor_map: str) -> 
 
 @dataclass
 class FTSettings(InitStageSettings):
-    """Factor transfer (Kim et al., NeurIPS 2018): a pre-trained paraphraser of the teacher, a translator of the student."""
+    """Factor transfer (Kim et al., NeurIPS 2018): a pre-trained paraphraser of the teacher, a translator of
+    the student."""
 
     init_lr: float | None = setting(0.01, "constant learning rate of the paraphraser's pre-training (unset: optim.lr)",
                                     "> 0")

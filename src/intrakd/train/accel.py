@@ -4,7 +4,8 @@
 The ``"auto"`` defaults are what measured fastest (``benchmarks/RESULTS.md``): where the hardware
 computes in bfloat16 natively (Ampere or newer GPUs; CPUs with AVX512-BF16 or AMX), bf16 autocast
 and channels-last models (a resnet8x4 step 2.3x faster than float32 on such a CPU), elsewhere
-float32 in the default memory format; fused SGD on CUDA, PyTorch's default SGD on the CPU. Loss math stays float32 under autocast: the losses disable it internally and upcast
+float32 in the default memory format; fused SGD on CUDA, PyTorch's default SGD on the CPU. Loss math stays
+float32 under autocast: the losses disable it internally and upcast
 their inputs.
 """
 
