@@ -68,7 +68,7 @@ def test_a_gate_that_can_never_pass_is_refused():
 def test_no_training_images_is_refused(tmp_path, capsys):
     assert main(["train-teacher", "--out", str(tmp_path / "r"), "data.dataset=digits",
                  "data.train_per_class=0"]) == EXIT_BAD_INPUT
-    assert "data.train_per_class must be >= 1 (or null: every training image), got 0" in capsys.readouterr().err
+    assert "data.train_per_class must be >= 1, got 0 (or null: every training image)" in capsys.readouterr().err
 
 
 def test_demo_refuses_zero_epochs_and_names_its_own_options(tmp_path, capsys):

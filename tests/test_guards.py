@@ -52,7 +52,7 @@ def refused(argv: list[str], capsys, *roots: Path, status: int = EXIT_BAD_INPUT)
     ("intra.wieght=0.1", "unknown config key intra.wieght; valid keys here: intra.weight, intra.temperature"),
     ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
     ("data.batch_size=1.5", "data.batch_size: expected int, got float 1.5"),
-    ("intra.weight=-0.01", "intra.weight (lambda) must be >= 0 or auto, got -0.01"),
+    ("intra.weight=-0.01", "intra.weight must be >= 0 or auto, got -0.01"),
     ("intra.delta=1.5", ("intra.delta must lie in [-1, 1) for the probability margin (a margin never "
                           "exceeds 1, so the gate would pass nothing), got 1.5")),
     ("intra.delta=-1.01", ("intra.delta must lie in [-1, 1) for the probability margin (a margin never "
@@ -60,9 +60,9 @@ def refused(argv: list[str], capsys, *roots: Path, status: int = EXIT_BAD_INPUT)
     ("intra.temperature=0", "intra.temperature must be > 0, got 0.0"),
     ("intra.temperature=-0.1", "intra.temperature must be > 0, got -0.1"),
     ("intra.temperature=.nan", "intra.temperature must be a finite number, got nan"),
-    ("intra.cache_size=0", "intra.cache_size (the cache capacity) must be >= 1, got 0"),
+    ("intra.cache_size=0", "intra.cache_size must be >= 1, got 0 (turn the cache off with intra.cache=false)"),
     ("checkpoint.keep_last=0", "checkpoint.keep_last must be >= 1, got 0"),
-    ("checkpoint.every_minutes=-1", "checkpoint.every_minutes must be >= 0 (0: off), got -1.0"),
+    ("checkpoint.every_minutes=-1", "checkpoint.every_minutes must be >= 0, got -1.0 (0: off)"),
     ("train.skip_nonfinite_steps=-1", "train.skip_nonfinite_steps must be >= 0"),
     ("model=resnet_nope", "unknown model 'resnet_nope'; available: "),
 ])

@@ -330,7 +330,7 @@ def test_configuration_errors(tmp_path):
         train.train_batches(64, views=1, seed=0, device=CPU)
     with pytest.raises(ConfigError, match="data.workers must be >= 0"):
         load_config(TeacherConfig, overrides=["data.workers=-1"])
-    with pytest.raises(ConfigError, match="data.image_size must be >= 8 pixels, got 4"):
+    with pytest.raises(ConfigError, match="data.image_size must be >= 8, got 4"):
         load_config(TeacherConfig, overrides=["data.image_size=4"])
     with pytest.raises(ConfigError, match="data.augment: 'random' is not one of"):
         load_config(TeacherConfig, overrides=["data.augment=random"])

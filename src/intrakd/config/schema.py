@@ -37,6 +37,42 @@ def key_in(key: str, keys: Iterable[str]) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
 
 
+def setting(default: Any, doc: str, rule: str | None = None, fix: str | None = None) -> Any:
+    """A dataclass field with a one-line description (listed by `intrakd methods`) and, optionally,
+    the range its values must lie in (a key of :data:`RULES`: ``">= 0"``, ``"> 0"``, ...) and words
+    the error adds on how to fix a value outside it. A list default is copied for every instance.
+    Every section's values are checked by :func:`check_rules`, the one place that checks a range."""
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; available: {', '.join(RULES)}")
+    metadata = {"help": doc, "rule": rule, "fix": fix}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+RULES: dict[str, Callable[[Any], bool]] = {
+    ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, ">= 8": lambda v: v >= 8, "> 0": lambda v: v > 0,
+    "in [0, 1)": lambda v: 0 <= v < 1, "1 or 2": lambda v: v in (1, 2),
+    ">= 0 or auto": lambda v: v == "auto" or v >= 0,
+    "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
+}
+"""The range rules a setting may declare, by the words an error shows."""
+
+
+def check_rules(prefix: str, section: Any) -> None:
+    """Raise :class:`ConfigError` for the first field of ``section`` that is a float but not finite (NaN
+    and infinities pass every ``<``/``>`` range) or lies outside its declared rule (an unset optional
+    value, None, satisfies any rule). ``prefix``: the section's name ("" for the top level)."""
+    for item in dataclasses.fields(section):
+        rule, fix = item.metadata.get("rule"), item.metadata.get("fix")
+        value = getattr(section, item.name)
+        key = f"{prefix}.{item.name}" if prefix else item.name
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if rule is not None and value is not None and not RULES[rule](value):
+            raise ConfigError(f"{key} must be {rule}, got {value}" + (f" ({fix})" if fix else ""))
+
+
 @dataclass
 class DataConfig:
     dataset: str = "cifar100"
@@ -45,20 +81,20 @@ class DataConfig:
     root: str | None = None
     """Folder holding the dataset (for cifar100: the folder with 'cifar-100-python'; for tiny_imagenet:
     'tiny-imagenet-200' or the folder holding it)."""
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    val_per_class: int = 0
-    """Hold out the last N training images of every class as the eval split (0: eval on test)."""
-    train_per_class: int | None = None
-    """Train on the first N images of every class only (reduced protocols, tests)."""
-    eval_per_class: int | None = None
-    """Evaluate on the first N images of every class only."""
-    workers: int = 8
-    """Folder datasets: worker processes decoding and augmenting images (0: in the main process)."""
-    image_size: int | None = None
-    """Folder datasets: side of the training and eval crops (None: 64 for tiny_imagenet, 224 otherwise).
-    Tensor datasets (digits, cifar100): resize every image to this side once at load time (antialiased;
-    the crop padding scales with it), e.g. 16 for a cheaper CIFAR protocol (None: native size)."""
+    batch_size: int = setting(64, "Images of one training step (the global batch under torchrun).", ">= 1")
+    eval_batch_size: int = setting(512, "Images of one evaluation batch.", ">= 1")
+    val_per_class: int = setting(
+        0, "Hold out the last N training images of every class as the eval split (0: eval on test).", ">= 0")
+    train_per_class: int | None = setting(
+        None, "Train on the first N images of every class only (reduced protocols, tests).", ">= 1",
+        "or null: every training image")
+    eval_per_class: int | None = setting(None, "Evaluate on the first N images of every class only.", ">= 0")
+    workers: int = setting(
+        8, "Folder datasets: worker processes decoding and augmenting images (0: in the main process).", ">= 0")
+    image_size: int | None = setting(
+        None, "Folder datasets: side of the training and eval crops (None: 64 for tiny_imagenet, 224 otherwise). "
+              "Tensor datasets (digits, cifar100): resize every image to this side once at load time (antialiased; "
+              "the crop padding scales with it), e.g. 16 for a cheaper CIFAR protocol (None: native size).", ">= 8")
     classes: list[int | str] | None = None
     """Train and evaluate on these classes only, relabelled 0..k-1 in the order given: class indices,
     or for cifar100 also fine class names and superclass names (a superclass stands for its 5 fine
@@ -82,21 +118,22 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 240
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = setting(240, "Training epochs.", ">= 1")
+    lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
+    momentum: float = setting(0.9, "SGD momentum.", ">= 0")
+    weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    lr_decay: float = 0.1
+    """Epochs after which the learning rate is multiplied by lr_decay."""
+    lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
 
 
 @dataclass
 class IntraConfig:
     """The teacher's intra-class contrastive term (METHOD.md). ``weight = 0`` is the vanilla teacher."""
 
-    weight: float | Literal["auto"] = 0.02
-    """lambda; ``auto``: set during training by gradient balancing (docs/auto-lambda.md)."""
-    temperature: float = 0.1
+    weight: float | Literal["auto"] = setting(
+        0.02, "lambda; ``auto``: set during training by gradient balancing (docs/auto-lambda.md).", ">= 0 or auto")
+    temperature: float = setting(0.1, "Temperature of the intra-class contrastive term.", "> 0")
     delta: float | None = 0.5
     """Margin gate: anchors with margin > delta contribute; null: no gate (every anchor contributes).
     In [-1, 1) for the probability margin, any finite number for the logit margin."""
@@ -104,20 +141,22 @@ class IntraConfig:
     """'probability': p_y - max_{j != y} p_j; 'logit': the same on the raw logits (unbounded)."""
     normalize: bool = True
     head: Literal["none", "linear", "mlp"] = "none"
-    head_dim: int = 128
+    head_dim: int = setting(128, "Output size of the projection head.", ">= 1")
     symmetric: bool = True
     """Both views serve as anchors."""
     cache: bool = True
-    cache_size: int = 64
-    max_age: int | None = None
-    min_negatives: int = 1
+    cache_size: int = setting(64, "Capacity of the feature cache (entries per class).", ">= 1",
+                              "turn the cache off with intra.cache=false")
+    max_age: int | None = setting(None, "Steps a cache entry may age before it is no negative.", ">= 0",
+                                  "or null: no limit")
+    min_negatives: int = setting(1, "Negatives an anchor needs to contribute.", ">= 1")
     clear_after_use: bool = False
     exclude_self: bool = True
     """A cached, older embedding of the anchor's own image is never its negative (the cache keeps every
     entry's sample index); false reproduces runs made before the cache knew them."""
-    auto_ratio: float = 0.05
-    """With ``weight=auto``: lambda makes the intra term's gradient at the embedding this fraction of
-    cross-entropy's (smoothed over steps)."""
+    auto_ratio: float = setting(
+        0.05, "With ``weight=auto``: lambda makes the intra term's gradient at the embedding this fraction of "
+              "cross-entropy's (smoothed over steps).", "> 0")
 
     @property
     def enabled(self) -> bool:
@@ -129,35 +168,6 @@ def intra_term_on(weight: float | str) -> bool:
     """Whether an ``intra.weight`` (a number, or ``auto``; also as read from a run folder) turns the
     intra-class term on: ``auto`` or positive."""
     return weight == "auto" or weight > 0
-
-
-def setting(default: Any, doc: str, rule: str | None = None) -> Any:
-    """A dataclass field with a one-line description (listed by `intrakd methods`) and, optionally,
-    the range its values must lie in (a key of :data:`RULES`: ``">= 0"``, ``"> 0"``, ...). A list
-    default is copied for every instance."""
-    if rule is not None and rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; available: {', '.join(RULES)}")
-    metadata = {"help": doc, "rule": rule}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-RULES: dict[str, Callable[[Any], bool]] = {
-    ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1, "> 0": lambda v: v > 0, "in [0, 1)": lambda v: 0 <= v < 1,
-    "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
-}
-"""The range rules a setting may declare, by the words an error shows."""
-
-
-def check_rules(prefix: str, section: Any) -> None:
-    """Raise :class:`ConfigError` for the first field of ``section`` outside its declared rule (an
-    unset optional value, None, satisfies any rule)."""
-    for item in dataclasses.fields(section):
-        rule = item.metadata.get("rule")
-        value = getattr(section, item.name)
-        if rule is not None and value is not None and not RULES[rule](value):
-            raise ConfigError(f"{prefix}.{item.name} must be {rule}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -322,20 +332,19 @@ class CheckpointConfig:
     whole training state, so a run resumed from any of them ends exactly as an uninterrupted one.
     """
 
-    every_epochs: int = 1
-    every_minutes: float = 30.0
-    every_steps: int = 0
-    keep_last: int = 2
-    """Checkpoints kept besides the best one (>= 1)."""
+    every_epochs: int = setting(1, "A checkpoint at the end of every N-th epoch (and of the last).", ">= 1")
+    every_minutes: float = setting(30.0, "A checkpoint mid-epoch every N minutes.", ">= 0", "0: off")
+    every_steps: int = setting(0, "A checkpoint mid-epoch every N steps.", ">= 0", "0: off")
+    keep_last: int = setting(2, "Checkpoints kept besides the best one.", ">= 1")
 
 
 @dataclass
 class TrainConfig:
     """How the loop treats numerical faults."""
 
-    skip_nonfinite_steps: int = 0
-    """Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run;
-    0 stops the run at the first one. The limit exceeded, the run stops."""
+    skip_nonfinite_steps: int = setting(
+        0, "Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run; 0 stops the "
+           "run at the first one. The limit exceeded, the run stops.", ">= 0", "0: stop at the first")
 
 
 @dataclass
@@ -354,8 +363,9 @@ class PerfConfig:
     compile: bool = False
     """Compile the training step (model forward + objective) with ``torch.compile``."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    threads: int | None = None
-    """CPU threads of this process (None: PyTorch's default, divided among the processes of a node)."""
+    threads: int | None = setting(
+        None, "CPU threads of this process (None: PyTorch's default, divided among the processes of a node).",
+        ">= 1", "or null for the default")
 
 
 @dataclass
@@ -381,8 +391,8 @@ class TeacherConfig:
     torchvision's or an intrakd checkpoint's (timm/ models: a classifier of another size starts new)."""
     pretrained: bool = False
     """timm/ models: start from timm's published weights, downloaded (needs a network); off by default."""
-    views: int = 2
-    """Augmented views per image (the vanilla baseline may use 1 or 2; the intra loss needs 2)."""
+    views: int = setting(2, "Augmented views per image (the vanilla baseline may use 1 or 2; the intra loss needs 2).",
+                         "1 or 2")
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
@@ -394,33 +404,18 @@ class TeacherConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting out of its range."""
+        """Raise :class:`ConfigError` naming the first setting out of its range (:func:`check_rules`)
+        or two settings that do not go together."""
+        check_rules("", self)
+        check_rules("intra", self.intra)
+        _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
         intra = self.intra
-        _require_finite("intra", intra)
-        if intra.weight != "auto" and intra.weight < 0:
-            raise ConfigError(f"intra.weight (lambda) must be >= 0 or auto, got {intra.weight}")
-        if intra.auto_ratio <= 0:
-            raise ConfigError(f"intra.auto_ratio must be > 0, got {intra.auto_ratio}")
         if intra.delta is not None and intra.margin == "probability" and not -1 <= intra.delta < 1:
             raise ConfigError(f"intra.delta must lie in [-1, 1) for the probability margin (a margin never "
                               f"exceeds 1, so the gate would pass nothing), got {intra.delta}; "
                               "intra.delta=null turns the gate off")
-        if intra.temperature <= 0:
-            raise ConfigError(f"intra.temperature must be > 0, got {intra.temperature}")
-        if intra.cache_size < 1:
-            raise ConfigError(f"intra.cache_size (the cache capacity) must be >= 1, got {intra.cache_size} "
-                              "(turn the cache off with intra.cache=false)")
-        if intra.head_dim < 1:
-            raise ConfigError(f"intra.head_dim must be >= 1, got {intra.head_dim}")
-        if intra.max_age is not None and intra.max_age < 0:
-            raise ConfigError(f"intra.max_age must be >= 0 (or null: no limit), got {intra.max_age}")
-        if intra.min_negatives < 1:
-            raise ConfigError(f"intra.min_negatives must be >= 1, got {intra.min_negatives}")
-        if self.views not in (1, 2):
-            raise ConfigError(f"views must be 1 or 2, got {self.views}")
         if intra.enabled and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
-        _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 
 
 @dataclass
@@ -458,51 +453,13 @@ RUN_CONFIGS: dict[str, type[TeacherConfig | StudentConfig]] = {"teacher": Teache
 """The configuration class of each run kind (the kinds of :data:`RUN_COMMANDS`)."""
 
 
-def _require_finite(prefix: str, section: Any) -> None:
-    """Reject NaN and infinite floats in a section (they pass every ``<``/``>`` range check)."""
-    for item in dataclasses.fields(section):
-        value = getattr(section, item.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{prefix}.{item.name} must be a finite number, got {value}")
-
-
 def _validate_common(
     data: DataConfig, optim: OptimConfig, checkpoint: CheckpointConfig, train: TrainConfig, perf: PerfConfig
 ) -> None:
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(data, name) < 1:
-            raise ConfigError(f"data.{name} must be >= 1, got {getattr(data, name)}")
-    for name in ("val_per_class", "train_per_class", "eval_per_class"):
-        value = getattr(data, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"data.{name} must be >= 0, got {value}")
-    if data.train_per_class == 0:
-        raise ConfigError("data.train_per_class must be >= 1 (or null: every training image), got 0")
-    _require_finite("optim", optim)
-    if data.workers < 0:
-        raise ConfigError(f"data.workers must be >= 0, got {data.workers}")
+    """The rules of the sections both run kinds have, and the one combination among them to refuse."""
+    for prefix, section in (("data", data), ("optim", optim), ("checkpoint", checkpoint), ("train", train),
+                            ("perf", perf)):
+        check_rules(prefix, section)
     if data.labels == "coarse" and data.dataset != "cifar100":
         raise ConfigError(f"data.labels=coarse needs cifar100's superclass labels; {data.dataset} has one "
                           "level of labels: drop data.labels")
-    if data.image_size is not None and data.image_size < 8:
-        raise ConfigError(f"data.image_size must be >= 8 pixels, got {data.image_size}")
-    if optim.epochs < 1:
-        raise ConfigError(f"optim.epochs must be >= 1, got {optim.epochs}")
-    if optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
-    for name in ("momentum", "weight_decay", "lr_decay"):
-        if getattr(optim, name) < 0:
-            raise ConfigError(f"optim.{name} must be >= 0, got {getattr(optim, name)}")
-    _require_finite("checkpoint", checkpoint)
-    if checkpoint.every_epochs < 1:
-        raise ConfigError(f"checkpoint.every_epochs must be >= 1, got {checkpoint.every_epochs}")
-    if checkpoint.keep_last < 1:
-        raise ConfigError(f"checkpoint.keep_last must be >= 1, got {checkpoint.keep_last}")
-    for name in ("every_minutes", "every_steps"):
-        if getattr(checkpoint, name) < 0:
-            raise ConfigError(f"checkpoint.{name} must be >= 0 (0: off), got {getattr(checkpoint, name)}")
-    if train.skip_nonfinite_steps < 0:
-        raise ConfigError(f"train.skip_nonfinite_steps must be >= 0 (0: stop at the first), "
-                          f"got {train.skip_nonfinite_steps}")
-    if perf.threads is not None and perf.threads < 1:
-        raise ConfigError(f"perf.threads must be >= 1 (or null for the default), got {perf.threads}")
