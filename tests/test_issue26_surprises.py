@@ -26,3 +26,18 @@ def test_a_student_checkpoint_as_teacher_is_named_as_such(runs, tmp_path, capsys
     assert main(["distill", "--out", str(tmp_path / "s2"), "--teacher", str(student), *STUDENT]) == 0
     err = capsys.readouterr().err
     assert f"note: the teacher {student} is a student checkpoint (distilled from " in err, err
+
+
+def test_stage_methods_say_which_stages_are_left_out_between_models_of_unequal_depth(capsys):
+    from intrakd.models import create_model
+    from intrakd.objectives.stages import probe_stage_pairs
+
+    teacher = create_model("resnet8", num_classes=10)  # 4 stage features
+    student = create_model("vgg8", num_classes=10)  # 5 stage features
+    pairs = probe_stage_pairs(student, teacher, (3, 32, 32), 1, "at")
+    assert len(pairs) == 3
+    err = capsys.readouterr().err
+    assert ("note: distill.at: the student has 5 and the teacher 4 stage features; stages 1..3 of both are paired "
+            "and the student's last 1 left out") in err, err
+    probe_stage_pairs(teacher, teacher, (3, 32, 32), 1, "at")
+    assert "note" not in capsys.readouterr().err
