@@ -41,3 +41,14 @@ def test_stage_methods_say_which_stages_are_left_out_between_models_of_unequal_d
             "and the student's last 1 left out") in err, err
     probe_stage_pairs(teacher, teacher, (3, 32, 32), 1, "at")
     assert "note" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "given", "model"), [
+    ("train-teacher", [], "digits_cnn"), ("distill", ["teacher=t.pt"], "digits_cnn_small"),
+    ("train-teacher", ["model=digits_cnn_small"], "digits_cnn_small"),
+])
+def test_digits_runs_get_the_datasets_default_model_unless_one_is_given(command, given, model, capsys):
+    import yaml
+
+    assert main([command, "--print-config", "data.dataset=digits", *given]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"] == model

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from intrakd.config.schema import ConfigError
+from intrakd.config.schema import DATASET_MODELS, ConfigError, StudentConfig
 
 C = TypeVar("C")
 
@@ -162,6 +162,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         values = _merge(values, loaded)
     values = apply_overrides(values, overrides or [])
+    dataset = values.get("data", {}).get("dataset") if isinstance(values.get("data"), dict) else None
+    if "model" not in values and isinstance(dataset, str) and dataset in DATASET_MODELS:
+        values["model"] = DATASET_MODELS[dataset][cls is StudentConfig]
     config = from_dict(cls, values)
     config.validate()
     return config

@@ -44,7 +44,8 @@ def key_in(key: str, keys: Iterable[str]) -> bool:
 class DataConfig:
     dataset: str = "cifar100"
     """'digits' (embedded, no download), 'cifar100', 'tiny_imagenet' (official layout), 'imagenet' or
-    'imagefolder' (both: root/train/<class>/* and root/val/<class>/*)."""
+    'imagefolder' (both: root/train/<class>/* and root/val/<class>/*). A dataset of
+    :data:`DATASET_MODELS` brings its own default teacher and student models."""
     root: str | None = None
     """Folder holding the dataset (for cifar100: the folder with 'cifar-100-python'; for tiny_imagenet:
     'tiny-imagenet-200' or the folder holding it)."""
@@ -373,6 +374,11 @@ class DistConfig:
     """Process-group backend; "auto": nccl on CUDA, gloo on the CPU."""
     sync_batchnorm: bool = False
     """Batch-norm statistics over the global batch (CUDA only)."""
+
+
+DATASET_MODELS: dict[str, tuple[str, str]] = {"digits": ("digits_cnn", "digits_cnn_small")}
+"""The (teacher, student) models of a run on these datasets when ``model`` is not set: the default
+CIFAR models cannot read their images."""
 
 
 @dataclass
