@@ -52,3 +52,39 @@ def test_digits_runs_get_the_datasets_default_model_unless_one_is_given(command,
 
     assert main([command, "--print-config", "data.dataset=digits", *given]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"] == model
+
+
+def test_nan_before_anything_was_saved_says_to_run_again_not_to_resume(tmp_path, capsys):
+    from intrakd.cli import EXIT_NONFINITE
+
+    run = tmp_path / "run"
+    assert main(["train-teacher", "--out", str(run), *TEACHER, "optim.lr=100000"]) == EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert ("The run stopped before anything was saved, so there is nothing to resume: run the same command again "
+            "with a smaller optim.lr, or with train.skip_nonfinite_steps=N") in err, err
+    assert "--resume" not in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train-teacher", "--vanilla", "intra.weight=0.02"],
+     "--vanilla means intra.weight=0, but intra.weight=0.02 is given too: drop one of them"),
+    (["train-teacher", "optim.milestones=[20,10]"],
+     "optim.milestones must be epochs in increasing order, got [20, 10]: e.g. optim.milestones=[10, 20]"),
+    (["train-teacher", "intra.weight=autox"], "intra.weight: expected a number, or 'auto', got 'autox'"),
+])
+def test_contradictory_or_malformed_settings_are_refused_in_words(argv, message, tmp_path, capsys):
+    from intrakd.cli import EXIT_BAD_INPUT
+
+    assert main([*argv, "--out", str(tmp_path / "run"), "data.dataset=digits"]) == EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_given_as_checkpoint_names_the_file_to_pass(runs, capsys):
+    from intrakd.cli import EXIT_BAD_INPUT
+
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(runs["teacher"])]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"checkpoint {runs['teacher']} is a folder: pass a checkpoint file in it, e.g. " \
+           f"{runs['teacher'] / 'checkpoints' / 'last.pt'}" in err, err

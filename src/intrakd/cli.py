@@ -135,6 +135,10 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
+    if args.vanilla:
+        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "intra.weight"]
+        if given:
+            raise ConfigError(f"--vanilla means intra.weight=0, but {given[-1]} is given too: drop one of them")
     return _run(args, "teacher", ["intra.weight=0"] if args.vanilla else [])
 
 

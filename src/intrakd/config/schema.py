@@ -519,6 +519,9 @@ def _validate_common(
         raise ConfigError(f"optim.epochs must be >= 1, got {optim.epochs}")
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {optim.lr}")
+    if optim.milestones != sorted(optim.milestones):
+        raise ConfigError(f"optim.milestones must be epochs in increasing order, got {optim.milestones}: "
+                          f"e.g. optim.milestones={sorted(optim.milestones)}")
     for name in ("momentum", "weight_decay", "lr_decay"):
         if getattr(optim, name) < 0:
             raise ConfigError(f"optim.{name} must be >= 0, got {getattr(optim, name)}")
