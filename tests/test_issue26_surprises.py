@@ -88,3 +88,30 @@ def test_a_run_folder_given_as_checkpoint_names_the_file_to_pass(runs, capsys):
     err = capsys.readouterr().err
     assert f"checkpoint {runs['teacher']} is a folder: pass a checkpoint file in it, e.g. " \
            f"{runs['teacher'] / 'checkpoints' / 'last.pt'}" in err, err
+
+
+def test_analyze_into_a_file_is_refused_before_the_model_runs(runs, tmp_path, capsys, monkeypatch):
+    from intrakd.analysis import commands
+    from intrakd.cli import EXIT_BAD_INPUT
+
+    ran = []
+    monkeypatch.setattr(commands, "predict_checkpoint", lambda *a, **k: ran.append(a))
+    target = tmp_path / "analysis.json"
+    target.write_text("mine")
+    assert main(["analyze", "--checkpoint", str(runs["teacher"] / "checkpoints" / "last.pt"), "--out",
+                 str(target)]) == EXIT_BAD_INPUT
+    assert f"--out {target} is a file: analyze writes a folder" in capsys.readouterr().err
+    assert not ran and target.read_text() == "mine"
+
+
+def test_a_student_preset_before_its_teacher_preset_ran_says_to_train_it_first(tmp_path, capsys, monkeypatch):
+    from intrakd.cli import EXIT_BAD_INPUT
+    from intrakd.presets import list_presets
+
+    monkeypatch.chdir(tmp_path)
+    preset = next(p for p in list_presets("distill") if p.teacher_preset)
+    assert main(["distill", "--preset", preset.name, "--data-root", str(tmp_path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert (f"preset {preset.name} distils from the teacher that `intrakd train-teacher --preset "
+            f"{preset.teacher_preset}` trains") in err and "train that teacher first" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -127,11 +127,24 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
     if args.print_config:
         _print_config(cfg, command)
         return 0
+    if kind == "student" and args.preset and not args.resume:
+        _check_preset_teacher(args.preset, cfg)
     fit = runs.train_teacher if kind == "teacher" else runs.distill
     summary = fit(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     if distributed.is_main():
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_preset_teacher(name: str, cfg: StudentConfig) -> None:
+    """A student preset's teacher checkpoint must exist: else say which teacher preset makes it."""
+    from intrakd.presets import get_preset
+
+    preset = get_preset(name, "distill")
+    if preset.teacher_preset and cfg.teacher == preset.values.get("teacher") and not Path(cfg.teacher).is_file():
+        raise ConfigError(f"preset {name} distils from the teacher that `intrakd train-teacher --preset "
+                          f"{preset.teacher_preset}` trains, and {cfg.teacher} does not exist yet: train that "
+                          "teacher first (from this directory), or pass --teacher CHECKPOINT")
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:

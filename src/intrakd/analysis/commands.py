@@ -12,6 +12,7 @@ from typing import Any
 from intrakd.analysis.agreement import prediction_agreement
 from intrakd.analysis.analyze import analyze_predictions, compare_summaries, predict_checkpoint
 from intrakd.analysis.report import build_report, read_metrics, to_csv, to_markdown, write_report
+from intrakd.config import ConfigError
 from intrakd.progress import say
 
 
@@ -35,6 +36,9 @@ def short_names(paths: list[Path]) -> list[str]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse one checkpoint (or two with ``--compare``): JSON to stdout and ``--out``, PNG plots."""
     checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file: analyze writes a folder (analysis.json and plots); "
+                          "choose a folder")
     names = args.names or short_names([_run_folder(c) for c in checkpoints])
     if len(names) != len(checkpoints):
         raise ValueError(f"--names needs {len(checkpoints)} names, one per checkpoint")
