@@ -26,7 +26,7 @@ def test_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=0.1"], r"unknown config key optim.lrr; valid keys here: optim.epochs"),
     (["nope=1"], r"unknown config key nope"),
-    (["optim.epochs=ten"], r"optim.epochs: expected int, got str 'ten'"),
+    (["optim.epochs=ten"], r"optim.epochs: expected a whole number, got 'ten'"),
     (["intra.margin=ratio"], r"intra.margin: 'ratio' is not one of 'probability', 'logit'"),
     (["intra.weight=-0.1"], r"intra.weight must be >= 0"),
     (["intra.delta=1.5"], r"intra.delta must lie in \[-1, 1\) for the probability margin"),

@@ -50,8 +50,8 @@ def refused(argv: list[str], capsys, *roots: Path, status: int = EXIT_BAD_INPUT)
 
 @pytest.mark.parametrize("override, message", [
     ("intra.wieght=0.1", "unknown config key intra.wieght; valid keys here: intra.weight, intra.temperature"),
-    ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
-    ("data.batch_size=1.5", "data.batch_size: expected int, got float 1.5"),
+    ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+    ("data.batch_size=1.5", "data.batch_size: expected a whole number, got 1.5"),
     ("intra.weight=-0.01", "intra.weight must be >= 0 or auto, got -0.01"),
     ("intra.delta=1.5", ("intra.delta must lie in [-1, 1) for the probability margin (a margin never "
                           "exceeds 1, so the gate would pass nothing), got 1.5")),

@@ -127,6 +127,8 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
     if args.print_config:
         _print_config(cfg, command)
         return 0
+    if kind == "student" and args.preset and not args.resume:
+        _check_preset_teacher(args.preset, cfg)
     fit = runs.train_teacher if kind == "teacher" else runs.distill
     summary = fit(cfg, out, overwrite=args.overwrite, resume=bool(args.resume))
     if distributed.is_main():
@@ -134,7 +136,22 @@ def _run(args: argparse.Namespace, kind: str, extra: list[str]) -> int:
     return 0
 
 
+def _check_preset_teacher(name: str, cfg: StudentConfig) -> None:
+    """A student preset's teacher checkpoint must exist: else say which teacher preset makes it."""
+    from intrakd.presets import get_preset
+
+    preset = get_preset(name, "distill")
+    if preset.teacher_preset and cfg.teacher == preset.values.get("teacher") and not Path(cfg.teacher).is_file():
+        raise ConfigError(f"preset {name} distils from the teacher that `intrakd train-teacher --preset "
+                          f"{preset.teacher_preset}` trains, and {cfg.teacher} does not exist yet: train that "
+                          "teacher first (from this directory), or pass --teacher CHECKPOINT")
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
+    if args.vanilla:
+        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "intra.weight"]
+        if given:
+            raise ConfigError(f"--vanilla means intra.weight=0, but {given[-1]} is given too: drop one of them")
     return _run(args, "teacher", ["intra.weight=0"] if args.vanilla else [])
 
 

@@ -52,6 +52,8 @@ class Preset:
     method_published: float | None = None
     """CIFAR-100 top-1 (%) that the paper of the preset's method reports for its pair (the method with
     the standard teacher); None where it reports none."""
+    teacher_preset: str | None = None
+    """The teacher preset whose run folder holds this student preset's teacher checkpoint."""
 
     def config(self) -> TeacherConfig | StudentConfig:
         """The configuration this preset resolves to (validated)."""
@@ -154,7 +156,8 @@ def _build() -> dict[str, Preset]:
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
                 presets.append(Preset(f"{base}/{name}-{variant}", "distill", values,
                                       f"{prefix} {title} {teacher} -> {student}, {variant} teacher "
-                                      f"(trained by --preset {teacher_preset})", published, method_published))
+                                      f"(trained by --preset {teacher_preset})", published, method_published,
+                                      teacher_preset))
 
     for teacher, student, published in CIFAR100_PAIRS:
         student_optim = dict(CIFAR100_OPTIM)

@@ -36,6 +36,9 @@ def short_names(paths: list[Path]) -> list[str]:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse one checkpoint (or two with ``--compare``): JSON to stdout and ``--out``, PNG plots."""
     checkpoints = [args.checkpoint] + ([args.compare] if args.compare else [])
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file: analyze writes a folder (analysis.json and plots); "
+                          "choose a folder")
     names = args.names or short_names([_run_folder(c) for c in checkpoints])
     if len(names) != len(checkpoints):
         raise ConfigError(f"--names needs {len(checkpoints)} names, one per checkpoint")

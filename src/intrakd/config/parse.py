@@ -15,8 +15,24 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from intrakd.config.errors import ConfigError
+from intrakd.config.schema import DATASET_MODELS, StudentConfig
 
 C = TypeVar("C")
+
+
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "a text", bool: "true or false"}
+"""How an error names the kind of value a setting takes."""
+
+
+def _describe(hint: Any) -> str:
+    """The kind of value a type hint takes, in words (``a number``, ``'auto'``)."""
+    if hint in _KIND_WORDS:
+        return _KIND_WORDS[hint]
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    return "a mapping of settings" if dataclasses.is_dataclass(hint) else str(hint)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -39,8 +55,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(err))
         if len(errors) == 1:
             raise ConfigError(errors[0])
-        raise ConfigError(f"{key}: {value!r} fits none of its forms: "
-                          + "; or ".join(error.removeprefix(f"{key}: ") for error in errors))
+        forms = [_describe(option) for option in options if option is not type(None)]
+        null = " or null" if type(None) in options else ""
+        raise ConfigError(f"{key}: expected {', or '.join(forms)}{null}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -55,9 +72,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         try:
             return float(value)  # YAML reads "1e-4" as a string
         except ValueError:
-            raise ConfigError(f"{key}: expected float, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {_KIND_WORDS[hint]}, got {value!r}")
     return value
 
 
@@ -162,6 +179,9 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
         values = _merge(values, loaded)
     values = apply_overrides(values, overrides or [])
+    dataset = values.get("data", {}).get("dataset") if isinstance(values.get("data"), dict) else None
+    if "model" not in values and isinstance(dataset, str) and dataset in DATASET_MODELS:
+        values["model"] = DATASET_MODELS[dataset][cls is StudentConfig]
     config = from_dict(cls, values)
     config.validate()
     return config

@@ -55,6 +55,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "in [0, 1)": lambda v: 0 <= v < 1, "1 or 2": lambda v: v in (1, 2),
     ">= 0 or auto": lambda v: v == "auto" or v >= 0,
     "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
+    "epochs in increasing order": lambda v: all(0 < a < b for a, b in zip(v, v[1:])) and all(x > 0 for x in v),
 }
 """The range rules a setting may declare, by the words an error shows."""
 
@@ -77,7 +78,8 @@ def check_rules(prefix: str, section: Any) -> None:
 class DataConfig:
     dataset: str = "cifar100"
     """'digits' (embedded, no download), 'cifar100', 'tiny_imagenet' (official layout), 'imagenet' or
-    'imagefolder' (both: root/train/<class>/* and root/val/<class>/*)."""
+    'imagefolder' (both: root/train/<class>/* and root/val/<class>/*). A dataset of
+    :data:`DATASET_MODELS` brings its own default teacher and student models."""
     root: str | None = None
     """Folder holding the dataset (for cifar100: the folder with 'cifar-100-python'; for tiny_imagenet:
     'tiny-imagenet-200' or the folder holding it)."""
@@ -122,8 +124,9 @@ class OptimConfig:
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
     momentum: float = setting(0.9, "SGD momentum.", ">= 0")
     weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    """Epochs after which the learning rate is multiplied by lr_decay."""
+    milestones: list[int] = setting([150, 180, 210], "Epochs after which the learning rate is multiplied by "
+                                    "lr_decay.", "epochs in increasing order",
+                                    "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
 
 
@@ -380,6 +383,11 @@ class DistConfig:
     """Process-group backend; "auto": nccl on CUDA, gloo on the CPU."""
     sync_batchnorm: bool = False
     """Batch-norm statistics over the global batch (CUDA only)."""
+
+
+DATASET_MODELS: dict[str, tuple[str, str]] = {"digits": ("digits_cnn", "digits_cnn_small")}
+"""The (teacher, student) models of a run on these datasets when ``model`` is not set: the default
+CIFAR models cannot read their images."""
 
 
 @dataclass

@@ -115,6 +115,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     folder, the newest earlier checkpoint there that is intact.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        raise IsADirectoryError(f"checkpoint {path} is a folder: pass a checkpoint file in it, e.g. "
+                                f"{inside / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -1,7 +1,7 @@
 """Stage features of a student and its teacher, paired for the methods that compare them stage by stage.
 
 The stages from ``first_stage`` on are paired in order; where one model has more stages than the
-other, its last extra ones are left out (RepDistiller zips ``feat[1:-1]`` of both models the same way,
+other, its last extra ones are left out, with a note on stderr (RepDistiller zips ``feat[1:-1]`` of both models the same way,
 so resnet32x4 -> ShuffleV2 pairs layer1-3 with stage1-3). Where a pair's spatial sizes differ, the
 larger map is average-pooled to the smaller size.
 """
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from intrakd.config import ConfigError
 from intrakd.models import probe
+from intrakd.progress import say
 
 
 def stage_pairs(student: Sequence[Tensor], teacher: Sequence[Tensor], first: int) -> list[tuple[Tensor, Tensor]]:
@@ -33,6 +34,12 @@ def probe_stage_pairs(student: nn.Module, teacher: nn.Module, input_shape: Seque
         raise ConfigError(f"distill.{method}.first_stage={first}, but the student has {len(s_features)} and the "
                          f"teacher {len(t_features)} stage features: {method.upper()} needs {needed} pair(s) of "
                          f"stages from there")
+    if len(s_features) != len(t_features):
+        more, fewer = ("student", "teacher") if len(s_features) > len(t_features) else ("teacher", "student")
+        extra = abs(len(s_features) - len(t_features))
+        say(f"note: distill.{method}: the student has {len(s_features)} and the teacher {len(t_features)} stage "
+            f"features; stages {first}..{first + len(pairs) - 1} of both are paired and the {more}'s last {extra} "
+            f"left out (use models with as many stages as the {fewer} to compare every stage)")
     return pairs
 
 

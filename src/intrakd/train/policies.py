@@ -149,9 +149,14 @@ class NonFinitePolicy:
         if found is None:
             return
         step, values = found
+        if last_checkpoint is None:
+            raise NonFiniteLoss(
+                f"non-finite loss at {self.where(step)}: {_show(values)}. The run stopped before anything was "
+                "saved, so there is nothing to resume: run the same command again with a smaller optim.lr, or "
+                "with train.skip_nonfinite_steps=N to skip up to N such steps")
         raise NonFiniteLoss(
             f"non-finite loss at {self.where(step)}: {_show(values)}. The run stopped without saving the "
-            f"state this produced; its last good checkpoint is {last_checkpoint or 'none (nothing was saved)'}. "
+            f"state this produced; its last good checkpoint is {last_checkpoint}. "
             f"To skip such steps, resume with: {self.resume} train.skip_nonfinite_steps=N"
         )
 
