@@ -69,7 +69,7 @@ def test_nan_before_anything_was_saved_says_to_run_again_not_to_resume(tmp_path,
     (["train-teacher", "--vanilla", "intra.weight=0.02"],
      "--vanilla means intra.weight=0, but intra.weight=0.02 is given too: drop one of them"),
     (["train-teacher", "optim.milestones=[20,10]"],
-     "optim.milestones must be epochs in increasing order, got [20, 10] (e.g. optim.milestones=[100,150])"),
+     "optim.milestones must be epochs > 0 in ascending order, got [20, 10] (e.g. optim.milestones=[100,150])"),
     (["train-teacher", "intra.weight=autox"], "intra.weight: expected a number, or 'auto', got 'autox'"),
 ])
 def test_contradictory_or_malformed_settings_are_refused_in_words(argv, message, tmp_path, capsys):

@@ -55,7 +55,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "in [0, 1)": lambda v: 0 <= v < 1, "1 or 2": lambda v: v in (1, 2),
     ">= 0 or auto": lambda v: v == "auto" or v >= 0,
     "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
-    "epochs in increasing order": lambda v: all(0 < a < b for a, b in zip(v, v[1:])) and all(x > 0 for x in v),
+    "epochs > 0 in ascending order": lambda v: all(x > 0 for x in v) and list(v) == sorted(v),
 }
 """The range rules a setting may declare, by the words an error shows."""
 
@@ -124,9 +124,9 @@ class OptimConfig:
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
     momentum: float = setting(0.9, "SGD momentum.", ">= 0")
     weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
-    milestones: list[int] = setting([150, 180, 210], "Epochs after which the learning rate is multiplied by "
-                                    "lr_decay.", "epochs in increasing order",
-                                    "e.g. optim.milestones=[100,150]")
+    milestones: list[int] = setting(  # noqa: RUF009 (setting() returns a field: the list is copied)
+        [150, 180, 210], "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice).",
+        "epochs > 0 in ascending order", "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
 
 
