@@ -28,9 +28,10 @@ from intrakd.presets import all_presets
 
 
 def slow_standardize(row: list[float]) -> list[float]:
-    """The paper's Z-score: ``(z - mean) / std`` with ``std = sqrt(1/K sum (z_k - mean)^2)`` (+ eps)."""
+    """The reference code's Z-score: ``(z - mean) / std`` with the unbiased ``std = sqrt(1/(K-1) sum (z_k -
+    mean)^2)`` (+ eps); the paper's formula writes ``1/K``."""
     mean = sum(row) / len(row)
-    std = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
     return [(v - mean) / (std + STANDARDIZE_EPS) for v in row]
 
 
@@ -72,13 +73,14 @@ def logits(seed: int, shape: tuple[int, int] = (6, 10), scale: float = 3.0) -> t
 
 # ------------------------------------------------------------------------------ logit standardisation
 
-def test_standardize_matches_the_papers_z_score():
+def test_standardize_matches_the_reference_codes_z_score():
     z = logits(0, (5, 7)).double()
     expected = torch.tensor([slow_standardize(row) for row in z.tolist()], dtype=torch.float64)
     torch.testing.assert_close(standardize_logits(z), expected, rtol=1e-12, atol=1e-12)
     out = standardize_logits(z)
     torch.testing.assert_close(out.mean(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close((out**2).mean(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the unbiased variance (torch's default, the LS repository's normalize) is 1, not the population one
+    torch.testing.assert_close((out**2).sum(dim=1) / 6, torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("temp", [1.0, 2.0, 4.0])

@@ -20,7 +20,6 @@ from intrakd.losses import standardize_logits
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo, linear_warmup
 from intrakd.objectives.registry import (
-    LOGIT_STANDARDIZATION_STD,
     Difference,
     ReferenceDifferences,
     register_distiller,
@@ -78,7 +77,6 @@ class DKDSettings:
 REFERENCE = ReferenceDifferences(
     "mdistiller: mdistiller/distillers/DKD.py",
     (
-        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use temperature 2 and weight factor 9 for every pair",
             "the LS README's commands; its published logs use per-pair values, e.g. resnet56 -> resnet20 T 3"

@@ -6,7 +6,6 @@ from typing import Any
 
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller
 from intrakd.objectives.registry import (
-    LOGIT_STANDARDIZATION_STD,
     Difference,
     ReferenceDifferences,
     register_distiller,
@@ -16,7 +15,6 @@ REFERENCE = ReferenceDifferences(
     "mdistiller: mdistiller/distillers/KD.py; LS repository (sunshangquan/logit-standardization-KD): "
     "distillers/KD.py",
     (
-        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use CE weight 1.0 and temperature 2, weight 9 for every pair",
             "the LS README's commands; its code after commit 3ec213f keeps CE weight 0.1 for KD and MLKD, "

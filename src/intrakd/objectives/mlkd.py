@@ -36,7 +36,6 @@ from intrakd.losses import kd_loss
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.distiller import LOGIT_STANDARDIZED_WEIGHT, Distiller, TrainSetInfo
 from intrakd.objectives.registry import (
-    LOGIT_STANDARDIZATION_STD,
     Difference,
     ReferenceDifferences,
     register_distiller,
@@ -92,7 +91,6 @@ REFERENCE = ReferenceDifferences(
             "the reference takes two of its five strong-view instance terms (T 2, 6) on the weak view and "
             "computes the others without using them",
             "the same terms on the weak view; a different strong-view instance term"),
-        LOGIT_STANDARDIZATION_STD,
         Difference(
             "logit-standardised presets use CE weight 1.0 and temperature 2, weight 9 for every pair",
             "the LS README's commands; its code after commit 3ec213f keeps CE weight 0.1 for KD and MLKD, "
