@@ -166,11 +166,23 @@ def test_the_option_threads_from_config_to_the_terms(method):
 
 def test_logit_standardized_recipes_follow_the_reference_commands():
     assert logit_standardized_methods() == ["kd", "dkd", "mlkd"]
+    # the README's command (T 2, weight 9) where the LS repository publishes no run of the pair; the
+    # method's own CE weight (0.1 for KD and MLKD in its code since commit 3ec213f; DKD's 1.0)
     kd = distill_recipe("kd", logit_standardize=True)
-    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"], kd["logit_standardize"]) == (1.0, 9.0, 2.0, True)
+    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"], kd["logit_standardize"]) == (0.1, 9.0, 2.0, True)
+    assert distill_recipe("kd", "resnet32x4", "ShuffleV1", logit_standardize=True) == kd
+    mlkd = distill_recipe("mlkd", "resnet32x4", "resnet8x4", logit_standardize=True)
+    assert (mlkd["ce_weight"], mlkd["temperature"], mlkd["mlkd"]["weight"]) == (0.1, 2.0, 9.0)
+    # the published run's temperature and weight (its log name), e.g. DKD resnet56 -> resnet20 T 3 weight 18
     dkd = distill_recipe("dkd", "resnet56", "resnet20", logit_standardize=True)
     assert (dkd["ce_weight"], dkd["temperature"], dkd["dkd"]["tckd_weight"], dkd["dkd"]["nckd_weight"]) == \
-        (1.0, 2.0, 9.0, 18.0)  # both DKD weights times 9 (nckd 2 for this pair)
+        (1.0, 3.0, 18.0, 36.0)  # both DKD weights times 18 (nckd 2 for this pair)
+    kd = distill_recipe("kd", "vgg13", "vgg8", logit_standardize=True)
+    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"]) == (0.1, 9.0, 3.0)
+    kd = distill_recipe("kd", "ResNet50", "MobileNetV2", logit_standardize=True)
+    assert (kd["kd_weight"], kd["temperature"]) == (1.0, 3.0)
+    mlkd = distill_recipe("mlkd", "vgg13", "vgg8", logit_standardize=True)
+    assert (mlkd["ce_weight"], mlkd["temperature"], mlkd["mlkd"]["weight"]) == (0.1, 2.0, 6.0)
     assert distill_recipe("kd") == {"method": "kd", "ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
     with pytest.raises(ValueError, match="no logit-standardised recipe"):
         distill_recipe("crd", logit_standardize=True)
@@ -179,6 +191,7 @@ def test_logit_standardized_recipes_follow_the_reference_commands():
             cfg = all_presets()[f"cifar100/resnet32x4-resnet8x4/{method}-ls-{variant}"].config()
             assert cfg.distill.method == method and cfg.distill.logit_standardize
             assert cfg.distill.temperature == 2.0
+            assert cfg.distill.ce_weight == (1.0 if method == "dkd" else 0.1)
     assert "cifar100/resnet32x4-resnet8x4/crd-ls-vanilla" not in all_presets()
     # without the option nothing changes for users: the default stays off
     assert load_config(StudentConfig).distill.logit_standardize is False
@@ -187,7 +200,7 @@ def test_logit_standardized_recipes_follow_the_reference_commands():
 def test_methods_listing_shows_the_option_and_each_recipe():
     text = describe_methods()
     assert "distill.logit_standardize=False" in text
-    assert "distill.ce_weight=1.0 distill.kd_weight=9.0 distill.temperature=2.0 distill.logit_standardize=True" in text
+    assert "distill.kd_weight=9.0 distill.temperature=2.0 distill.logit_standardize=True" in text
     assert "mlkd: Multi-level logit distillation (Jin et al., CVPR 2023)" in text
     assert "distill.mlkd.extra_temperatures=[3.0, 5.0, 2.0, 6.0]" in text and "distill.mlkd.weight=0.9" in text
     assert "distill.temperature=2.0 distill.mlkd.weight=9.0 distill.logit_standardize=True" in text

@@ -121,7 +121,7 @@ def distill_recipe(name: str, teacher_model: str | None = None, student_model: s
         recipe[name] = settings
     if not logit_standardize:
         return recipe
-    standardized = _DISTILLERS[name].logit_standardized_recipe(recipe)
+    standardized = _DISTILLERS[name].logit_standardized_recipe(recipe, teacher_model, student_model)
     if standardized is None:
         raise ConfigError(f"method {name!r} has no logit-standardised recipe; methods that have one: "
                          + ", ".join(logit_standardized_methods()))
