@@ -28,9 +28,10 @@ from intrakd.presets import all_presets
 
 
 def slow_standardize(row: list[float]) -> list[float]:
-    """The paper's Z-score: ``(z - mean) / std`` with ``std = sqrt(1/K sum (z_k - mean)^2)`` (+ eps)."""
+    """The reference code's Z-score: ``(z - mean) / std`` with the unbiased ``std = sqrt(1/(K-1) sum (z_k -
+    mean)^2)`` (+ eps); the paper's formula writes ``1/K``."""
     mean = sum(row) / len(row)
-    std = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
     return [(v - mean) / (std + STANDARDIZE_EPS) for v in row]
 
 
@@ -72,13 +73,14 @@ def logits(seed: int, shape: tuple[int, int] = (6, 10), scale: float = 3.0) -> t
 
 # ------------------------------------------------------------------------------ logit standardisation
 
-def test_standardize_matches_the_papers_z_score():
+def test_standardize_matches_the_reference_codes_z_score():
     z = logits(0, (5, 7)).double()
     expected = torch.tensor([slow_standardize(row) for row in z.tolist()], dtype=torch.float64)
     torch.testing.assert_close(standardize_logits(z), expected, rtol=1e-12, atol=1e-12)
     out = standardize_logits(z)
     torch.testing.assert_close(out.mean(dim=1), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close((out**2).mean(dim=1), torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
+    # the unbiased variance (torch's default, the LS repository's normalize) is 1, not the population one
+    torch.testing.assert_close((out**2).sum(dim=1) / 6, torch.ones(5, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("temp", [1.0, 2.0, 4.0])
@@ -164,11 +166,23 @@ def test_the_option_threads_from_config_to_the_terms(method):
 
 def test_logit_standardized_recipes_follow_the_reference_commands():
     assert logit_standardized_methods() == ["kd", "dkd", "mlkd"]
+    # the README's command (T 2, weight 9) where the LS repository publishes no run of the pair; the
+    # method's own CE weight (0.1 for KD and MLKD in its code since commit 3ec213f; DKD's 1.0)
     kd = distill_recipe("kd", logit_standardize=True)
-    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"], kd["logit_standardize"]) == (1.0, 9.0, 2.0, True)
+    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"], kd["logit_standardize"]) == (0.1, 9.0, 2.0, True)
+    assert distill_recipe("kd", "resnet32x4", "ShuffleV1", logit_standardize=True) == kd
+    mlkd = distill_recipe("mlkd", "resnet32x4", "resnet8x4", logit_standardize=True)
+    assert (mlkd["ce_weight"], mlkd["temperature"], mlkd["mlkd"]["weight"]) == (0.1, 2.0, 9.0)
+    # the published run's temperature and weight (its log name), e.g. DKD resnet56 -> resnet20 T 3 weight 18
     dkd = distill_recipe("dkd", "resnet56", "resnet20", logit_standardize=True)
     assert (dkd["ce_weight"], dkd["temperature"], dkd["dkd"]["tckd_weight"], dkd["dkd"]["nckd_weight"]) == \
-        (1.0, 2.0, 9.0, 18.0)  # both DKD weights times 9 (nckd 2 for this pair)
+        (1.0, 3.0, 18.0, 36.0)  # both DKD weights times 18 (nckd 2 for this pair)
+    kd = distill_recipe("kd", "vgg13", "vgg8", logit_standardize=True)
+    assert (kd["ce_weight"], kd["kd_weight"], kd["temperature"]) == (0.1, 9.0, 3.0)
+    kd = distill_recipe("kd", "ResNet50", "MobileNetV2", logit_standardize=True)
+    assert (kd["kd_weight"], kd["temperature"]) == (1.0, 3.0)
+    mlkd = distill_recipe("mlkd", "vgg13", "vgg8", logit_standardize=True)
+    assert (mlkd["ce_weight"], mlkd["temperature"], mlkd["mlkd"]["weight"]) == (0.1, 2.0, 6.0)
     assert distill_recipe("kd") == {"method": "kd", "ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
     with pytest.raises(ValueError, match="no logit-standardised recipe"):
         distill_recipe("crd", logit_standardize=True)
@@ -177,6 +191,7 @@ def test_logit_standardized_recipes_follow_the_reference_commands():
             cfg = all_presets()[f"cifar100/resnet32x4-resnet8x4/{method}-ls-{variant}"].config()
             assert cfg.distill.method == method and cfg.distill.logit_standardize
             assert cfg.distill.temperature == 2.0
+            assert cfg.distill.ce_weight == (1.0 if method == "dkd" else 0.1)
     assert "cifar100/resnet32x4-resnet8x4/crd-ls-vanilla" not in all_presets()
     # without the option nothing changes for users: the default stays off
     assert load_config(StudentConfig).distill.logit_standardize is False
@@ -185,7 +200,7 @@ def test_logit_standardized_recipes_follow_the_reference_commands():
 def test_methods_listing_shows_the_option_and_each_recipe():
     text = describe_methods()
     assert "distill.logit_standardize=False" in text
-    assert "distill.ce_weight=1.0 distill.kd_weight=9.0 distill.temperature=2.0 distill.logit_standardize=True" in text
+    assert "distill.kd_weight=9.0 distill.temperature=2.0 distill.logit_standardize=True" in text
     assert "mlkd: Multi-level logit distillation (Jin et al., CVPR 2023)" in text
     assert "distill.mlkd.extra_temperatures=[3.0, 5.0, 2.0, 6.0]" in text and "distill.mlkd.weight=0.9" in text
     assert "distill.temperature=2.0 distill.mlkd.weight=9.0 distill.logit_standardize=True" in text

@@ -118,6 +118,22 @@ def test_kd():
     assert_matches(lambda s: made.kd_term(s, t), lambda s: reference_kd(s, t, 4.0), [tensor(1, B, 10, scale=3.0)])
 
 
+def reference_standardize(z: torch.Tensor) -> torch.Tensor:
+    """The LS repository's normalize: ``(z - mean) / (1e-7 + std)`` per row, ``std`` torch's default
+    (unbiased, ``/ (K - 1)``), written out."""
+    mean = z.sum(1, keepdim=True) / z.shape[1]
+    std = (((z - mean) ** 2).sum(1, keepdim=True) / (z.shape[1] - 1)).sqrt()
+    return (z - mean) / (1e-7 + std)
+
+
+def test_kd_logit_standardized():
+    made = objective("kd", ["distill.temperature=2", "distill.logit_standardize=true"])
+    t = tensor(2, B, 10, scale=3.0)
+    assert_matches(lambda s: made.kd_term(s, t),
+                   lambda s: reference_kd(reference_standardize(s), reference_standardize(t), 2.0),
+                   [tensor(1, B, 10, scale=3.0)])
+
+
 # ----------------------------------------------------------------------- DKD (mdistiller distillers/DKD.py)
 
 def reference_dkd(s, t, labels, temp, alpha, beta, epoch, warmup):

@@ -12,10 +12,11 @@ STANDARDIZE_EPS = 1e-7
 
 def standardize_logits(logits: Tensor) -> Tensor:
     """Each row z-scored (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024):
-    ``(z - mean(z)) / (std(z) + eps)``, with the population standard deviation ``sqrt(mean((z -
-    mean(z))^2))`` of the paper's formula, over the last dimension."""
+    ``(z - mean(z)) / (std(z) + eps)`` over the last dimension, with the unbiased standard deviation
+    ``sqrt(sum((z - mean(z))^2) / (K - 1))`` of the code that produced the paper's numbers (torch's
+    default); the paper's formula writes the population one (``/ K``)."""
     mean = logits.mean(dim=-1, keepdim=True)
-    std = logits.std(dim=-1, keepdim=True, correction=0)
+    std = logits.std(dim=-1, keepdim=True)
     return (logits - mean) / (std + STANDARDIZE_EPS)
 
 

@@ -19,11 +19,13 @@ from intrakd.models import ModelOutput
 from intrakd.objectives.base import StepResult
 from intrakd.objectives.temperature import create_temperature
 
-LOGIT_STANDARDIZED: dict[str, Any] = {"logit_standardize": True, "temperature": 2.0, "ce_weight": 1.0}
-"""What the logit-standardisation recipe (Sun et al., CVPR 2024; the CIFAR-100 commands of their
-repository: ``--logit-stand --base-temp 2``, CE weight 1) sets for every method it covers."""
+LOGIT_STANDARDIZED_TEMPERATURE = 2.0
+"""The logit-standardisation recipe's (Sun et al., CVPR 2024) ``--base-temp 2`` of their README's
+CIFAR-100 commands: the temperature of a pair without a published run of its own. The recipe keeps the
+method's CE weight (their code since commit 3ec213f: 0.1 for KD and MLKD, DKD's 1.0)."""
 LOGIT_STANDARDIZED_WEIGHT = 9.0
-"""Their ``--kd-weight 9``: the KD weight, DKD's two weights' factor, MLKD's weight."""
+"""Their ``--kd-weight 9`` (the KD weight, DKD's two weights' factor, MLKD's weight) of a pair
+without a published run of its own."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ class Distiller(nn.Module):
     takes_learned_temperature: ClassVar[bool] = False
     """Whether the method's logit terms take a learned temperature (``distill.temperature=ctkd``):
     they then read it from :meth:`softmax_temperature`, never from ``self.temperature``."""
+    logit_standardized_runs: ClassVar[dict[tuple[str, str], tuple[float, float]]] = {}
+    """``(teacher, student) -> (temperature, weight)`` of the logit-standardisation repository's
+    published CIFAR-100 run of the pair (its log file name ``method,teacher,student,T,weight``)."""
     teacher_in_graph: ClassVar[bool] = True
     """Whether the method's differentiable terms save the teacher's own output tensors for backward
     (FitNet regresses onto its features, CRD embeds its embedding): its teacher then runs under
@@ -138,18 +143,24 @@ class Distiller(nn.Module):
         return {}
 
     @classmethod
-    def logit_standardized_weights(cls, recipe: dict[str, Any]) -> dict[str, Any] | None:
-        """The distillation weights of the method's logit-standardised recipe (the reference's
-        ``--kd-weight``, :data:`LOGIT_STANDARDIZED_WEIGHT`), as ``distill`` keys replacing those of its
-        standard ``recipe``; None: the reference publishes no such recipe (no logit terms)."""
+    def logit_standardized_weights(cls, recipe: dict[str, Any], weight: float) -> dict[str, Any] | None:
+        """The distillation weights of the method's logit-standardised recipe for the reference's
+        ``--kd-weight`` ``weight``, as ``distill`` keys replacing those of its standard ``recipe``;
+        None: the reference publishes no such recipe (no logit terms)."""
         return None
 
     @classmethod
-    def logit_standardized_recipe(cls, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    def logit_standardized_recipe(cls, recipe: dict[str, Any], teacher_model: str | None = None,
+                                  student_model: str | None = None) -> dict[str, Any] | None:
         """The ``distill`` section of the method's recipe with logit standardisation, made from its
-        standard ``recipe`` (:data:`LOGIT_STANDARDIZED` and :meth:`logit_standardized_weights`)."""
-        weights = cls.logit_standardized_weights(recipe)
-        return None if weights is None else {**recipe, **LOGIT_STANDARDIZED, **weights}
+        standard ``recipe`` (its CE weight kept): the temperature and weight of the pair's published
+        run (:attr:`logit_standardized_runs`), else :data:`LOGIT_STANDARDIZED_TEMPERATURE` and
+        :data:`LOGIT_STANDARDIZED_WEIGHT`."""
+        temperature, weight = cls.logit_standardized_runs.get(
+            (teacher_model, student_model), (LOGIT_STANDARDIZED_TEMPERATURE, LOGIT_STANDARDIZED_WEIGHT))
+        weights = cls.logit_standardized_weights(recipe, weight)
+        return None if weights is None else {**recipe, "logit_standardize": True, "temperature": temperature,
+                                             **weights}
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer before every epoch (0-based); methods with a schedule override it

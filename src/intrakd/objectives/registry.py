@@ -54,13 +54,6 @@ class ReferenceDifferences:
     """Empty: the method computes what the reference code computes."""
 
 
-LOGIT_STANDARDIZATION_STD = Difference(
-    "logit standardisation divides by the population standard deviation (correction=0)",
-    "the paper's formula; the reference code uses torch's default, the unbiased one (not yet changed, issue #24)",
-    "slightly larger standardised logits than the reference code's")
-"""The difference every method with logit standardisation (``losses.kd``) declares."""
-
-
 def register_distiller(name: str, reference: ReferenceDifferences) -> Callable[[type[Distiller]], type[Distiller]]:
     """Class decorator: register a student objective under ``name``, with its ``settings_class``
     (the section ``distill.<name>``) and ``recipe`` in the configuration schema, and the reference
@@ -128,7 +121,7 @@ def distill_recipe(name: str, teacher_model: str | None = None, student_model: s
         recipe[name] = settings
     if not logit_standardize:
         return recipe
-    standardized = _DISTILLERS[name].logit_standardized_recipe(recipe)
+    standardized = _DISTILLERS[name].logit_standardized_recipe(recipe, teacher_model, student_model)
     if standardized is None:
         raise ConfigError(f"method {name!r} has no logit-standardised recipe; methods that have one: "
                          + ", ".join(logit_standardized_methods()))
