@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from intrakd.config import BAD_INPUT, ResumeError, StudentConfig, TeacherConfig, load_config
+from intrakd.config import BAD_INPUT, ConfigError, ResumeError, StudentConfig, TeacherConfig, load_config
 
 C = TypeVar("C", TeacherConfig, StudentConfig)
 

@@ -7,6 +7,7 @@ overrides into these classes is :mod:`intrakd.config.parse`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ RULES: dict[str, Callable[[Any], bool]] = {
     "in [0, 1)": lambda v: 0 <= v < 1, "1 or 2": lambda v: v in (1, 2),
     ">= 0 or auto": lambda v: v == "auto" or v >= 0,
     "a non-empty list of numbers > 0": lambda v: len(v) > 0 and all(x > 0 for x in v),
-    "epochs in increasing order": lambda v: all(0 < a < b for a, b in zip(v, v[1:])) and all(x > 0 for x in v),
+    "epochs in increasing order": lambda v: all(0 < a < b for a, b in itertools.pairwise(v)) and all(x > 0 for x in v),
 }
 """The range rules a setting may declare, by the words an error shows."""
 
