@@ -124,7 +124,7 @@ class OptimConfig:
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
     momentum: float = setting(0.9, "SGD momentum.", ">= 0")
     weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
-    milestones: list[int] = setting(  # noqa: RUF009 (setting() returns a field: the list is copied)
+    milestones: list[int] = setting(
         [150, 180, 210], "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice).",
         "epochs > 0 in ascending order", "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
