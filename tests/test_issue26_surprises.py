@@ -115,3 +115,15 @@ def test_a_student_preset_before_its_teacher_preset_ran_says_to_train_it_first(t
     assert (f"preset {preset.name} distils from the teacher that `intrakd train-teacher --preset "
             f"{preset.teacher_preset}` trains") in err and "train that teacher first" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_epoch_line_shows_the_methods_own_terms_and_lambda_under_auto(runs, tmp_path, capsys):
+    teacher = runs["teacher"] / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert main(["distill", "--out", str(tmp_path / "dkd"), "--teacher", str(teacher), *STUDENT,
+                 "distill.method=dkd"]) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if " epoch 1/1 loss=" in x)
+    assert " ce=" in line and " dkd=" in line, line
+    assert main(["train-teacher", "--out", str(tmp_path / "auto"), *TEACHER, "intra.weight=auto"]) == 0
+    line = next(x for x in capsys.readouterr().err.splitlines() if " epoch 1/1 loss=" in x)
+    assert " intra=" in line and " lambda=" in line, line

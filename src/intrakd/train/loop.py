@@ -248,7 +248,7 @@ class Trainer:
             f.write(line + "\n")
         if self.board is not None:
             self.board.log(record, record["epoch"])
-        say(console_line(self.info.name, record, self.epochs, self.info.eval_split))
+        say(console_line(self.info.name, record, self.epochs, self.info.eval_split, self.state.meter.terms))
 
     def _running_loss(self) -> dict[str, float]:
         """The epoch's mean loss so far (read when a progress line is shown)."""

@@ -15,6 +15,8 @@ class EpochMeter:
     """Running sums of one epoch's logged values, kept on the device (no host sync per step)."""
 
     def __init__(self) -> None:
+        self.terms: list[str] = []
+        """The names of the loss terms the steps return, in their order (what the console line shows)."""
         self.reset()
 
     def reset(self) -> None:
@@ -25,6 +27,8 @@ class EpochMeter:
 
     def add(self, loss: Tensor, result: StepOutput, labels: Tensor) -> None:
         """Add one applied step: the total loss, every term and statistic, the training hits."""
+        if self.terms != list(result.losses):
+            self.terms = list(result.losses)
         for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
             value = value.detach().float()
             # A copy, not the step's tensor: with CUDA graphs the next step writes over its outputs.
@@ -52,10 +56,11 @@ class EpochMeter:
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "correct": self.correct, "images": self.images, "steps": self.steps,
-                "skipped": self.skipped, "seconds": self.seconds}
+                "skipped": self.skipped, "seconds": self.seconds, "terms": list(self.terms)}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.sums = {name: value.to(device) for name, value in state["sums"].items()}
         self.correct = None if state["correct"] is None else state["correct"].to(device)
         self.images, self.steps, self.skipped = state["images"], state["steps"], state["skipped"]
         self.seconds = state["seconds"]
+        self.terms = list(state.get("terms", []))  # checkpoints written before the meter kept them

@@ -8,17 +8,21 @@ written and nothing fails. Set ``INTRAKD_TENSORBOARD=0`` to turn them off.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CONSOLE_KEYS = ("loss", "ce", "intra", "kd", "pass_rate", "train_acc", "{split}_acc", "images_per_s")
-"""The values of an epoch record printed on the console, in this order (those present)."""
+CONSOLE_KEYS = ("lambda", "pass_rate", "train_acc", "{split}_acc", "images_per_s")
+"""The values of an epoch record printed on the console after the loss and its terms, in this order
+(those present)."""
 
 
-def console_line(kind: str, record: dict[str, Any], epochs: int, eval_split: str) -> str:
-    """One epoch's record as the console shows it: ``[teacher] epoch 3/240 loss=... ce=...``
+def console_line(kind: str, record: dict[str, Any], epochs: int, eval_split: str,
+                 terms: Sequence[str] = ("ce", "intra", "kd")) -> str:
+    """One epoch's record as the console shows it: ``[teacher] epoch 3/240 loss=... ce=...``, the loss
+    then every one of its ``terms`` (the method's own too), then :data:`CONSOLE_KEYS`
     (``epoch 3/270 (pre-training) ...`` in an objective's pre-training stage)."""
-    keys = [key.format(split=eval_split) for key in CONSOLE_KEYS]
+    keys = ["loss", *terms, *(key.format(split=eval_split) for key in CONSOLE_KEYS)]
     shown = " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)
     stage = " (pre-training)" if record.get("stage") == "init" else ""
     return f"[{kind}] epoch {record['epoch']}/{epochs}{stage} {shown}"
