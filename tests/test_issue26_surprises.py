@@ -127,3 +127,19 @@ def test_the_epoch_line_shows_the_methods_own_terms_and_lambda_under_auto(runs, 
     assert main(["train-teacher", "--out", str(tmp_path / "auto"), *TEACHER, "intra.weight=auto"]) == 0
     line = next(x for x in capsys.readouterr().err.splitlines() if " epoch 1/1 loss=" in x)
     assert " intra=" in line and " lambda=" in line, line
+
+
+@pytest.mark.parametrize("batch_size", [3, 5, 6, 7])
+def test_skipped_images_agree_between_intro_metrics_and_summary(batch_size, tmp_path, capsys):
+    import json
+
+    from test_bad_images import args, folders
+
+    folders(tmp_path / "data")  # 16 training images, 2 of them unreadable
+    out = tmp_path / "run"
+    assert main([*args(tmp_path / "data", out, "data.bad_images=skip", "optim.epochs=1",
+                       f"data.batch_size={batch_size}")]) == 0
+    assert ": 14 training images (2 unreadable left out), 2 classes;" in capsys.readouterr().err
+    (line,) = (out / "metrics.jsonl").read_text().splitlines()
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(line)["skipped_images"] == summary["skipped_images"]

@@ -74,6 +74,8 @@ class RunPlan:
     processes: int = 1
     init_epochs: int = 0
     """Epochs of a pre-training stage, before the main stage's."""
+    unreadable: int = 0
+    """Training images found unreadable and left out (``data.bad_images=skip``), of ``train_images``."""
 
 
 def run_intro(plan: RunPlan) -> list[str]:
@@ -84,7 +86,8 @@ def run_intro(plan: RunPlan) -> list[str]:
         f"{p.epochs} epochs"
     return [
         f"intrakd {p.command}: {p.label} -> {p.run_dir} ({state})",
-        (f"  data    {p.dataset}: {p.train_images} training images, {p.num_classes} classes; "
+        (f"  data    {p.dataset}: {p.train_images - p.unreadable} training images"
+         f"{f' ({p.unreadable} unreadable left out)' if p.unreadable else ''}, {p.num_classes} classes; "
          f"evaluated on {p.eval_split}: {p.eval_images} images"),
         f"  model   {p.model}: {p.steps_per_epoch} steps/epoch x {stages}, batch {p.batch_size}",
         f"  device  {p.device}, precision {p.precision}" + (f", {p.processes} processes" if p.processes > 1 else ""),

@@ -539,6 +539,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             batch_size=cfg.data.batch_size, device=str(perf.device), precision=perf.describe()["precision"],
             processes=distributed.world_size(),
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
+            unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"

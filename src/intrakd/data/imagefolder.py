@@ -289,16 +289,24 @@ class FolderBatches:
         computed from the epoch's order, so a resumed epoch counts alike)."""
         if self.split.bad_images != "skip":
             return {}
-        used = self._order()[: len(self) * self.batch_size]
-        return {"skipped_images": len(self.split.bad.keys() & set(used))}
+        return {"skipped_images": len(self._skipped_in(self.epoch))}
 
     def run_stats(self) -> dict[str, int]:
-        """``skipped_images``: the distinct unreadable training images left out (with ``skip``)."""
-        return {"skipped_images": len(self.split.bad)} if self.split.bad_images == "skip" else {}
+        """``skipped_images``: the distinct unreadable training images left out of the batches of the
+        epochs so far (with ``skip``): one epoch's run agrees with its ``metrics.jsonl`` line."""
+        if self.split.bad_images != "skip":
+            return {}
+        return {"skipped_images": len(set().union(*(self._skipped_in(e) for e in range(self.epoch + 1))))}
 
-    def _order(self) -> list[int]:
-        """The epoch's permutation of the split (a function of the seed and the epoch only)."""
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+    def _skipped_in(self, epoch: int) -> set[int]:
+        """The unreadable images among those epoch ``epoch``'s batches hold (the rest of the order is
+        dropped as an incomplete batch)."""
+        return self.split.bad.keys() & set(self._order(epoch)[: len(self) * self.batch_size])
+
+    def _order(self, epoch: int | None = None) -> list[int]:
+        """The permutation of the split of epoch ``epoch`` (default: the current one; a function of the
+        seed and the epoch only)."""
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch if epoch is None else epoch))
         return torch.randperm(len(self.split), generator=generator).tolist()
 
     def __iter__(self) -> Iterator[Batch]:

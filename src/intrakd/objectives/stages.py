@@ -1,9 +1,9 @@
 """Stage features of a student and its teacher, paired for the methods that compare them stage by stage.
 
 The stages from ``first_stage`` on are paired in order; where one model has more stages than the
-other, its last extra ones are left out, with a note on stderr (RepDistiller zips ``feat[1:-1]`` of both
-models the same way, so resnet32x4 -> ShuffleV2 pairs layer1-3 with stage1-3). Where a pair's spatial sizes differ, the
-larger map is average-pooled to the smaller size.
+other, its last extra ones are left out, with a note on stderr (RepDistiller zips ``feat[1:-1]`` of
+both models the same way, so resnet32x4 -> ShuffleV2 pairs layer1-3 with stage1-3). Where a pair's
+spatial sizes differ, the larger map is average-pooled to the smaller size.
 """
 
 from __future__ import annotations
