@@ -143,3 +143,18 @@ def test_skipped_images_agree_between_intro_metrics_and_summary(batch_size, tmp_
     (line,) = (out / "metrics.jsonl").read_text().splitlines()
     summary = json.loads((out / "summary.json").read_text())
     assert json.loads(line)["skipped_images"] == summary["skipped_images"]
+
+
+def test_report_ignores_settings_of_methods_a_student_does_not_use(tmp_path):
+    import yaml
+
+    from intrakd.analysis.runfolders import run_config
+
+    run = tmp_path / "s"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "command": "distill", "model": "resnet8", "teacher": str(tmp_path / "absent.pt"), "seed": 0,
+        "distill": {"method": "kd", "ab": {"init_epochs": 30}, "dkd": {"beta": 2.0}}}))
+    _, _, config = run_config(run)
+    assert config["distill.method"] == "kd"
+    assert not [key for key in config if key.startswith(("distill.ab.", "distill.dkd."))]

@@ -60,6 +60,18 @@ def _defaults(kind: str) -> dict[str, Any]:
     return flatten(to_dict(RUN_CONFIGS[kind]()))
 
 
+def _unused_section(key: str, distill: Any) -> bool:
+    """Whether ``key`` is a setting of a distillation method or learned temperature the run does not use
+    (``distill.ab.init_epochs`` of a KD run): it changes nothing, so it neither labels nor splits groups."""
+    from intrakd.objectives import list_distillers, list_temperatures
+
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] != "distill" or not isinstance(distill, dict):
+        return False
+    used = {distill.get("method", "kd"), distill.get("temperature")}
+    return parts[1] in {*list_distillers(), *list_temperatures()} and parts[1] not in used
+
+
 def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str, int | None, dict[str, Any]]:
     """(kind, seed, flattened configuration without ignored keys) of a run folder.
 
@@ -73,7 +85,8 @@ def run_config(run_dir: Path, _seen: frozenset[Path] = frozenset()) -> tuple[str
     seed = raw.get("seed")
     # a setting newer than the run is at its default (upgrade_stored says where that is not so)
     defaults = _defaults(kind) if kind in RUN_CONFIGS else {}
-    config = {k: v for k, v in {**defaults, **flatten(raw)}.items() if not key_in(k, IGNORED_KEYS)}
+    config = {k: v for k, v in {**defaults, **flatten(raw)}.items()
+              if not key_in(k, IGNORED_KEYS) and not _unused_section(k, raw.get("distill"))}
     if config.get("teacher_outputs"):  # the store's path says nothing; whether it kept every class does
         config.update(stored_logits(Path(config.pop("teacher_outputs"))))
     config.pop("teacher_outputs", None)
