@@ -158,3 +158,21 @@ def test_report_ignores_settings_of_methods_a_student_does_not_use(tmp_path):
     _, _, config = run_config(run)
     assert config["distill.method"] == "kd"
     assert not [key for key in config if key.startswith(("distill.ab.", "distill.dkd."))]
+
+
+def test_a_fifo_among_the_images_is_refused_instead_of_hanging(tmp_path, capsys):
+    import os
+
+    from test_bad_images import args
+    from test_imagefolder import make_image_folders
+
+    from intrakd.cli import EXIT_BAD_INPUT
+
+    make_image_folders(tmp_path / "data", per_class=4)
+    fifo = tmp_path / "data" / "train" / "cat" / "pipe.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "run"
+    assert main(args(tmp_path / "data", out)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "are not regular files (a FIFO, socket or device), e.g. " in err and str(fifo) in err, err
+    assert not out.exists()

@@ -9,6 +9,7 @@ images are small can instead be decoded once into a :class:`TensorDataset` (``da
 from __future__ import annotations
 
 import os
+import stat
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -365,6 +366,10 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None,
         raise ConfigError(f"class folder {folder / empty[0]} holds no images (expected files ending in "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
     paths = [path for path, _ in samples]
+    special = [path for path in paths if not stat.S_ISREG(os.stat(path).st_mode)]
+    if special:  # reading a FIFO would wait for a writer for ever
+        raise ConfigError(f"{len(special)} of the image files in {folder} are not regular files (a FIFO, socket or "
+                          f"device), e.g. {special[0]}: remove them or replace them with images")
     labels = [label for _, label in samples]
     return classes, paths, labels
 
