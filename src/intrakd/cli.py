@@ -332,6 +332,16 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default="pooled_student_diff", help="key under which --into stores it")
     p.set_defaults(func=_analysis("pool"))
 
+    p = sub.add_parser("export", help="a checkpoint as an ONNX, TorchScript or torch.export file taking uint8 images "
+                                      "(its normalisation included), checked against PyTorch before it is written")
+    p.add_argument("--checkpoint", required=True, help="an intrakd run checkpoint")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "pt2"),
+                   help="onnx (needs the [export] extra), torchscript (torch.jit; deprecated in torch but loadable "
+                        "by libtorch) or pt2 (torch.export)")
+    p.add_argument("--out", help="file to write (default: the checkpoint's name with .onnx, .torchscript.pt or .pt2)")
+    p.add_argument("--data-root", help="folder of the dataset, if it moved since training")
+    p.set_defaults(func=_analysis("export"))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intrakd", description=__doc__, epilog=EXIT_STATUSES,

@@ -205,3 +205,17 @@ def cmd_pool(args: argparse.Namespace) -> int:
         Path(args.into).write_text(json.dumps(target, indent=1) + "\n")
         say(f"written: {args.into}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint (``--format``) after checking the file's outputs against PyTorch's."""
+    from intrakd.analysis.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, args.data_root)
+    say(f"intrakd export: {result['format']} file agrees with PyTorch on {result['checked_images']} images "
+        f"(max |logit difference| {result['max_abs_difference']:.2e}, tolerance {result['tolerance']:g}); "
+        f"input uint8 {result['input']['shape']}")
+    say(f"written: {result['written']}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
