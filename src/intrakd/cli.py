@@ -332,6 +332,13 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default="pooled_student_diff", help="key under which --into stores it")
     p.set_defaults(func=_analysis("pool"))
 
+    p = sub.add_parser("predict", help="the most probable classes of image files, with their probabilities")
+    p.add_argument("--checkpoint", required=True, help="an intrakd run checkpoint (records its class names)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--top", type=int, help="classes shown per image (default 5, or all of fewer)")
+    p.add_argument("--data-root", help="folder of the dataset, if it moved since training")
+    p.set_defaults(func=_analysis("predict"))
+
     p = sub.add_parser("export", help="a checkpoint as an ONNX, TorchScript or torch.export file taking uint8 images "
                                       "(its normalisation included), checked against PyTorch before it is written")
     p.add_argument("--checkpoint", required=True, help="an intrakd run checkpoint")

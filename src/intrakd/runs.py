@@ -42,7 +42,7 @@ from intrakd.config import (
     read_yaml,
     to_dict,
 )
-from intrakd.data import Batches, Split, TensorBatches, build_datasets
+from intrakd.data import Batches, Split, TensorBatches, build_datasets, class_names
 from intrakd.data.teacher_store import (
     LOGIT_DTYPES,
     StoredBatches,
@@ -546,7 +546,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         trainer = Trainer(
             model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
             run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
-                                          job.label),
+                                          job.label, class_names(cfg.data)),
             teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
             perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
         )

@@ -219,3 +219,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """The most probable classes of image files: one line per image, or one JSON document."""
+    from intrakd.analysis.predict import predict_images
+
+    results = predict_images(args.checkpoint, args.images, args.top, args.data_root)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            print(item["image"] + "\t" + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"]))
+    return 0

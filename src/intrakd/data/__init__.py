@@ -4,6 +4,10 @@ Tiny ImageNet, ImageNet and any class-folder tree decoded from image files."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
+
+from torch import Tensor
 
 from intrakd.config import ConfigError, DataConfig
 from intrakd.data.augment import Augmentation
@@ -20,6 +24,8 @@ from intrakd.data.imagefolder import (
     UnreadableImageError,
     load_image_folders,
     load_tiny_imagenet,
+    read_image,
+    resolve_tiny_imagenet_dir,
 )
 from intrakd.data.tensor_data import (
     Batch,
@@ -109,6 +115,38 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
     return train, eval_set, split
 
 
+def class_names(cfg: DataConfig) -> list[str]:
+    """The name of every label of the data ``cfg`` describes, in label order: the digit, CIFAR-100's
+    fine (or, with ``labels=coarse``, super-) class names, a folder dataset's class folder names; after
+    ``data.classes`` picks and orders classes."""
+    if cfg.dataset == "digits":
+        names = [str(d) for d in range(10)]
+    elif cfg.dataset == "cifar100":
+        names = cifar100_classes(cfg.root)[0]
+    else:
+        folder = (resolve_tiny_imagenet_dir(cfg.root) if cfg.dataset == "tiny_imagenet" else Path(cfg.root)) / "train"
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    picked = (resolve_cifar100_classes(cfg.root, cfg.classes) if cfg.dataset == "cifar100" and cfg.classes
+              else cfg.classes or range(len(names)))
+    if cfg.labels == "coarse":
+        coarse_names, coarse_of = cifar100_classes(cfg.root)[1:]
+        return [coarse_names[g] for g in sorted({coarse_of[c] for c in picked})]
+    return [names[c] for c in picked]
+
+
+def eval_image(split: Split, path: str | Path) -> Tensor:
+    """Image file ``path`` as ``split``'s evaluation reads its images: uint8 ``[C, H, W]`` after the
+    folder pipeline's eval transform (a tensor-held split: resized to its images' side, grey when they
+    are)."""
+    if isinstance(split, ImageFolderSplit):
+        pipeline = split.pipeline
+    else:
+        side = split.image_shape[1]
+        pipeline = Pipeline("pad_crop", side, split.augmentation.mean, split.augmentation.std)
+    image = read_image(path)
+    return pipeline.eval_transform()(image.convert("L") if split.image_shape[0] == 1 else image)
+
+
 __all__ = [
     "DATASETS",
     "FOLDER_DATASETS",
@@ -123,7 +161,9 @@ __all__ = [
     "UnreadableImageError",
     "build_datasets",
     "cifar100_classes",
+    "class_names",
     "coarse_labels",
+    "eval_image",
     "first_per_class",
     "folder_pipeline",
     "load_cifar100",

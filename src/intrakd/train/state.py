@@ -43,6 +43,8 @@ class RunInfo:
     """Facts about the inputs a resumed run must find unchanged (data size, the teacher's sha256)."""
     label: str = ""
     """What the run is called in its log lines ('enriched teacher'); ``kind`` when empty."""
+    class_names: list[str] = field(default_factory=list)
+    """The name of every label, in label order (``intrakd predict`` shows them)."""
 
     @property
     def name(self) -> str:
@@ -105,6 +107,7 @@ class TrainState:
             "kind": info.kind,
             "model_name": info.model_name,
             "num_classes": info.num_classes,
+            "class_names": info.class_names,
             "config": info.config,
             "provenance": info.provenance,
             **{name: obj.state_dict() for name, obj in self.stateful.items()},
