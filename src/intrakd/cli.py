@@ -401,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="vanilla vs enriched teacher and their students, one table")
-    p.add_argument("--dataset", default="digits", help="digits (embedded, default) or cifar100")
-    p.add_argument("--data-root", help="folder holding cifar-100-python (for --dataset cifar100)")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (embedded, default), cifar100, cifar10, mnist or fashion_mnist")
+    p.add_argument("--data-root", help="folder of the dataset (cifar100, cifar10, mnist, fashion_mnist)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the dataset's demo recipe)")
     p.add_argument("--train-per-class", type=int, help="train on the first N images of each class")

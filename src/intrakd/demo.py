@@ -26,6 +26,12 @@ DEMO_RECIPES: dict[str, dict[str, Any]] = {
         "teacher_model": "resnet32x4", "student_model": "resnet8x4", "epochs": 240,
         "intra_weight": 0.02, "batch_size": 64, "perf": {},
     },
+    "cifar10": {
+        "teacher_model": "resnet56", "student_model": "resnet20", "epochs": 240,
+        "intra_weight": 0.02, "batch_size": 64, "perf": {},
+    },
+    **{name: {"teacher_model": "digits_cnn", "student_model": "digits_cnn_small", "epochs": 15,
+              "intra_weight": 0.1, "batch_size": 128, "perf": {}} for name in ("mnist", "fashion_mnist")},
 }
 
 

@@ -18,7 +18,7 @@ RUN_COMMANDS = {"teacher": "train-teacher", "student": "distill"}
 """The command that starts and resumes a run of each kind ('teacher': :class:`TeacherConfig`,
 'student': :class:`StudentConfig`); the kind is what checkpoints and reports record."""
 
-RESULT_NEUTRAL_KEYS = ("device", "data.root", "data.workers", "data.eval_batch_size", "data.in_memory",
+RESULT_NEUTRAL_KEYS = ("device", "data.root", "data.download", "data.workers", "data.eval_batch_size", "data.in_memory",
                        "perf.", "checkpoint.", "dist.", "train.")
 """Settings that say where a run executes and how fast (device, where the data lies and how it is
 loaded, speed settings, checkpoint schedule, data-parallel setup, the non-finite step policy), never
@@ -77,12 +77,16 @@ def check_rules(prefix: str, section: Any) -> None:
 @dataclass
 class DataConfig:
     dataset: str = "cifar100"
-    """'digits' (embedded, no download), 'cifar100', 'tiny_imagenet' (official layout), 'imagenet' or
-    'imagefolder' (both: root/train/<class>/* and root/val/<class>/*). A dataset of
+    """'digits' (embedded, no download), 'cifar100', 'cifar10', 'mnist', 'fashion_mnist' (official file
+    layouts), 'tiny_imagenet' (official layout), 'imagenet' or 'imagefolder' (both: root/train/<class>/*
+    and root/val/<class>/*). A dataset of
     :data:`DATASET_MODELS` brings its own default teacher and student models."""
     root: str | None = None
     """Folder holding the dataset (for cifar100: the folder with 'cifar-100-python'; for tiny_imagenet:
     'tiny-imagenet-200' or the folder holding it)."""
+    download: bool = False
+    """cifar100, cifar10, mnist, fashion_mnist: fetch the dataset into ``root`` with torchvision's
+    downloader when it is not there (needs the network; never done unless asked)."""
     batch_size: int = setting(64, "Images of one training step (the global batch under torchrun).", ">= 1")
     eval_batch_size: int = setting(512, "Images of one evaluation batch.", ">= 1")
     val_per_class: int = setting(
@@ -385,7 +389,8 @@ class DistConfig:
     """Batch-norm statistics over the global batch (CUDA only)."""
 
 
-DATASET_MODELS: dict[str, tuple[str, str]] = {"digits": ("digits_cnn", "digits_cnn_small")}
+DATASET_MODELS: dict[str, tuple[str, str]] = {
+    name: ("digits_cnn", "digits_cnn_small") for name in ("digits", "mnist", "fashion_mnist")}
 """The (teacher, student) models of a run on these datasets when ``model`` is not set: the default
 CIFAR models cannot read their images."""
 

@@ -1,5 +1,5 @@
-"""Datasets: the embedded digits and CIFAR-100 held as uint8 tensors with batched augmentation;
-Tiny ImageNet, ImageNet and any class-folder tree decoded from image files."""
+"""Datasets: the embedded digits, CIFAR-100, CIFAR-10, MNIST and Fashion-MNIST held as uint8 tensors
+with batched augmentation; Tiny ImageNet, ImageNet and any class-folder tree decoded from image files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from torch import Tensor
 from intrakd.config import ConfigError, DataConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.badimages import unreadable_message
-from intrakd.data.cifar import cifar100_classes, coarse_labels, load_cifar100, resolve_cifar100_classes
+from intrakd.data.cifar import (
+    cifar10_classes,
+    cifar100_classes,
+    coarse_labels,
+    load_cifar10,
+    load_cifar100,
+    resolve_cifar100_classes,
+)
 from intrakd.data.digits import load_digits_splits
 from intrakd.data.imagefolder import (
     IMAGENET_MEAN,
@@ -27,6 +34,7 @@ from intrakd.data.imagefolder import (
     read_image,
     resolve_tiny_imagenet_dir,
 )
+from intrakd.data.mnist import IDX_DATASETS, idx_class_names, load_idx_dataset
 from intrakd.data.tensor_data import (
     Batch,
     Batches,
@@ -37,8 +45,14 @@ from intrakd.data.tensor_data import (
     select_classes,
     split_per_class,
 )
+from intrakd.progress import say
 
-DATASETS = ("digits", "cifar100", "tiny_imagenet", "imagenet", "imagefolder")
+DATASETS = ("digits", "cifar100", "cifar10", "mnist", "fashion_mnist", "tiny_imagenet", "imagenet", "imagefolder")
+ROOT_TENSOR_DATASETS = {"cifar100": "the folder holding 'cifar-100-python'",
+                        "cifar10": "the folder holding 'cifar-10-batches-py'",
+                        "mnist": "the folder holding MNIST/raw/ (torchvision's layout)",
+                        "fashion_mnist": "the folder holding FashionMNIST/raw/ (torchvision's layout)"}
+"""The datasets read into tensors from files under data.root, and what the root holds."""
 FOLDER_DATASETS = ("tiny_imagenet", "imagenet", "imagefolder")
 
 
@@ -60,6 +74,28 @@ def _load_folders(cfg: DataConfig) -> tuple[ImageFolderSplit, ImageFolderSplit]:
     return loader(cfg.root, folder_pipeline(cfg), cfg.workers)
 
 
+def _load_tensor_dataset(dataset: str, root: str) -> tuple[TensorDataset, TensorDataset]:
+    if dataset == "cifar100":
+        return load_cifar100(root)
+    return load_cifar10(root) if dataset == "cifar10" else load_idx_dataset(root, dataset)
+
+
+def download(dataset: str, root: str) -> None:
+    """Fetch ``dataset`` into ``root`` in its official layout with torchvision's downloader (which checks
+    the archives' MD5), unless it is there already; only ever called for ``data.download=true``."""
+    from torchvision import datasets
+
+    try:
+        _load_tensor_dataset(dataset, root)
+        return
+    except (FileNotFoundError, ValueError):
+        pass
+    make = {"cifar100": datasets.CIFAR100, "cifar10": datasets.CIFAR10, "mnist": datasets.MNIST,
+            "fashion_mnist": datasets.FashionMNIST}[dataset]
+    say(f"data.download=true: downloading {dataset} into {root} (torchvision)")
+    make(root, train=True, download=True)
+
+
 def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
     """(train, eval, eval split name) for a data configuration.
 
@@ -70,11 +106,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Split, Split, str]:
     """
     if cfg.dataset == "digits":
         train, test = load_digits_splits()
-    elif cfg.dataset == "cifar100":
+    elif cfg.dataset in ROOT_TENSOR_DATASETS:
         if not cfg.root:
-            raise ConfigError("data.root is required for cifar100: the folder holding 'cifar-100-python' "
+            raise ConfigError(f"data.root is required for {cfg.dataset}: {ROOT_TENSOR_DATASETS[cfg.dataset]} "
                              "(e.g. --data-root ../shared/data)")
-        train, test = load_cifar100(cfg.root)
+        if cfg.download:
+            download(cfg.dataset, cfg.root)
+        train, test = _load_tensor_dataset(cfg.dataset, cfg.root)
     elif cfg.dataset in FOLDER_DATASETS:
         train, test = _load_folders(cfg)
     else:
@@ -123,6 +161,10 @@ def class_names(cfg: DataConfig) -> list[str]:
         names = [str(d) for d in range(10)]
     elif cfg.dataset == "cifar100":
         names = cifar100_classes(cfg.root)[0]
+    elif cfg.dataset == "cifar10":
+        names = cifar10_classes(cfg.root)
+    elif cfg.dataset in IDX_DATASETS:
+        names = idx_class_names(cfg.dataset)
     else:
         folder = (resolve_tiny_imagenet_dir(cfg.root) if cfg.dataset == "tiny_imagenet" else Path(cfg.root)) / "train"
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))

@@ -1,4 +1,6 @@
-"""CIFAR-100 from the official "cifar-100-python" layout (a user's download or ../shared/data)."""
+"""CIFAR-100 and CIFAR-10 from their official python layouts ("cifar-100-python", "cifar-10-batches-py":
+a user's download or ../shared/data), read directly: torchvision's classes check each file's MD5 and
+reject any other copy (e.g. a subset), and would download on their own."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ from intrakd.data.tensor_data import TensorDataset
 CIFAR100_AUGMENTATION = Augmentation(
     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), padding=4, flip=True
 )
+CIFAR10_AUGMENTATION = Augmentation(
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), padding=4, flip=True
+)
+"""The training set's per-channel pixel mean and standard deviation."""
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
 def resolve_cifar100_dir(root: str | Path) -> Path:
@@ -30,24 +38,25 @@ def resolve_cifar100_dir(root: str | Path) -> Path:
     )
 
 
-def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_split(path: Path, label_key: str = "fine_labels", classes: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    name = f"CIFAR-{classes}"
     try:
         with path.open("rb") as f:
             entry = pickle.load(f, encoding="latin1")
     except Exception as err:
-        raise ConfigError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err})") from err
+        raise ConfigError(f"{path} is not a readable {name} pickle ({type(err).__name__}: {err})") from err
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-    missing = {"data", "fine_labels"} - entry.keys()
+    missing = {"data", label_key} - entry.keys()
     if missing:
-        raise ConfigError(f"{path}: missing keys {sorted(missing)} (is this the CIFAR-100 python version?)")
+        raise ConfigError(f"{path}: missing keys {sorted(missing)} (is this the {name} python version?)")
     data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry["fine_labels"], dtype=np.int64)
+    labels = np.asarray(entry[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise ConfigError(f"{path}: expected data of shape [N, 3072] and N labels, got {data.shape} and {labels.shape}")
-    if labels.min() < 0 or labels.max() >= 100:
-        raise ConfigError(f"{path}: fine labels must lie in 0..99, got {labels.min()}..{labels.max()}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ConfigError(f"{path}: labels must lie in 0..{classes - 1}, got {labels.min()}..{labels.max()}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     return images, torch.from_numpy(labels)
 
@@ -105,3 +114,37 @@ def load_cifar100(root: str | Path) -> tuple[TensorDataset, TensorDataset]:
     train = TensorDataset(*_load_split(folder / "train"), 100, CIFAR100_AUGMENTATION)
     test = TensorDataset(*_load_split(folder / "test"), 100, CIFAR100_AUGMENTATION)
     return train, test
+
+
+def resolve_cifar10_dir(root: str | Path) -> Path:
+    """The folder holding ``data_batch_1..5`` and ``test_batch``: ``root`` or ``root/cifar-10-batches-py``."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / CIFAR10_DIR):
+        if all((candidate / name).is_file() for name in (*CIFAR10_TRAIN, "test_batch")):
+            return candidate
+    raise FileNotFoundError(
+        f"CIFAR-10 not found at {root}: expected the files {', '.join(CIFAR10_TRAIN)} and test_batch of the "
+        f"official '{CIFAR10_DIR}' download in {root} or in {root / CIFAR10_DIR}. Extract "
+        "cifar-10-python.tar.gz there, pass --data-root / data.root, or set data.download=true.")
+
+
+def cifar10_classes(root: str | Path) -> list[str]:
+    """The ten class names of ``batches.meta`` (CIFAR-10's own, in label order)."""
+    path = resolve_cifar10_dir(root) / "batches.meta"
+    def text(value: str | bytes) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    try:
+        with path.open("rb") as f:
+            meta = {text(k): v for k, v in pickle.load(f, encoding="latin1").items()}
+        return [text(name) for name in meta["label_names"]]
+    except (OSError, KeyError, pickle.UnpicklingError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{path}: cannot read CIFAR-10's class names ({type(err).__name__}: {err})") from err
+
+
+def load_cifar10(root: str | Path) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) of CIFAR-10 (the five training batches in order, then ``test_batch``) as uint8 tensors."""
+    folder = resolve_cifar10_dir(root)
+    parts = [_load_split(folder / name, "labels", 10) for name in CIFAR10_TRAIN]
+    train = TensorDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), 10, CIFAR10_AUGMENTATION)
+    return train, TensorDataset(*_load_split(folder / "test_batch", "labels", 10), 10, CIFAR10_AUGMENTATION)
