@@ -24,6 +24,7 @@ from intrakd.objectives import (
     list_temperatures,
     logit_standardized_methods,
     methods_for_pair,
+    pair_optim,
     published_top1,
 )
 
@@ -140,19 +141,20 @@ def _build() -> dict[str, Preset]:
         # teacher: only the teacher checkpoint differs
         accepted = methods_for_pair(teacher, student)
         recipes = [(method, method.upper(), distill_recipe(method, teacher, student),
-                    published_top1(method, teacher, student))
+                    published_top1(method, teacher, student), pair_optim(method, teacher, student))
                    for method in list_distillers() if method in accepted]
         recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
-                     distill_recipe(method, teacher, student, logit_standardize=True), None)
+                     distill_recipe(method, teacher, student, logit_standardize=True), None,
+                     pair_optim(method, teacher, student, logit_standardize=True))
                     for method in logit_standardized_methods() if method in accepted]
         recipes += [(f"{method}-{temperature}", f"{method.upper()} with the {temperature.upper()} temperature",
                      learned_temperature_recipe(temperature, method, teacher, student),
-                     published_top1(method, teacher, student, temperature))
+                     published_top1(method, teacher, student, temperature), pair_optim(method, teacher, student))
                     for temperature in list_temperatures() for method in learned_temperature_methods()
                     if method in accepted]
-        for name, title, recipe, method_published in recipes:
+        for name, title, recipe, method_published, optim in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
-                values = _kd(student, teacher, data, student_optim, recipe)
+                values = _kd(student, teacher, data, {**student_optim, **optim}, recipe)
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
                 presets.append(Preset(f"{base}/{name}-{variant}", "distill", values,
                                       f"{prefix} {title} {teacher} -> {student}, {variant} teacher "

@@ -154,6 +154,15 @@ def published_top1(name: str, teacher_model: str, student_model: str, temperatur
     return temperature_class(temperature).published.get((name, teacher_model, student_model))
 
 
+def pair_optim(name: str, teacher_model: str, student_model: str, logit_standardize: bool = False) -> dict[str, Any]:
+    """The ``optim`` settings that method ``name``'s reference config (with ``logit_standardize``: the
+    logit-standardisation repository's) sets for this CIFAR-100 pair over the benchmark schedule."""
+    _check(name)
+    cls, pair = _DISTILLERS[name], (teacher_model, student_model)
+    settings = cls.logit_standardized_pair_optim.get(pair) if logit_standardize else None
+    return dict(settings if settings is not None else cls.pair_optim.get(pair, {}))
+
+
 def logit_standardized_methods() -> list[str]:
     """The methods with a logit-standardised recipe (Sun et al., CVPR 2024), in registry order."""
     return [name for name, cls in _DISTILLERS.items()
