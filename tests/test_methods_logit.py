@@ -362,3 +362,20 @@ def test_folder_datasets_give_strong_views_too(tmp_path):
     assert all(torch.equal(a, b) for x, y in zip(strong, views(1)) for a, b in zip(x, y))  # seeded per image
     assert all(torch.equal(x[0], y[0]) for x, y in zip(strong, weak))  # the weak view is the standard one
     assert not all(torch.equal(x[1], y[1]) for x, y in zip(strong, weak))
+
+
+def test_mlkd_presets_follow_the_authors_schedules():
+    """The MLKD authors' configs/cifar100/ours/*.yaml; MLKD-LS: the LS repository's configs/cifar100/mlkd."""
+    def optim(pair: str, name: str) -> tuple[int, float, list[int]]:
+        values = all_presets()[f"cifar100/{pair}/{name}-vanilla"].config().optim
+        return values.epochs, values.lr, list(values.milestones)
+
+    assert optim("resnet32x4-resnet8x4", "mlkd") == (240, 0.025, [150, 180, 210])
+    assert optim("vgg13-MobileNetV2", "mlkd") == (480, 0.01, [150, 180, 210])
+    assert optim("wrn_40_2-ShuffleV1", "mlkd")[:2] == (480, 0.01)
+    assert optim("resnet32x4-ShuffleV2", "mlkd")[:2] == (960, 0.01)
+    assert optim("resnet32x4-ShuffleV1", "mlkd-ls")[:2] == (960, 0.01)
+    assert optim("resnet32x4-resnet8x4", "mlkd-ls")[:2] == (480, 0.025)
+    assert optim("vgg13-vgg8", "mlkd-ls")[:2] == (480, 0.01)
+    assert optim("resnet32x4-resnet8x4", "kd")[:2] == (240, 0.05)  # the other methods keep the benchmark's
+    assert optim("resnet32x4-ShuffleV2", "dkd-ls")[:2] == (240, 0.01)

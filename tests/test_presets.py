@@ -1,6 +1,7 @@
 """Named recipes: every preset resolves to a valid configuration with the values of METHOD.md, and
 the CLI lists them and runs one with overrides on top."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from intrakd.objectives import (
     methods_table,
     reference_of,
 )
-from intrakd.presets import Published, all_presets, get_preset, list_presets, preset_values
+from intrakd.presets import Published, all_presets, get_preset, list_presets, preset_values, presets_table
 
 # METHOD.md's CIFAR-100 pairs and published top-1 (teacher / student alone / KD)
 CIFAR100_PAIRS = [
@@ -115,14 +116,18 @@ def test_presets_command_lists_every_preset_with_key_settings(capsys):
     assert set(rows) == set(all_presets())
     assert rows["cifar100/resnet32x4-resnet8x4/kd"].split()[1:8] == [
         "distill", "resnet8x4", "resnet32x4", "240", "64", "0.05", "4"]
-    assert rows["cifar100/resnet32x4-resnet8x4/kd"].endswith("79.42 / 72.50 / 73.33  n/a")
+
+    def published(name: str) -> list[str]:  # the published teacher / student and method columns
+        return re.split(r"\s{2,}", rows[name])[8:10]
+
+    assert published("cifar100/resnet32x4-resnet8x4/kd") == ["79.42 / 72.50", "73.33"]
     assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[6] == "0.01"
-    assert rows["cifar100/vgg13-MobileNetV2/kd"].split()[-2:] == ["n/a", "n/a"]
+    assert published("cifar100/vgg13-MobileNetV2/kd") == ["n/a", "n/a"]
     # the method's own published top-1, where its paper gives one for the pair
-    assert rows["cifar100/resnet32x4-resnet8x4/dist-vanilla"].endswith("79.42 / 72.50 / 73.33  76.31")
+    assert published("cifar100/resnet32x4-resnet8x4/dist-vanilla") == ["79.42 / 72.50", "76.31"]
     assert rows["cifar100/resnet32x4-resnet8x4/kd-ctkd-enriched"].split()[7:10] == ["ctkd", "/", "0.1"]
-    assert rows["cifar100/resnet32x4-resnet8x4/kd-ctkd-enriched"].endswith("73.39")
-    assert rows["cifar100/resnet32x4-resnet8x4/dkd-ctkd-vanilla"].endswith("n/a")
+    assert published("cifar100/resnet32x4-resnet8x4/kd-ctkd-enriched")[1] == "73.39"
+    assert published("cifar100/resnet32x4-resnet8x4/dkd-ctkd-vanilla")[1] == "n/a"
     # a method with a pre-training stage: its epochs, then the main stage's
     assert rows["cifar100/resnet32x4-resnet8x4/ab-vanilla"].split()[4] == "30+240"
 
@@ -249,3 +254,19 @@ def test_every_method_declares_its_reference_code():
         assert reference.reference, name
         assert all(d.what and d.why and d.effect for d in reference.differences), name
     assert differences_table().count("| none |") == sum(not reference_of(n).differences for n in list_distillers())
+
+
+def test_each_method_row_shows_its_own_published_figure_and_reference():
+    """Issue 26 item 9: not KD's figure on every method's row; the reference code each recipe follows."""
+    from intrakd.objectives import reference_of
+
+    rows = {line.split()[0]: line for line in presets_table().splitlines()[1:]}
+    pair = "cifar100/resnet56-resnet20"
+    assert "70.66" in rows[f"{pair}/kd-vanilla"] and "70.66" not in rows[f"{pair}/dkd-vanilla"]
+    assert "71.97" in rows[f"{pair}/dkd-vanilla"]  # DKD's own figure for the pair
+    assert "70.66" not in rows[f"{pair}/crd-vanilla"]
+    assert "72.32" in rows[f"{pair}/dkd-ls-vanilla"]  # the LS paper's DKD+LS figure
+    assert rows[f"{pair}/dkd-vanilla"].endswith(reference_of("dkd").reference)
+    assert rows[f"{pair}/mlkd-ls-enriched"].endswith(reference_of("mlkd").reference)
+    preset = get_preset(f"{pair}/dkd-vanilla")
+    assert (preset.method_published, preset.reference) == (71.97, reference_of("dkd").reference)

@@ -232,7 +232,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
         shown = [get_preset(args.name)] if args.name else list_presets()
         found = {p.name: {"kind": p.kind, "description": p.description,
                           "published": dataclasses.asdict(p.published) if p.published else None,
-                          "method_published": p.method_published, "config": to_dict(p.config())} for p in shown}
+                          "method_published": p.method_published, "reference": p.reference,
+                          "config": to_dict(p.config())} for p in shown}
         print(json.dumps(found[args.name] if args.name else found, indent=2))
     elif args.name:
         preset = get_preset(args.name)
@@ -241,6 +242,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
             print(f"# published top-1 teacher / student / KD: {preset.published}")
         if preset.method_published is not None:
             print(f"# published top-1 of this method for the pair: {preset.method_published:.2f}")
+        if preset.reference:
+            print(f"# recipe follows: {preset.reference}")
         print(yaml.safe_dump(to_dict(preset.config()), sort_keys=False), end="")
     else:
         print(presets_table())

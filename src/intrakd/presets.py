@@ -24,7 +24,9 @@ from intrakd.objectives import (
     list_temperatures,
     logit_standardized_methods,
     methods_for_pair,
+    pair_optim,
     published_top1,
+    reference_of,
 )
 
 Kind = Literal["teacher", "distill"]
@@ -52,6 +54,8 @@ class Preset:
     method_published: float | None = None
     """CIFAR-100 top-1 (%) that the paper of the preset's method reports for its pair (the method with
     the standard teacher); None where it reports none."""
+    reference: str | None = None
+    """The reference code the preset's distillation recipe follows (its method's ``REFERENCE``)."""
     teacher_preset: str | None = None
     """The teacher preset whose run folder holds this student preset's teacher checkpoint."""
 
@@ -132,7 +136,8 @@ def _build() -> dict[str, Preset]:
                               _teacher(teacher, data, teacher_optim, VANILLA_TEACHER),
                               f"{prefix} teacher {teacher} (vanilla: cross-entropy, same two views)", published))
         presets.append(Preset(f"{base}/kd", "distill", _kd(student, teacher, data, student_optim, kd),
-                              f"{prefix} KD {teacher} -> {student}", published))
+                              f"{prefix} KD {teacher} -> {student}", published,
+                              published.kd if published else None, reference_of("kd").reference))
         if prefix != "cifar100":
             return
         # every distillation method that accepts the pair (and its logit-standardised recipe, where it
@@ -140,24 +145,27 @@ def _build() -> dict[str, Preset]:
         # teacher: only the teacher checkpoint differs
         accepted = methods_for_pair(teacher, student)
         recipes = [(method, method.upper(), distill_recipe(method, teacher, student),
-                    published_top1(method, teacher, student))
+                    published.kd if method == "kd" and published else published_top1(method, teacher, student),
+                    pair_optim(method, teacher, student))
                    for method in list_distillers() if method in accepted]
         recipes += [(f"{method}-ls", f"{method.upper()} with logit standardisation",
-                     distill_recipe(method, teacher, student, logit_standardize=True), None)
+                     distill_recipe(method, teacher, student, logit_standardize=True),
+                     published_top1(method, teacher, student, logit_standardize=True),
+                     pair_optim(method, teacher, student, logit_standardize=True))
                     for method in logit_standardized_methods() if method in accepted]
         recipes += [(f"{method}-{temperature}", f"{method.upper()} with the {temperature.upper()} temperature",
                      learned_temperature_recipe(temperature, method, teacher, student),
-                     published_top1(method, teacher, student, temperature))
+                     published_top1(method, teacher, student, temperature), pair_optim(method, teacher, student))
                     for temperature in list_temperatures() for method in learned_temperature_methods()
                     if method in accepted]
-        for name, title, recipe, method_published in recipes:
+        for name, title, recipe, method_published, optim in recipes:
             for variant, teacher_preset in (("vanilla", f"{base}/teacher-vanilla"), ("enriched", f"{base}/teacher")):
-                values = _kd(student, teacher, data, student_optim, recipe)
+                values = _kd(student, teacher, data, {**student_optim, **optim}, recipe)
                 values["teacher"] = f"{default_run_dir(teacher_preset)}/checkpoints/best.pt"
                 presets.append(Preset(f"{base}/{name}-{variant}", "distill", values,
                                       f"{prefix} {title} {teacher} -> {student}, {variant} teacher "
                                       f"(trained by --preset {teacher_preset})", published, method_published,
-                                      teacher_preset))
+                                      reference_of(recipe["method"]).reference, teacher_preset))
 
     for teacher, student, published in CIFAR100_PAIRS:
         student_optim = dict(CIFAR100_OPTIM)
@@ -204,9 +212,10 @@ def preset_values(name: str, kind: Kind) -> dict[str, Any]:
 
 def presets_table() -> str:
     """One line per preset with its key settings and, for the CIFAR pairs that have them, the
-    published teacher / student / KD top-1 and the top-1 the preset's method's paper reports."""
-    header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S / KD",
-              "PUBLISHED METHOD")
+    published teacher / student top-1, the top-1 the paper of the preset's method reports for the pair,
+    and the reference code its recipe follows."""
+    header = ("NAME", "KIND", "MODEL", "TEACHER", "EPOCHS", "BATCH", "LR", "T / CE / KD", "PUBLISHED T / S",
+              "PUBLISHED", "REFERENCE")
     rows = [header]
     for p in all_presets().values():
         v = p.values
@@ -217,8 +226,9 @@ def presets_table() -> str:
             p.name, p.kind, v["model"], v.get("teacher_model", "-"), epochs,
             str(v["data"]["batch_size"]), f"{v['optim']['lr']:g}",
             f"{_number(kd['temperature'])} / {kd['ce_weight']:g} / {kd['kd_weight']:g}" if kd else "-",
-            str(p.published) if p.published else "n/a",
+            f"{p.published.teacher:.2f} / {p.published.student:.2f}" if p.published else "n/a",
             f"{p.method_published:.2f}" if p.method_published is not None else "n/a",
+            p.reference or "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

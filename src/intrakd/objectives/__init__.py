@@ -41,6 +41,7 @@ from intrakd.objectives.registry import (
     methods_data,
     methods_for_pair,
     methods_table,
+    pair_optim,
     published_top1,
     reference_of,
     register_distiller,
@@ -53,5 +54,5 @@ __all__ = [
     "StepResult", "TrainSetInfo", "create_distiller", "describe_methods", "differences_table", "distill_recipe",
     "learned_temperature_methods", "learned_temperature_recipe", "list_distillers", "list_temperatures",
     "logit_standardized_methods", "method_settings", "methods_data", "methods_for_pair",
-    "methods_table", "published_top1", "reference_of", "register_distiller", "register_temperature",
+    "methods_table", "pair_optim", "published_top1", "reference_of", "register_distiller", "register_temperature",
 ]

@@ -108,6 +108,14 @@ class Distiller(nn.Module):
     every method under ``no_grad`` (:meth:`teacher_mode`)."""
     published: ClassVar[dict[tuple[str, str], float]] = {}
     """CIFAR-100 top-1 (%) the method's paper reports, by ``(teacher, student)``, for its presets."""
+    logit_standardized_published: ClassVar[dict[tuple[str, str], float]] = {}
+    """The same with logit standardisation (Sun et al., CVPR 2024: their repository's README table)."""
+    pair_optim: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
+    """``(teacher, student) -> optim`` settings (e.g. ``epochs``, ``lr``) of the reference's CIFAR-100
+    config of the pair where it departs from the benchmark schedule, for its presets."""
+    logit_standardized_pair_optim: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
+    """The same for the logit-standardised presets (the LS repository's configs); pairs not listed
+    take :attr:`pair_optim`'s."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()

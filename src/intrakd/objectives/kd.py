@@ -42,6 +42,13 @@ class KDObjective(Distiller):
         ("vgg13", "MobileNetV2"): (3.0, 9.0), ("ResNet50", "MobileNetV2"): (3.0, 1.0),
     }
 
+    # the LS repository's README table (KD+Ours)
+    logit_standardized_published: ClassVar[dict[tuple[str, str], float]] = {
+        ("resnet32x4", "resnet8x4"): 76.62, ("vgg13", "vgg8"): 74.36, ("wrn_40_2", "wrn_40_1"): 74.37,
+        ("wrn_40_2", "wrn_16_2"): 76.11, ("resnet56", "resnet20"): 71.43, ("resnet110", "resnet32"): 74.17,
+        ("resnet32x4", "ShuffleV2"): 75.56, ("vgg13", "MobileNetV2"): 68.61, ("ResNet50", "MobileNetV2"): 69.02,
+    }
+
     @classmethod
     def logit_standardized_weights(cls, recipe: dict[str, Any], weight: float) -> dict[str, Any]:
         return {"kd_weight": weight}

@@ -145,13 +145,26 @@ def learned_temperature_recipe(temperature: str, name: str, teacher_model: str |
     return {**recipe, "temperature": temperature, temperature: to_dict(cls.settings_class())}
 
 
-def published_top1(name: str, teacher_model: str, student_model: str, temperature: str | None = None) -> float | None:
+def published_top1(name: str, teacher_model: str, student_model: str, temperature: str | None = None,
+                   logit_standardize: bool = False) -> float | None:
     """The CIFAR-100 top-1 (%) that the paper of method ``name`` (with the learned ``temperature``:
-    that temperature's paper) reports for this pair; None where it reports none."""
+    that temperature's paper; with ``logit_standardize``: the logit-standardisation paper) reports for
+    this pair; None where it reports none."""
     _check(name)
+    if logit_standardize:
+        return _DISTILLERS[name].logit_standardized_published.get((teacher_model, student_model))
     if temperature is None:
         return _DISTILLERS[name].published.get((teacher_model, student_model))
     return temperature_class(temperature).published.get((name, teacher_model, student_model))
+
+
+def pair_optim(name: str, teacher_model: str, student_model: str, logit_standardize: bool = False) -> dict[str, Any]:
+    """The ``optim`` settings that method ``name``'s reference config (with ``logit_standardize``: the
+    logit-standardisation repository's) sets for this CIFAR-100 pair over the benchmark schedule."""
+    _check(name)
+    cls, pair = _DISTILLERS[name], (teacher_model, student_model)
+    settings = cls.logit_standardized_pair_optim.get(pair) if logit_standardize else None
+    return dict(settings if settings is not None else cls.pair_optim.get(pair, {}))
 
 
 def logit_standardized_methods() -> list[str]:
