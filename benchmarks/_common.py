@@ -19,6 +19,7 @@ from _markdown import table  # noqa: F401  (the scripts import it from here)
 from intrakd.config import PerfConfig
 from intrakd.data.cifar import CIFAR100_AUGMENTATION, load_cifar100, resolve_cifar100_dir
 from intrakd.data.tensor_data import Batch, Batches, TensorDataset
+from intrakd.models import Classifier, ModelInput, create_model, feed_with
 from intrakd.train.accel import PerfSettings, resolve_perf
 
 DATA_CANDIDATES = ("shared/data", "../shared/data", "/work/shared/data")
@@ -49,6 +50,13 @@ def perf_for(device: torch.device, **overrides: Any) -> PerfSettings:
     perf = resolve_perf(PerfConfig(**overrides), device)
     perf.apply()
     return perf
+
+
+def fed_model(name: str, num_classes: int) -> Classifier:
+    """``create_model(name, num_classes)`` fed as a run feeds a zoo model the CIFAR batches: their uint8
+    views normalised with CIFAR-100's statistics at 32 px, on the batch tensor (a float batch as it is)."""
+    aug = CIFAR100_AUGMENTATION
+    return feed_with(create_model(name, num_classes=num_classes), ModelInput(aug.mean, aug.std, 32))
 
 
 def cifar100_train(root: str | None) -> tuple[TensorDataset, str]:

@@ -23,6 +23,7 @@ from _common import (
     FixedBatches,
     add_common_args,
     cifar100_train,
+    fed_model,
     machine,
     median,
     perf_for,
@@ -36,7 +37,6 @@ from torch.utils.data import DataLoader
 
 from intrakd.config import IntraConfig, OptimConfig
 from intrakd.data.tensor_data import TensorDataset
-from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective
 from intrakd.train.loop import RunInfo, Trainer
 
@@ -48,7 +48,7 @@ def training(model_name: str, views: int, data: TensorDataset, device: torch.dev
     """Trainer images/s on real batches vs on one synthetic on-device batch (alternating blocks)."""
     perf = perf_for(device)
     torch.manual_seed(0)
-    model = perf.prepare_model(create_model(model_name, num_classes=NUM_CLASSES).to(device))
+    model = perf.prepare_model(fed_model(model_name, num_classes=NUM_CLASSES).to(device))
     intra = IntraConfig() if views == 2 else IntraConfig(weight=0.0)
     objective = IntraClassTeacherObjective(intra, NUM_CLASSES, model.embedding_dim, views).to(device)
     real = data.train_batches(batch_size, views, 0, device)

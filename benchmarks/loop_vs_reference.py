@@ -37,6 +37,7 @@ from _common import (
     FirstBatches,
     add_common_args,
     cifar100_train,
+    fed_model,
     machine,
     median,
     perf_for,
@@ -52,7 +53,6 @@ from torchvision import transforms
 
 from intrakd.config import DistillConfig, IntraConfig, OptimConfig, PerfConfig, apply_overrides, from_dict
 from intrakd.data.tensor_data import TensorDataset
-from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.train.accel import PerfSettings
 from intrakd.train.loop import RunInfo, Trainer
@@ -180,10 +180,10 @@ class BareLoop:
 # ---------------------------------------------------------------- measurement
 def build_models(student_name: str, teacher_name: str | None, device: torch.device, perf: PerfSettings | None):
     torch.manual_seed(0)
-    student = create_model(student_name, num_classes=NUM_CLASSES).to(device)
+    student = fed_model(student_name, num_classes=NUM_CLASSES).to(device)
     teacher = None
     if teacher_name:
-        teacher = create_model(teacher_name, num_classes=NUM_CLASSES).to(device).eval().requires_grad_(False)
+        teacher = fed_model(teacher_name, num_classes=NUM_CLASSES).to(device).eval().requires_grad_(False)
     if perf is not None:
         student = perf.prepare_model(student)
         teacher = perf.prepare_model(teacher) if teacher is not None else None

@@ -24,6 +24,7 @@ from _common import (
     FixedBatches,
     add_common_args,
     cifar100_train,
+    fed_model,
     machine,
     median,
     perf_for,
@@ -37,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from intrakd.config import IntraConfig, OptimConfig
 from intrakd.data.tensor_data import TensorBatches
-from intrakd.models import ModelOutput, create_model
+from intrakd.models import ModelOutput
 from intrakd.objectives import IntraClassTeacherObjective
 from intrakd.train.accel import PerfSettings
 from intrakd.train.loop import RunInfo, Trainer
@@ -88,7 +89,7 @@ def operations_per_step(objective: nn.Module, stub: nn.Module, batch, perf: Perf
 def measure(model_name: str, batch_size: int, device: torch.device, perf: PerfSettings, data, repeats: int,
             steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    model = perf.prepare_model(create_model(model_name, num_classes=NUM_CLASSES).to(device))
+    model = perf.prepare_model(fed_model(model_name, num_classes=NUM_CLASSES).to(device))
     dim = model.embedding_dim
     objectives = {
         "vanilla": IntraClassTeacherObjective(IntraConfig(weight=0.0), NUM_CLASSES, dim, views=2).to(device),

@@ -25,12 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import FirstBatches, add_common_args, cifar100_train, machine, perf_for, setup_device, write_json
+from _common import (
+    FirstBatches,
+    add_common_args,
+    cifar100_train,
+    fed_model,
+    machine,
+    perf_for,
+    setup_device,
+    write_json,
+)
 from overhead import FixedOutput, fill_cache
 
 from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.tensor_data import Batch, Batches
-from intrakd.models import create_model
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.train.accel import PerfSettings
 from intrakd.train.loop import RunInfo, Trainer
@@ -108,11 +116,11 @@ def sync_steps(task: str, device: torch.device, perf: PerfSettings, data, batch_
     torch.manual_seed(0)
     teacher = None
     if task == "teacher":
-        model = perf.prepare_model(create_model("resnet32x4", num_classes=NUM_CLASSES).to(device))
+        model = perf.prepare_model(fed_model("resnet32x4", num_classes=NUM_CLASSES).to(device))
         objective = _enriched(model.embedding_dim, device)
     else:
-        model = perf.prepare_model(create_model("resnet8x4", num_classes=NUM_CLASSES).to(device))
-        teacher = perf.prepare_model(create_model("resnet32x4", num_classes=NUM_CLASSES).to(device).eval()
+        model = perf.prepare_model(fed_model("resnet8x4", num_classes=NUM_CLASSES).to(device))
+        teacher = perf.prepare_model(fed_model("resnet32x4", num_classes=NUM_CLASSES).to(device).eval()
                                      .requires_grad_(False))
         info = TrainSetInfo(NUM_CLASSES, torch.zeros(0, dtype=torch.long), (3, 32, 32))
         objective = create_distiller(DistillConfig.recipe("kd"), model, teacher, info)
@@ -142,7 +150,7 @@ def compile_check(device: torch.device, perf: PerfSettings, backend: str, batch_
         if model_name is None:
             model, batch = _stub_batch(batch_size, STUB_DIM, device)
         else:
-            model = perf.prepare_model(create_model(model_name, num_classes=NUM_CLASSES).to(device))
+            model = perf.prepare_model(fed_model(model_name, num_classes=NUM_CLASSES).to(device))
             generator = torch.Generator(device=device).manual_seed(0)
             views = tuple(torch.randn(batch_size, 3, 32, 32, device=device, generator=generator) for _ in range(2))
             batch = Batch(views, torch.randint(0, NUM_CLASSES, (batch_size,), device=device, generator=generator),

@@ -28,6 +28,7 @@ from _common import (
     Window,
     add_common_args,
     cifar100_train,
+    fed_model,
     machine,
     median,
     perf_for,
@@ -39,7 +40,7 @@ from _common import (
 
 from intrakd.config import DistillConfig, OptimConfig
 from intrakd.data.tensor_data import TensorDataset, first_per_class
-from intrakd.models import ModelOutput, create_model
+from intrakd.models import ModelOutput
 from intrakd.objectives import TrainSetInfo, create_distiller
 from intrakd.train.accel import PerfSettings
 from intrakd.train.loop import RunInfo, Trainer
@@ -83,9 +84,9 @@ def teacher_forward_ms(teacher: torch.nn.Module, images: torch.Tensor, perf: Per
 def compare(teacher_name: str, student_name: str, data: TensorDataset, device: torch.device, perf: PerfSettings,
             batch_size: int, repeats: int, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    teacher = perf.prepare_model(create_model(teacher_name, num_classes=data.num_classes).to(device)
+    teacher = perf.prepare_model(fed_model(teacher_name, num_classes=data.num_classes).to(device)
                                  .eval().requires_grad_(False))
-    student = perf.prepare_model(create_model(student_name, num_classes=data.num_classes).to(device))
+    student = perf.prepare_model(fed_model(student_name, num_classes=data.num_classes).to(device))
     info = TrainSetInfo(data.num_classes, data.labels, data.image_shape)
     objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, info).to(device)
     live = data.train_batches(batch_size, 1, 0, device)

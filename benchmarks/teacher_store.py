@@ -28,6 +28,7 @@ from _common import (
     Window,
     add_common_args,
     cifar100_train,
+    fed_model,
     machine,
     median,
     perf_for,
@@ -47,7 +48,6 @@ from intrakd.data.teacher_store import (
     write_epochs,
 )
 from intrakd.data.tensor_data import Batch, Batches, TensorDataset, first_per_class
-from intrakd.models import create_model
 from intrakd.objectives import TrainSetInfo, create_distiller
 from intrakd.objectives.stored_teacher import StoredTeacher
 from intrakd.train.loop import RunInfo, Trainer
@@ -109,7 +109,7 @@ def compare(teacher_name: str, student_name: str, data: TensorDataset, device: t
             repeats: int, steps: int, warmup: int) -> dict:
     perf = perf_for(device)
     torch.manual_seed(0)
-    teacher = perf.prepare_model(create_model(teacher_name, num_classes=data.num_classes).to(device)
+    teacher = perf.prepare_model(fed_model(teacher_name, num_classes=data.num_classes).to(device)
                                  .eval().requires_grad_(False))
     folder = Path(tempfile.mkdtemp(prefix="intrakd-store-"))
     data_cfg = DataConfig(dataset="cifar100", batch_size=batch_size)
@@ -119,7 +119,7 @@ def compare(teacher_name: str, student_name: str, data: TensorDataset, device: t
     sources = {"live": (live_batches, teacher),
                "store": (stored.feed(StoredBatches(live_batches, store)), stored),
                "alone": (stored.feed(FreeLogits(live_batches, data.num_classes)), stored)}
-    student = perf.prepare_model(create_model(student_name, num_classes=data.num_classes).to(device))
+    student = perf.prepare_model(fed_model(student_name, num_classes=data.num_classes).to(device))
     info = TrainSetInfo(data.num_classes, data.labels, data.image_shape)
     objective = create_distiller(DistillConfig.recipe("kd"), student, teacher, info).to(device)
     trainer = Trainer(model=student, objective=objective, train_batches=Window(live_batches, 0, warmup),

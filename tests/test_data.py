@@ -10,6 +10,7 @@ import torch
 from intrakd.config import ConfigError, DataConfig, TeacherConfig, load_config
 from intrakd.data import Augmentation, build_datasets, load_cifar100, load_digits_splits
 from intrakd.data.augment import crop_at, flip_where
+from intrakd.models import ModelInput
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED_CIFAR / "cifar-100-python" / "train").exists(),
@@ -47,14 +48,14 @@ def test_random_flip_flips_about_half():
 
 
 def test_normalize_and_two_independent_views():
-    aug = Augmentation(mean=(0.5,), std=(0.25,), padding=1, flip=True)
     images = torch.full((4, 1, 3, 3), 255, dtype=torch.uint8)
-    assert torch.allclose(aug.normalize(images), torch.full((4, 1, 3, 3), 2.0))
+    assert torch.allclose(ModelInput((0.5,), (0.25,))(images), torch.full((4, 1, 3, 3), 2.0))
     train, _ = load_digits_splits()
     batches = train.train_batches(64, 2, seed=0, device=torch.device("cpu"))
     batches.set_epoch(0)
     first = next(iter(batches))
     assert len(first.views) == 2 and first.views[0].shape == (64, 1, 8, 8)
+    assert first.views[0].dtype == torch.uint8  # each model normalises the view to its own input
     assert not torch.equal(first.views[0], first.views[1])
     again = next(iter(batches))
     assert torch.equal(first.views[0], again.views[0])  # same (seed, epoch): same stream

@@ -9,13 +9,14 @@ import torch
 
 from intrakd.config import StudentConfig, load_config
 from intrakd.data import Augmentation, TensorDataset
-from intrakd.models import create_model
+from intrakd.models import create_model, feed_with
 from intrakd.objectives import (
     create_distiller,
     learned_temperature_methods,
     list_temperatures,
     methods_for_pair,
 )
+from intrakd.runs import data_input
 from intrakd.train.stages import build_optimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -40,8 +41,9 @@ def test_method_steps_on_cuda_without_host_sync(cifar_like, method, amp):
     method, _, temperature = method.partition("+")
     cfg = load_config(StudentConfig, overrides=[f"distill.method={method}",
                                                 *([f"distill.temperature={temperature}"] if temperature else [])])
-    student = create_model("resnet8x4", num_classes=100).to(device)
-    teacher = create_model("resnet32x4", num_classes=100).to(device).eval().requires_grad_(False)
+    fed = data_input(cifar_like)  # as a run feeds zoo models the data's uint8 views
+    student = feed_with(create_model("resnet8x4", num_classes=100), fed).to(device)
+    teacher = feed_with(create_model("resnet32x4", num_classes=100), fed).to(device).eval().requires_grad_(False)
     objective = create_distiller(cfg.distill, student, teacher, cifar_like).to(device)
     assert all(t.device.type == "cuda" for t in [*objective.parameters(), *objective.buffers()])
     optimizer = build_optimizer([*student.parameters(), *objective.parameters()], cfg.optim)

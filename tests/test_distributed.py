@@ -25,8 +25,10 @@ from intrakd import distributed
 from intrakd.config import DistillConfig, IntraConfig, OptimConfig
 from intrakd.data.augment import Augmentation
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
+from intrakd.models import feed_with
 from intrakd.objectives import IntraClassTeacherObjective, TrainSetInfo, create_distiller
 from intrakd.objectives.teacher import PeerBatch
+from intrakd.runs import data_input
 from intrakd.train.loop import RunInfo, Trainer
 
 GLOBAL_BATCH = 16
@@ -78,6 +80,9 @@ def train(scenario: str, tmp: Path) -> dict:
         objective = IntraClassTeacherObjective(intra, 4, model.embedding_dim, 2)
     recorder = Recorder(objective)
     data = tiny_dataset()
+    for fed in (model, teacher):  # the data's uint8 views, normalised as a run feeds zoo models
+        if fed is not None:
+            feed_with(fed, data_input(data))
     trainer = Trainer(
         model=model, objective=recorder, train_batches=data.train_batches(GLOBAL_BATCH, 1 if intra is None else 2,
                                                                           0, torch.device("cpu")),

@@ -19,6 +19,7 @@ from intrakd.data.imagefolder import (
     TINY_IMAGENET_STD,
     UnreadableImageError,
 )
+from intrakd.runs import data_input
 
 CPU = torch.device("cpu")
 WNIDS = ["n03000000", "n01000000", "n02000000"]  # wnids.txt order is not sorted; labels follow sorted order
@@ -90,10 +91,11 @@ def test_tiny_imagenet_official_layout(tmp_path):
     for path, label in zip(val.paths, val.labels.tolist()):
         j = int(Path(path).stem.split("_")[1])
         assert order[label] == WNIDS[j % 3]
-    # eval images: the decoded pixels, normalised with Tiny ImageNet's statistics, nothing else
+    # eval images: the decoded pixels, fed to a model of the data's own input: normalised with Tiny
+    # ImageNet's statistics, nothing else
     batches = list(val.eval_batches(4, CPU))
     assert [b[0].shape for b in batches] == [(4, 3, 64, 64), (2, 3, 64, 64)]
-    got = torch.cat([b[0] for b in batches])
+    got = data_input(val)(torch.cat([b[0] for b in batches]))
     expected = torch.stack([normalized(images[p], TINY_IMAGENET_MEAN, TINY_IMAGENET_STD) for p in val.paths])
     torch.testing.assert_close(got, expected)
     assert torch.equal(torch.cat([b[1] for b in batches]), val.labels)
@@ -132,8 +134,6 @@ def test_training_views_are_padded_crops_and_flips_of_the_right_image(tmp_path):
     images = make_tiny_imagenet(tmp_path, per_class=2)
     train, _, _ = build_datasets(tiny(tmp_path))
     originals = torch.stack([torch.from_numpy(images[p]).permute(2, 0, 1) for p in train.paths])
-    mean = torch.tensor(TINY_IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(TINY_IMAGENET_STD).view(3, 1, 1)
     batches = train.train_batches(3, views=2, seed=0, device=CPU)
     batches.set_epoch(0)
     seen, flips, offsets = [], set(), set()
@@ -142,8 +142,8 @@ def test_training_views_are_padded_crops_and_flips_of_the_right_image(tmp_path):
         for b in range(3):
             views = []
             for view in batch.views:
-                pixels = torch.round((view[b] * std + mean) * 255).to(torch.uint8)
-                (n, top, left, flipped), = find_crop(pixels, originals, padding=8)
+                assert view.dtype == torch.uint8  # each model normalises it to its own input
+                (n, top, left, flipped), = find_crop(view[b], originals, padding=8)
                 assert train.labels[n] == batch.labels[b]
                 views.append(n)
                 flips.add(flipped)
@@ -204,7 +204,7 @@ def test_image_folders_imagenet_recipe(tmp_path):
     assert (len(train), len(val), train.num_classes, split) == (6, 4, 2, "val")
     assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     # eval: shorter side resized to round(16 / 0.875) = 18, centre crop 16 (computed with PIL here)
-    got = torch.cat([b[0] for b in val.eval_batches(3, CPU)])
+    got = data_input(val)(torch.cat([b[0] for b in val.eval_batches(3, CPU)]))
     for k, path in enumerate(val.paths):
         image = Image.fromarray(images[path])
         w, h = image.size

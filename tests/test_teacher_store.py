@@ -30,6 +30,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.losses import kd_loss
 from intrakd.models import create_model
 from intrakd.objectives.stored_teacher import StoredTeacher
+from intrakd.runs import data_input
 
 DATA = ["device=cpu", "data.dataset=digits", "data.train_per_class=50", "data.eval_per_class=20"]
 STUDENT = [*DATA, "model=digits_cnn_small", "optim.epochs=3", "optim.milestones=[2]"]
@@ -316,7 +317,7 @@ def test_top_k_changes_the_kd_term_within_its_bound(store, live):
             for i in range(7):
                 index, draws, (teacher_logits, _) = full.read(0, 0, i, 2, torch.device("cpu"))
                 with torch.no_grad():
-                    s = model(train.augmentation.apply(train.images[index], draws[0])).logits
+                    s = model(data_input(train)(train.augmentation.apply(train.images[index], draws[0]))).logits
                 values, classes, rest = compact_logits(teacher_logits, k)
                 exact.append(kd_loss(s, teacher_logits, 4.0))
                 approx.append(kd_loss(s, expand_logits(values, classes, rest, 10), 4.0))

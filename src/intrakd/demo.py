@@ -9,7 +9,7 @@ from typing import Any
 from intrakd.analysis import embedding_geometry, soft_label_stats
 from intrakd.config import ConfigError, StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
-from intrakd.runs import distill, resolve_device, train_teacher
+from intrakd.runs import data_input, distill, resolve_device, train_teacher
 from intrakd.train import classifier_from_checkpoint, predict
 from intrakd.train.runfolder import RUN_MARKERS
 
@@ -103,7 +103,8 @@ def _check_no_earlier_demo(out: Path, overwrite: bool) -> None:
 def teacher_geometry(checkpoint: Path, cfg: TeacherConfig, device: str) -> dict[str, float]:
     """Embedding geometry and soft-label entropy (T = 4) of a teacher on the eval split."""
     _, eval_set, _ = build_datasets(cfg.data)
-    model, _ = classifier_from_checkpoint(checkpoint)
+    model, _ = classifier_from_checkpoint(checkpoint, image_shape=eval_set.image_shape,
+                                          data_input=data_input(eval_set))
     logits, embeddings, labels = predict(model.to(resolve_device(device)), eval_set)
     return {**embedding_geometry(embeddings, labels),
             "soft_label_entropy_T4": soft_label_stats(logits, labels, 4.0)["soft_entropy"]}

@@ -52,7 +52,7 @@ from intrakd.data.teacher_store import (
     view_settings,
     write_epochs,
 )
-from intrakd.models import check_reads_images, create_model
+from intrakd.models import ModelInput, check_reads_images, create_model, feed_with, resolve_input
 from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -123,8 +123,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _write_config(run_dir: Path, command: str, config: dict[str, Any]) -> None:
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump({"command": command, **config}, sort_keys=False).encode())
+def _write_config(run_dir: Path, command: str, config: dict[str, Any], comment: str = "") -> None:
+    text = yaml.safe_dump({"command": command, **config}, sort_keys=False) + comment
+    write_atomic(run_dir / "config.yaml", text.encode())
 
 
 def load_run_config(cls: type[C], run_dir: str | Path, command: str, path: str | Path | None = None,
@@ -158,6 +159,21 @@ def _check_same_settings(cls: type[C], run_dir: Path, stored: dict[str, Any], cf
                           + "; ".join(refused) + ". On resume only " + ", ".join(
                               k + ("*" if k.endswith(".") else "") for k in RESUME_MAY_CHANGE)
                           + " may change; start a new run (another --out) for other settings")
+
+
+INPUT_KEYS = ("model_input", "teacher_input")
+"""The provenance keys of what each model of a run is fed (resolved: the model's own filled in)."""
+
+
+def data_input(split: Split) -> ModelInput:
+    """The data's own input: its statistics at its image side (what a zoo model is fed by default)."""
+    mean, std = split.statistics
+    return ModelInput(tuple(mean), tuple(std), split.image_shape[-1])
+
+
+def _inputs_comment(inputs: dict[str, dict[str, Any]]) -> str:
+    """The lines of ``config.yaml`` saying what each model was fed (the unset fields resolved)."""
+    return "".join(f"# {key} as fed: {json.dumps(value)}\n" for key, value in inputs.items())
 
 
 def _finished_summary(cls: type[C], cfg: C, out: str | Path, command: str) -> dict[str, Any] | None:
@@ -202,8 +218,8 @@ def _read_folders(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
             "the teacher's checkpoints folder": str(teacher) if teacher and teacher.name == "checkpoints" else None}
 
 
-def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
-             overwrite: bool = False, resume: bool = False
+def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any],
+             data_own: dict[str, Any] | None = None, *, overwrite: bool = False, resume: bool = False
              ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
     """Check, lock and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or
     None, its locked RunFolder)``; the caller closes the folder (:meth:`RunFolder.close`) when done.
@@ -212,25 +228,28 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     hold one of its inputs. A resumed one loads the newest checkpoint that verifies (naming those
     skipped), refuses a configuration or inputs that differ from the run's, and only then writes anything.
     Both refuse a folder another run is writing (:class:`~intrakd.train.runfolder.RunFolderBusy`).
+    ``config.yaml`` says in comments what each model is fed (``provenance``'s inputs); ``data_own``, the
+    data's own input, is what a checkpoint written before runs recorded their inputs fed its models.
     """
     run_dir = Path(out)
     if not resume:
         folder = RunFolder.open_new(run_dir, overwrite, _reads(cfg), _read_folders(cfg))
-        _write_config(folder.path, command, to_dict(cfg))
+        _write_config(folder.path, command, to_dict(cfg),
+                      _inputs_comment({k: provenance[k] for k in INPUT_KEYS if k in provenance}))
         return folder.path, None, None, folder
     if overwrite:
         raise ResumeError("--resume continues a run and --overwrite replaces it: pass only one")
     _stored_config(run_dir, command)  # a run of this command is there, before the folder is locked
     folder = RunFolder.open_existing(run_dir)
     try:
-        return (*_open_to_resume(cls, cfg, run_dir, command, provenance), folder)
+        return (*_open_to_resume(cls, cfg, run_dir, command, provenance, data_own), folder)
     except BaseException:
         folder.close()
         raise
 
 
-def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenance: dict[str, Any]
-                    ) -> tuple[Path, dict[str, Any] | None, Path | None]:
+def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenance: dict[str, Any],
+                    data_own: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any] | None, Path | None]:
     """:func:`open_run` of a run to continue, its folder locked."""
     stored = _stored_config(run_dir, command)
     store = CheckpointStore(run_dir / "checkpoints")
@@ -248,8 +267,9 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
                               + f". Start again with --overwrite --out {run_dir}")
     _check_same_settings(cls, run_dir, upgrade_stored(state["config"]) if state is not None else stored, cfg)
     if state is not None:
-        changed = [f"{key}: {state['provenance'].get(key)!r} -> {value!r}" for key, value in provenance.items()
-                   if state["provenance"].get(key) != value]
+        recorded = {**dict.fromkeys(INPUT_KEYS, data_own), **state["provenance"]}
+        changed = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in provenance.items()
+                   if recorded.get(key) != value]
         if changed:
             raise ResumeError(f"cannot resume {run_dir}: its inputs changed since it started ({'; '.join(changed)})")
     for reason in skipped:
@@ -261,12 +281,12 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
     return run_dir, state, path
 
 
-def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any], *,
-                  overwrite: bool, resume: bool
+def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any],
+                  data_own: dict[str, Any] | None = None, *, overwrite: bool, resume: bool
                   ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
     """:func:`open_run` on rank 0; the other data-parallel ranks then load the checkpoint it chose."""
     opened = distributed.run_on_main(
-        lambda: open_run(cls, cfg, out, command, provenance, overwrite=overwrite, resume=resume))
+        lambda: open_run(cls, cfg, out, command, provenance, data_own, overwrite=overwrite, resume=resume))
     chosen = distributed.gather_objects(None if opened is None else opened[2])[0]
     if opened is not None:
         return opened
@@ -351,20 +371,25 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     label = label or "student"
     if store is None:
         teacher, teacher_state = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
-                                                            train_set.image_shape)
+                                                            train_set.image_shape, data_input(train_set),
+                                                            dataclasses.asdict(cfg.teacher_input))
         _note_student_teacher(cfg.teacher, teacher_state)
+        teacher_input = teacher.model_input
         teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
         provenance, feed = {"teacher_sha256": file_sha256(Path(cfg.teacher))}, None
     else:
         teacher = StoredTeacher()
-        _check_store(cfg, store, train_set, perf)
+        teacher_input = _check_store(cfg, store, train_set, perf)
         provenance = {"teacher_sha256": store.teacher["sha256"], "teacher_outputs_sha256": store.sha256}
 
         def feed(live: Batches) -> Batches:
             return teacher.feed(StoredBatches(live, store))
 
+    provenance["teacher_input"] = teacher_input.to_dict()
+
     job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})", provenance,
-                 lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher, feed)
+                 lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher, feed,
+                 f"; teacher {teacher_input.describe()}")
     return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
 
 
@@ -412,17 +437,21 @@ def _view_batches(cfg: StudentConfig, train_set: Split, device: torch.device) ->
     return batches
 
 
-def _check_store(cfg: StudentConfig, store: TeacherStore, train_set: Split, perf: PerfSettings) -> None:
+def _check_store(cfg: StudentConfig, store: TeacherStore, train_set: Split, perf: PerfSettings) -> ModelInput:
     """Refuse (:class:`StoreMismatch`, naming every difference) a store that does not hold what this
-    student run would compute: other data, augmentation, seed, views, precision or too few epochs."""
+    student run would compute: other data, augmentation, seed, views, the teacher's input, precision or
+    too few epochs. Returns the teacher's input: the store's, where ``teacher_input`` sets nothing."""
     batches = _view_batches(cfg, train_set, torch.device("cpu"))
-    wanted = view_settings(cfg.data, batches.data, batches)
+    given = {k: v for k, v in dataclasses.asdict(cfg.teacher_input).items() if v is not None}
+    stored_input = store.manifest["teacher_input"]
+    wanted = {**view_settings(cfg.data, batches.data, batches), "teacher_input": {**stored_input, **given}}
     problems = store.mismatches(wanted, cfg.optim.epochs, perf.describe()["precision"])
     if problems:
         raise StoreMismatch(f"cannot distil from the store {store.folder}: " + "; ".join(problems))
     if store.manifest["device"] != perf.device.type:
         say(f"note: the store's views were drawn on {store.manifest['device']}; this run on {perf.device.type} replays "
             "them (a run here without the store would draw others, from the same distribution)")
+    return ModelInput.from_dict(stored_input)
 
 
 def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = None,
@@ -448,14 +477,17 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
                          f"classes; leave it out to store every class), got {top_k}")
     batches = _view_batches(cfg, train_set, device)
     teacher, state = classifier_from_checkpoint(teacher_path, cfg.teacher_model, train_set.num_classes,
-                                                train_set.image_shape)
+                                                train_set.image_shape, data_input(train_set),
+                                                dataclasses.asdict(cfg.teacher_input))
+    teacher_input = teacher.model_input
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     with torch.inference_mode(), perf.autocast():
-        dtype = teacher(torch.zeros(1, *train_set.image_shape, device=device)).logits.dtype
+        dtype = teacher(torch.zeros(1, *train_set.image_shape, device=device, dtype=torch.uint8)).logits.dtype
     settings = {
         "teacher": {"path": teacher_path, "sha256": file_sha256(Path(teacher_path)),
                     "model": state.get("model_name") or cfg.teacher_model},
         **view_settings(cfg.data, train_set, batches),
+        "teacher_input": teacher_input.to_dict(),
         "precision": perf.describe()["precision"], "device": device.type,
         "logits": {"dtype": LOGIT_DTYPES[dtype][0], "top_k": top_k},
     }
@@ -467,6 +499,7 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     say(f"  views   {cfg.data.dataset}: {len(train_set)} training images, {len(batches)} batches of "
         f"{cfg.data.batch_size} x {batches.views} views, seed {cfg.seed}: {len(todo)} of {epochs} epochs to "
         f"write{kept}")
+    say(f"  input   teacher {teacher_input.describe()}")
     say(f"  logits  {settings['logits']['dtype'] if top_k is None else f'top {top_k} in float16'}, "
         f"{writer.dtype.itemsize} bytes an image; device {device}, precision {settings['precision']}")
     progress = Progress(len(todo) * len(batches), "teacher outputs")
@@ -504,6 +537,8 @@ class RunJob:
     teacher: nn.Module | None = None
     feed: Callable[[Batches], Batches] | None = None
     """Passes the run's batches through, when given (a student replaying a store of teacher outputs)."""
+    inputs: str = ""
+    """What the introduction says of the inputs besides the model's (the teacher's)."""
 
 
 def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, device: torch.device,
@@ -519,7 +554,14 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
     if cfg.pretrained:
         start["pretrained"] = True
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, num_classes=train_set.num_classes, image_shape=train_set.image_shape, **start)
+    own = data_input(train_set)
+    side = cfg.model_input.size or own.size
+    model = create_model(cfg.model, num_classes=train_set.num_classes,
+                         image_shape=(train_set.image_shape[0], side, side), **start)
+    model_input = resolve_input(model, own, dataclasses.asdict(cfg.model_input))
+    feed_with(model, model_input)
+    provenance["model_input"] = model_input.to_dict()
+    inputs = {key: provenance[key] for key in INPUT_KEYS if key in provenance}
     if cfg.weights is not None:
         provenance["weights_sha256"] = file_sha256(Path(cfg.weights))
     model = perf.prepare_model(model.to(device))
@@ -529,7 +571,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
                                              objective.strong_views)
     if job.feed is not None:
         train_batches = job.feed(train_batches)
-    run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance,
+    run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance, own.to_dict(),
                                                  overwrite=overwrite, resume=resume)
     try:
         resumed = (str(path) if path is not None else "its beginning") if resume else None
@@ -540,6 +582,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             processes=distributed.world_size(),
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
             unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
+            inputs=f"model {model_input.describe()}{job.inputs}",
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"
@@ -554,4 +597,5 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         if folder is not None:
             folder.abandon()
         raise
-    return _start(trainer, state, path, folder, {"teacher": str(cfg.teacher)} if teacher is not None else {})
+    return _start(trainer, state, path, folder,
+                  {**({"teacher": str(cfg.teacher)} if teacher is not None else {}), "inputs": inputs})

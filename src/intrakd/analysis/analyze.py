@@ -93,7 +93,7 @@ def predict_checkpoint(
     """Run a checkpoint over ``split`` of the data it was trained on (or of ``dataset``, with the run's
     other data settings); returns predictions and info. ``batch_size`` defaults to the run's
     ``data.eval_batch_size``; ``command`` names the caller in the line that says what it will do."""
-    from intrakd.runs import resolve_device
+    from intrakd.runs import data_input, resolve_device
     from intrakd.train import classifier_from_checkpoint, predict, read_checkpoint
 
     state = read_checkpoint(checkpoint)
@@ -104,7 +104,8 @@ def predict_checkpoint(
     data = {**data, **({"dataset": dataset} if dataset else {}), "in_memory": False}
     target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
-    model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape)
+    model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape,
+                                          data_input(eval_set))
     name = state.get("model_name") or model_name or "model"
     shown = split_name(data, split)
     say(eval_intro(command, str(checkpoint), data.get("dataset", "?"), shown, len(eval_set), name, str(target)))

@@ -123,6 +123,35 @@ class DataConfig:
 
 
 @dataclass
+class ModelInputConfig:
+    """What one model is fed: the data's uint8 view, resized to ``size`` (antialiased) and normalised
+    with ``mean`` and ``std``. An unset field is the model's own: what its checkpoint recorded (a teacher
+    trained by intrakd), timm's ``pretrained_cfg`` statistics (timm models started from weights), or
+    the dataset's statistics and image size."""
+
+    mean: list[float] | None = None
+    """Per-channel mean of pixels in [0, 1] subtracted (e.g. [0.5, 0.5, 0.5]); None: the model's own."""
+    std: list[float] | None = None
+    """Per-channel standard deviation divided by; None: the model's own."""
+    size: int | None = None
+    """Side in pixels the view is resized to; None: the model's own (the data's image side)."""
+
+    def validate(self, name: str) -> None:
+        for field_name in ("mean", "std"):
+            values = getattr(self, field_name)
+            if values is not None and (not values or not all(math.isfinite(v) for v in values)):
+                raise ConfigError(f"{name}.{field_name} must be a list of finite numbers, one per channel, "
+                                  f"got {values}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"{name}.std must be > 0 in every channel, got {self.std}")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ConfigError(f"{name}.mean has {len(self.mean)} values and {name}.std {len(self.std)}: give one per "
+                              "channel in both")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"{name}.size must be >= 1 (or null: the model's own), got {self.size}")
+
+
+@dataclass
 class OptimConfig:
     epochs: int = setting(240, "Training epochs.", ">= 1")
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
@@ -404,6 +433,8 @@ class TeacherConfig:
     torchvision's or an intrakd checkpoint's (timm/ models: a classifier of another size starts new)."""
     pretrained: bool = False
     """timm/ models: start from timm's published weights, downloaded (needs a network); off by default."""
+    model_input: ModelInputConfig = field(default_factory=ModelInputConfig)
+    """What the model is fed (its normalisation and size); unset fields: the model's own."""
     views: int = setting(2, "Augmented views per image (the vanilla baseline may use 1 or 2; the intra loss needs 2).",
                          "1 or 2")
     seed: int = 0
@@ -429,6 +460,7 @@ class TeacherConfig:
                               "intra.delta=null turns the gate off")
         if intra.enabled and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
+        self.model_input.validate("model_input")
 
 
 @dataclass
@@ -439,6 +471,10 @@ class StudentConfig:
     """The student's starting weights (as :attr:`TeacherConfig.weights`)."""
     pretrained: bool = False
     """As :attr:`TeacherConfig.pretrained`."""
+    model_input: ModelInputConfig = field(default_factory=ModelInputConfig)
+    """What the student is fed (see :attr:`TeacherConfig.model_input`)."""
+    teacher_input: ModelInputConfig = field(default_factory=ModelInputConfig)
+    """What the teacher is fed; unset fields: what its checkpoint recorded, else the model's own."""
     teacher: str | None = None
     """Path of the teacher checkpoint (intrakd's own, or a {'model': state_dict} file)."""
     teacher_model: str | None = None
@@ -459,6 +495,8 @@ class StudentConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting out of its range."""
         self.distill.validate()
+        self.model_input.validate("model_input")
+        self.teacher_input.validate("teacher_input")
         _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
 
 

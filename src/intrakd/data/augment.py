@@ -1,5 +1,6 @@
-"""Batched tensor augmentation: random crop with zero padding, horizontal flip, normalisation, and
-the strong augmentation of views that ask for it (RandAugment + Cutout)."""
+"""Batched tensor augmentation: random crop with zero padding, horizontal flip, and the strong
+augmentation of views that ask for it (RandAugment + Cutout). Views stay uint8: each model normalises
+and resizes them to its own input (:mod:`intrakd.models.input`)."""
 
 from __future__ import annotations
 
@@ -94,17 +95,14 @@ def cutout(images: Tensor, fill: tuple[int, ...], draws: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The standard augmentation of a CIFAR-sized dataset, applied to a whole uint8 batch at once."""
+    """The standard augmentation of a CIFAR-sized dataset, applied to a whole uint8 batch at once.
+    ``mean`` and ``std`` are the dataset's statistics: Cutout fills with the mean colour, and a model
+    fed the dataset's own normalisation reads them (:meth:`statistics` of a split)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     padding: int = 4
     flip: bool = True
-
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 ``[B, C, H, W]`` -> float32 normalised."""
-        mean, std = _channel_stats(self.mean, self.std, images.device)
-        return (images.float() / 255.0 - mean) / std
 
     @property
     def strong(self) -> StrongAugment:
@@ -122,26 +120,19 @@ class Augmentation:
         return ViewDraws(crop, flip, seeds, cut)
 
     def apply(self, images: Tensor, draws: ViewDraws) -> Tensor:
-        """The view of uint8 ``images`` that ``draws`` make, normalised."""
+        """The view of uint8 ``images`` that ``draws`` make (uint8)."""
         if draws.crop is not None:
             images = crop_at(images, self.padding, draws.crop)
         if draws.flip is not None:
             images = flip_where(images, draws.flip)
         if draws.strong_seed is not None:
             images = self.strong.apply(images, draws.strong_seed, draws.cutout)
-        return self.normalize(images)
+        return images
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None, strong: bool = False) -> Tensor:
         """One independently drawn augmented view of every image in ``images`` (uint8 ``[B,C,H,W]``);
-        ``strong``: followed by :attr:`strong` before the normalisation."""
+        ``strong``: followed by :attr:`strong`."""
         return self.apply(images, self.draw(images.shape[0], generator, strong, images.device))
-
-
-@functools.lru_cache(maxsize=16)
-def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """``mean`` and ``std`` as ``[1, C, 1, 1]`` tensors on ``device``, made once: copying them to a GPU
-    for every batch would make the host wait for the GPU each time."""
-    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def crop_at(images: Tensor, padding: int, offsets: Tensor) -> Tensor:

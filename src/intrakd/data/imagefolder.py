@@ -1,8 +1,8 @@
 """Datasets of image files: Tiny ImageNet in its official layout, ImageNet, any class-folder tree.
 
-Images are decoded and augmented in DataLoader worker processes into uint8 tensors; batches are
-normalised on the training device. The augmentation of every image depends only on
-``(seed, epoch, index)``, so a run is reproducible whatever the number of workers. A split whose
+Images are decoded and augmented in DataLoader worker processes into uint8 tensors, which each model
+normalises on the training device (:mod:`intrakd.models.input`). The augmentation of every image
+depends only on ``(seed, epoch, index)``, so a run is reproducible whatever the number of workers. A split whose
 images are small can instead be decoded once into a :class:`TensorDataset` (``data.in_memory``).
 """
 
@@ -75,7 +75,7 @@ class Pipeline:
 
     @property
     def augmentation(self) -> Augmentation:
-        """Normalisation (and, for a tensor-held split, the batched pad-crop + flip)."""
+        """The dataset's statistics (and, for a tensor-held split, the batched pad-crop + flip)."""
         return Augmentation(self.mean, self.std, padding=self.padding, flip=True)
 
     def train_transform(self, strong: bool = False) -> v2.Compose:
@@ -210,6 +210,10 @@ class ImageFolderSplit:
     def image_shape(self) -> tuple[int, int, int]:
         return 3, self.pipeline.image_size, self.pipeline.image_size
 
+    @property
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.pipeline.mean, self.pipeline.std
+
     def subset(self, index: Tensor) -> ImageFolderSplit:
         chosen = index.tolist()
         bad = {j: self.bad[i] for j, i in enumerate(chosen) if i in self.bad}
@@ -236,13 +240,12 @@ class ImageFolderSplit:
         return FolderBatches(self, batch_size, views, seed, device, strong_views)
 
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalised eval-transformed ``(images, labels)`` batches on ``device``, in order."""
-        augmentation = self.pipeline.augmentation
+        """Eval-transformed uint8 ``(images, labels)`` batches on ``device``, in order."""
         dataset = _Files(self.paths, self.labels.tolist(), self.pipeline.eval_transform(), skip=self._skip(),
                          size=self.pipeline.image_size)
         for images, labels in self._loader(dataset, batch_size, device):
             images, labels = self._drop_skipped(images, labels)
-            yield augmentation.normalize(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def to_tensors(self, batch_size: int = 256) -> TensorDataset:
         """Decode the whole split once (eval transform) into a uint8 :class:`TensorDataset` whose
@@ -316,12 +319,11 @@ class FolderBatches:
         dataset = _Files(split.paths, split.labels.tolist(), split.pipeline.train_transform(), self.views,
                          self.seed, self.epoch, split._skip(), split.pipeline.image_size,
                          split.pipeline.train_transform(strong=True), self.strong_views)
-        augmentation = split.pipeline.augmentation
         for views, labels, indices in split._loader(dataset, self.batch_size, device, order, drop_last=True):
             kept = labels >= 0  # unreadable images carry a marker label
             views, labels = split._drop_skipped(views, labels)
             indices = indices[kept]
-            yield Batch(tuple(augmentation.normalize(v.to(device, non_blocking=True)) for v in views),
+            yield Batch(tuple(v.to(device, non_blocking=True) for v in views),
                         labels.to(device, non_blocking=True), indices.to(device, non_blocking=True))
 
 

@@ -40,7 +40,7 @@ from intrakd.data.augment import ViewDraws
 from intrakd.data.tensor_data import Batch, TensorBatches, TensorDataset
 from intrakd.progress import Progress
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 """Version of the store layout."""
 SETTINGS, MANIFEST = "settings.json", "manifest.json"
 DATA_KEYS_IGNORED = ("root", "workers", "eval_batch_size", "eval_per_class", "bad_images")

@@ -20,6 +20,7 @@ class Batch:
     """One training batch: ``views`` independently augmented copies of the same images."""
 
     views: tuple[Tensor, ...]
+    """uint8 ``[B, C, H, W]`` each: every model normalises and resizes them to its own input."""
     labels: Tensor
     indices: Tensor | None = None
     """Position of every image in its training split (for per-sample memories), when known."""
@@ -51,13 +52,20 @@ class Split(Protocol):
         """``(C, H, W)`` of the images the model is fed."""
         ...
 
+    @property
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The dataset's per-channel ``(mean, std)`` of pixels in [0, 1]: the input of a model fed the data's own."""
+        ...
+
     def __len__(self) -> int: ...
     def train_batches(self, batch_size: int, views: int, seed: int, device: torch.device,
                       strong_views: int = 0) -> Batches:
         """Shuffled batches of ``views`` augmented views of each image, the last ``strong_views`` of
         them strongly augmented (:class:`~intrakd.data.augment.StrongAugment`)."""
         ...
-    def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """Unaugmented uint8 ``(images, labels)`` batches on ``device``, in dataset order."""
+        ...
 
 
 @dataclass
@@ -82,6 +90,10 @@ class TensorDataset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    @property
+    def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.augmentation.mean, self.augmentation.std
+
     def to(self, device: torch.device | str) -> TensorDataset:
         return TensorDataset(self.images.to(device), self.labels.to(device), self.num_classes, self.augmentation)
 
@@ -104,11 +116,11 @@ class TensorDataset:
         return TensorBatches(self.to(device), batch_size, views, seed, strong_views=strong_views)
 
     def eval_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """Normalised, unaugmented ``(images, labels)`` batches on ``device``, in dataset order."""
+        """Unaugmented uint8 ``(images, labels)`` batches on ``device``, in dataset order."""
         for start in range(0, len(self), batch_size):
             images = self.images[start : start + batch_size].to(device, non_blocking=True)
             labels = self.labels[start : start + batch_size].to(device, non_blocking=True)
-            yield self.augmentation.normalize(images), labels
+            yield images, labels
 
 
 def mix_seed(seed: int, *parts: int, prime: int = 1_000_003) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 
 from intrakd.config import ConfigError
 from intrakd.models.contract import Classifier, check_reads_images
+from intrakd.models.input import ModelInput, feed_with, resolve_input
 from intrakd.models.registry import create_model
 
 CHECKSUM_SUFFIX = ".sha256"
@@ -211,13 +212,17 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
 
 def classifier_from_checkpoint(
     path: str | Path, model_name: str | None = None, num_classes: int | None = None,
-    image_shape: tuple[int, int, int] | None = None,
+    image_shape: tuple[int, int, int] | None = None, data_input: ModelInput | None = None,
+    given: dict[str, Any] | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint (intrakd's own or a ``{"model": state_dict}`` file).
 
     ``model_name`` is needed when the file does not name its architecture; ``num_classes`` when
     given must agree with the checkpoint; when ``image_shape`` is given the model is built for such images
-    (a family's models: see :func:`create_model`) and must read them.
+    (a family's models: see :func:`create_model`; at the side it is fed) and must read them. With
+    ``data_input`` (the data's own input) the model is fed (:func:`~intrakd.models.input.feed_with`)
+    ``given``'s fields, else what the checkpoint recorded it was trained with (:func:`recorded_input`), else
+    its own (a timm file: timm's statistics for the architecture).
     """
     state = read_checkpoint(path)
     name = state.get("model_name") or model_name
@@ -233,12 +238,30 @@ def classifier_from_checkpoint(
     classes = stored_classes or num_classes
     if classes is None:
         raise ConfigError(f"cannot tell how many classes the model in {path} has")
+    recorded = recorded_input(state, data_input)
+    if image_shape is not None:
+        side = (given or {}).get("size") or (recorded or {}).get("size") or image_shape[-1]
+        image_shape = (image_shape[0], side, side)
     model = create_model(name, num_classes=classes, image_shape=image_shape)
     load_weights(model, state["model"], f"checkpoint {path}", name)
+    if data_input is not None:
+        if "config" not in state:  # weights from elsewhere: the statistics they were trained with, where known
+            model.pretrained_stats = getattr(model, "timm_stats", None)
+        feed_with(model, resolve_input(model, data_input, given, recorded))
     if image_shape is not None:
         check_reads_images(model, image_shape, f"the {name} in checkpoint {path}",
                            "use a checkpoint trained on images like these")
     return model, state
+
+
+def recorded_input(state: dict[str, Any], data_input: ModelInput | None) -> dict[str, Any] | None:
+    """What the model of checkpoint ``state`` was fed while it trained: the input its run recorded, the
+    data's own (``data_input``) for a checkpoint intrakd wrote before runs recorded it, None for weights
+    from elsewhere."""
+    found = state.get("provenance", {}).get("model_input")
+    if found is not None:
+        return found
+    return data_input.to_dict() if "config" in state and data_input is not None else None
 
 
 def _classes_from_weights(state_dict: dict[str, torch.Tensor]) -> int | None:

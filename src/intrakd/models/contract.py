@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from intrakd.config import ConfigError
+from intrakd.models.input import model_input_of
 
 
 class ModelOutput(NamedTuple):
@@ -46,6 +47,9 @@ class Classifier(nn.Module):
     num_classes: int
     embedding_dim: int
     head_name: str = "fc"
+    pretrained_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """The ``(mean, std)`` its starting weights were trained with, where known (timm's ``pretrained_cfg``):
+    the normalisation it is fed by default (:func:`~intrakd.models.input.resolve_input`)."""
 
     def stages(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -71,12 +75,14 @@ class Classifier(nn.Module):
 def probe(model: nn.Module, image_shape: Sequence[int]) -> ModelOutput:
     """The outputs of ``model`` for one zero image of ``image_shape`` ``(C, H, W)``, in eval mode
     and without gradients (its training mode is restored): the shapes that auxiliary modules are
-    built from, and the test that the model reads such images."""
+    built from, and the test that the model reads such images. A model given its input
+    (:func:`~intrakd.models.input.feed_with`) is fed a uint8 image, which it resizes to its own size."""
     was_training = model.training
     param = next(model.parameters())
+    dtype = torch.uint8 if model_input_of(model) is not None else param.dtype
     model.eval()
     try:
-        return model(torch.zeros(1, *image_shape, device=param.device, dtype=param.dtype))
+        return model(torch.zeros(1, *image_shape, device=param.device, dtype=dtype))
     finally:
         model.train(was_training)
 

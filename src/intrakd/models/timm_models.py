@@ -76,6 +76,12 @@ class TimmClassifier(Classifier):
         self.register_state_dict_post_hook(_drop_net_prefix)
         self.register_load_state_dict_pre_hook(_add_net_prefix)
 
+    @property
+    def timm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The ``(mean, std)`` of timm's ``pretrained_cfg`` for this architecture: its weights' input."""
+        cfg = self.net.pretrained_cfg
+        return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+
     def _watch_heads(self, heads: tuple[nn.Module, ...]) -> None:
         """Record the scores of both heads of a distilled model in each forward pass."""
         net = self.net
@@ -219,7 +225,9 @@ def build_timm(name: str, num_classes: int, image_shape: Sequence[int] | None = 
         print(f"{source} holds {held}: timm/{name} starts with a new {num_classes}-class classifier "
               "(randomly initialised), the rest from these weights", file=sys.stderr)
         net.reset_classifier(num_classes)
-    return TimmClassifier(net, name)
+    model = TimmClassifier(net, name)
+    model.pretrained_stats = model.timm_stats
+    return model
 
 
 def describe_family() -> str:
