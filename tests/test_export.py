@@ -13,6 +13,7 @@ from test_guards import TEACHER
 from intrakd.analysis.analyze import load_split
 from intrakd.analysis.export import run_exported
 from intrakd.cli import main
+from intrakd.models import ModelInput
 from intrakd.train import classifier_from_checkpoint, read_checkpoint
 
 
@@ -26,9 +27,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def _pytorch_logits(checkpoint: Path, images: torch.Tensor) -> torch.Tensor:
     """The logits of the run's own evaluation path: the data layer's normalisation, then the model."""
     split = load_split(read_checkpoint(checkpoint)["config"]["data"], "test")
-    model, _ = classifier_from_checkpoint(checkpoint, None, split.num_classes, split.image_shape)
-    with torch.no_grad():
-        return model.eval()(split.augmentation.normalize(images)).logits
+    state = read_checkpoint(checkpoint)
+    model, _ = classifier_from_checkpoint(checkpoint, None, split.num_classes, split.image_shape)  # not fed
+    with torch.no_grad():  # the input the run recorded it trained the model with, applied by hand
+        return model.eval()(ModelInput.from_dict(state["provenance"]["model_input"])(images)).logits
 
 
 def _export(checkpoint: Path, fmt: str, out: Path, capsys) -> dict:

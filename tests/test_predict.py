@@ -15,6 +15,7 @@ from intrakd.analysis.analyze import load_split
 from intrakd.cli import main
 from intrakd.config import DataConfig
 from intrakd.data import class_names
+from intrakd.models import ModelInput
 from intrakd.train import classifier_from_checkpoint, read_checkpoint
 
 
@@ -46,9 +47,10 @@ def test_predict_gives_the_models_probabilities_of_image_files(checkpoint, tmp_p
         Image.fromarray(split.images[i, 0].numpy(), mode="L").save(paths[-1])
     assert main(["predict", "--checkpoint", str(checkpoint), *map(str, paths), "--top", "2", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    model, _ = classifier_from_checkpoint(checkpoint, None, 3, split.image_shape)
+    model, state = classifier_from_checkpoint(checkpoint, None, 3, split.image_shape)  # not fed its input
+    fed = ModelInput.from_dict(state["provenance"]["model_input"])  # the input the run trained it with
     with torch.no_grad():
-        expected = torch.softmax(model.eval()(split.augmentation.normalize(split.images[:3])).logits, 1)
+        expected = torch.softmax(model.eval()(fed(split.images[:3])).logits, 1)
     for item, path, probs in zip(results, paths, expected):
         assert item["image"] == str(path) and len(item["top"]) == 2
         best = item["top"][0]

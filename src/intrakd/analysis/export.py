@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 from intrakd.analysis.analyze import load_split
 from intrakd.config import ConfigError
-from intrakd.data import Augmentation, Split, TensorDataset
+from intrakd.data import Split, TensorDataset
+from intrakd.models import model_input_of
 from intrakd.models.checkpoint import write_atomic
+from intrakd.runs import data_input
 from intrakd.train import classifier_from_checkpoint, read_checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "pt2": ".pt2"}
@@ -27,22 +29,15 @@ SAMPLE_IMAGES = 8
 
 
 class RawImageClassifier(nn.Module):
-    """``model`` fed uint8 images: ``(images / 255 - mean) / std``, then the logits."""
+    """``model`` (fed its own input from uint8 images: :func:`~intrakd.models.feed_with`) returning
+    only the logits."""
 
-    def __init__(self, model: nn.Module, augmentation: Augmentation) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        channels = len(augmentation.mean)
-        self.register_buffer("mean", torch.tensor(augmentation.mean).view(1, channels, 1, 1))
-        self.register_buffer("std", torch.tensor(augmentation.std).view(1, channels, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model((images.float() / 255.0 - self.mean) / self.std).logits
-
-
-def _augmentation(split: Split) -> Augmentation:
-    """The normalisation the data layer applies to ``split``'s evaluation batches."""
-    return split.augmentation if isinstance(split, TensorDataset) else split.pipeline.augmentation
+        return self.model(images).logits
 
 
 def sample_images(split: Split, count: int = SAMPLE_IMAGES, seed: int = 0) -> Tensor:
@@ -73,6 +68,7 @@ def _export_bytes(module: nn.Module, images: Tensor, fmt: str) -> bytes:
     elif fmt == "torchscript":
         with warnings.catch_warnings():  # TorchScript is deprecated in torch; the file still loads everywhere
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the image side is fixed in the file, as said
             torch.jit.save(torch.jit.trace(module, images), buffer)
     else:
         torch.export.save(torch.export.export(module, (images,), dynamic_shapes=({0: batch},)), buffer)
@@ -112,8 +108,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
         raise ConfigError(f"checkpoint {source} records no data settings (not an intrakd run checkpoint): the "
                           "input it expects is unknown")
     split = load_split({**data, "in_memory": False}, "test", data_root)
-    model, _ = classifier_from_checkpoint(source, None, split.num_classes, split.image_shape)
-    module = RawImageClassifier(model, _augmentation(split)).eval()
+    model, _ = classifier_from_checkpoint(source, None, split.num_classes, split.image_shape, data_input(split))
+    module = RawImageClassifier(model).eval()
     images = sample_images(split)
     with torch.no_grad():
         expected = module(images)
@@ -128,9 +124,9 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
         raise ConfigError(f"the {fmt} export of {source} differs from PyTorch by up to {difference:.3g} on "
                          f"{len(images)} sample images (tolerance {tolerance:g}); nothing was written")
     write_atomic(target, blob)
-    augmentation = _augmentation(split)
+    fed = model_input_of(model)
     return {"checkpoint": str(source), "format": fmt, "written": str(target),
             "input": {"dtype": "uint8", "shape": ["batch", *split.image_shape],
-                      "mean": list(augmentation.mean), "std": list(augmentation.std)},
+                      "mean": list(fed.mean), "std": list(fed.std), "model_side": fed.size},
             "output": {"logits": ["batch", split.num_classes]},
             "checked_images": len(images), "max_abs_difference": difference, "tolerance": tolerance}

@@ -10,7 +10,8 @@ import torch
 
 from intrakd.analysis.analyze import load_split
 from intrakd.config import ConfigError
-from intrakd.data import TensorDataset, eval_image
+from intrakd.data import eval_image
+from intrakd.runs import data_input
 from intrakd.train import classifier_from_checkpoint, read_checkpoint
 
 
@@ -30,10 +31,9 @@ def predict_images(checkpoint: str | Path, images: list[str], top: int | None = 
         raise ConfigError(f"--top must lie in 1..{len(names)} (the model's classes), got {top}")
     split = load_split({**data, "in_memory": False}, "test", data_root)
     batch = torch.stack([eval_image(split, path) for path in images])  # every file read before any output
-    model, _ = classifier_from_checkpoint(checkpoint, None, len(names), split.image_shape)
-    augmentation = split.augmentation if isinstance(split, TensorDataset) else split.pipeline.augmentation
-    with torch.no_grad():
-        probabilities = torch.softmax(model.eval()(augmentation.normalize(batch)).logits.float(), dim=1)
+    model, _ = classifier_from_checkpoint(checkpoint, None, len(names), split.image_shape, data_input(split))
+    with torch.no_grad():  # the model turns the uint8 images into its own input
+        probabilities = torch.softmax(model.eval()(batch).logits.float(), dim=1)
     values, indices = probabilities.topk(top, dim=1)
     return [{"image": str(path), "top": [{"class": names[i], "index": i, "probability": p}
                                          for p, i in zip(v.tolist(), k.tolist())]}
