@@ -76,10 +76,12 @@ class RunPlan:
     """Epochs of a pre-training stage, before the main stage's."""
     unreadable: int = 0
     """Training images found unreadable and left out (``data.bad_images=skip``), of ``train_images``."""
+    schedule: str = ""
+    """The optimiser and learning-rate schedule, in words (empty: not shown)."""
 
 
 def run_intro(plan: RunPlan) -> list[str]:
-    """What a training run will do, in four lines (printed before its first step)."""
+    """What a training run will do, in four or five lines (printed before its first step)."""
     p = plan
     state = f"resuming from {p.resumed_from}" if p.resumed_from else "new run"
     stages = f"{p.init_epochs + p.epochs} epochs ({p.init_epochs} pre-training + {p.epochs})" if p.init_epochs else \
@@ -91,6 +93,7 @@ def run_intro(plan: RunPlan) -> list[str]:
          f"evaluated on {p.eval_split}: {p.eval_images} images"),
         f"  model   {p.model}: {p.steps_per_epoch} steps/epoch x {stages}, batch {p.batch_size}",
         f"  device  {p.device}, precision {p.precision}" + (f", {p.processes} processes" if p.processes > 1 else ""),
+        *([f"  optim   {p.schedule}"] if p.schedule else []),
     ]
 
 

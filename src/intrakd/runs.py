@@ -70,6 +70,7 @@ from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
 from intrakd.train.runfolder import RunFolder, check_replaces_no_input, upgrade_stored
 from intrakd.train.signals import Interrupted
+from intrakd.train.stages import describe_schedule
 
 RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
                      "perf.threads")
@@ -540,6 +541,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             processes=distributed.world_size(),
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
             unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
+            schedule=describe_schedule(cfg.optim),
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"

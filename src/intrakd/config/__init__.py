@@ -32,6 +32,7 @@ from intrakd.config.schema import (
     key_in,
     register_distill_method,
     register_learned_temperature,
+    scaled_milestones,
     setting,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "read_yaml",
     "register_distill_method",
     "register_learned_temperature",
+    "scaled_milestones",
     "setting",
     "to_dict",
 ]

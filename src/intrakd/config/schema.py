@@ -128,10 +128,17 @@ class OptimConfig:
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
     momentum: float = setting(0.9, "SGD momentum.", ">= 0")
     weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
-    milestones: list[int] = setting(
-        [150, 180, 210], "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice).",
+    milestones: list[int] | None = setting(
+        None, "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice), each <= epochs "
+              "(null: 150/180/210 of 240 scaled to the epochs, filled in when the configuration is resolved).",
         "epochs > 0 in ascending order", "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The benchmark's lr steps (150, 180, 210 of 240 epochs) scaled to ``epochs`` (steps that fall on the
+    same epoch in a short run are all taken there)."""
+    return [max(1, round(epochs * f)) for f in (150 / 240, 180 / 240, 210 / 240)]
 
 
 @dataclass
@@ -473,6 +480,12 @@ def _validate_common(
     for prefix, section in (("data", data), ("optim", optim), ("checkpoint", checkpoint), ("train", train),
                             ("perf", perf)):
         check_rules(prefix, section)
+    if optim.milestones is None:  # only the epochs set: the benchmark's steps at the same fractions
+        optim.milestones = scaled_milestones(optim.epochs)
+    elif optim.milestones and optim.milestones[-1] > optim.epochs:
+        raise ConfigError(f"optim.milestones must be <= optim.epochs ({optim.epochs}), got {optim.milestones}: "
+                          "a step after the last epoch never happens; set the milestones within the run, or "
+                          "leave optim.milestones out to scale 150/180/210 of 240 to the run's epochs")
     if data.labels == "coarse" and data.dataset != "cifar100":
         raise ConfigError(f"data.labels=coarse needs cifar100's superclass labels; {data.dataset} has one "
                           "level of labels: drop data.labels")

@@ -35,6 +35,13 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options:
                            **options)
 
 
+def describe_schedule(cfg: OptimConfig) -> str:
+    """The main stage's optimiser and learning-rate schedule in words (a run's introduction)."""
+    steps = "/".join(str(m) for m in cfg.milestones or [])
+    decay = f"x{cfg.lr_decay:g} after epochs {steps}" if steps else "constant"
+    return f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g} wd {cfg.weight_decay:g}, {decay} (of {cfg.epochs})"
+
+
 @dataclass
 class Stage:
     """What one step of a stage uses."""
