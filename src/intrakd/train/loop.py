@@ -179,7 +179,8 @@ class Trainer:
         split = self.info.eval_split
         main = stage is self.main
         record = {"epoch": state.epoch + 1, **({"stage": stage.name} if self.pretrain else {}), "lr": lr, **metrics,
-                  f"{split}_acc": state.last_eval["acc"], f"{split}_loss": state.last_eval["loss"]}
+                  f"{split}_acc": state.last_eval["acc"], f"{split}_top5": state.last_eval["top5"],
+                  f"{split}_loss": state.last_eval["loss"]}
         is_best = main and state.last_eval["acc"] > state.best_acc  # the best student of the main stage
         if main:
             state.best_acc = max(state.best_acc, state.last_eval["acc"])
@@ -226,7 +227,9 @@ class Trainer:
         state = self.state
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
-            "final_acc": state.last_eval["acc"], "best_acc": state.best_acc, "epochs": self.epochs,
+            "final_acc": state.last_eval["acc"], "best_acc": state.best_acc,
+            **({"final_top5": state.last_eval["top5"]} if "top5" in state.last_eval else {}),  # runs since top-5
+            "epochs": self.epochs,
             "wall_seconds": state.wall_seconds, **extra,
         }
         if self.pretrain:
