@@ -133,6 +133,15 @@ class OptimConfig:
               "(null: 150/180/210 of 240 scaled to the epochs, filled in when the configuration is resolved).",
         "epochs > 0 in ascending order", "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
+    name: Literal["sgd", "adamw"] = "sgd"
+    """'sgd': SGD with ``momentum`` and L2 ``weight_decay`` (the benchmark recipe); 'adamw': torch's AdamW
+    (default betas) with decoupled ``weight_decay`` (``momentum`` unused)."""
+    schedule: Literal["step", "cosine"] = "step"
+    """'step': x``lr_decay`` after each milestone; 'cosine': cosine decay to 0 over the epochs after the
+    warm-up (``milestones`` unused). Stepped once per epoch."""
+    warmup_epochs: int = setting(
+        0, "Epochs of linear warm-up from lr/(warmup_epochs+1) before the schedule (0: none); the schedule's "
+           "milestones still count from the run's first epoch.", ">= 0")
 
 
 def scaled_milestones(epochs: int) -> list[int]:
@@ -482,7 +491,14 @@ def _validate_common(
         check_rules(prefix, section)
     if optim.milestones is None:  # only the epochs set: the benchmark's steps at the same fractions
         optim.milestones = scaled_milestones(optim.epochs)
-    elif optim.milestones and optim.milestones[-1] > optim.epochs:
+    if optim.warmup_epochs >= optim.epochs:
+        raise ConfigError(f"optim.warmup_epochs must be < optim.epochs ({optim.epochs}), got {optim.warmup_epochs}: "
+                          "the run would never leave its warm-up")
+    if optim.schedule == "step" and optim.warmup_epochs and optim.milestones \
+            and optim.milestones[0] <= optim.warmup_epochs:
+        raise ConfigError(f"optim.milestones must lie after the warm-up (optim.warmup_epochs={optim.warmup_epochs}), "
+                          f"got {optim.milestones}")
+    if optim.milestones and optim.milestones[-1] > optim.epochs:
         raise ConfigError(f"optim.milestones must be <= optim.epochs ({optim.epochs}), got {optim.milestones}: "
                           "a step after the last epoch never happens; set the milestones within the run, or "
                           "leave optim.milestones out to scale 150/180/210 of 240 to the run's epochs")
