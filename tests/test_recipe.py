@@ -1,4 +1,5 @@
-"""The training recipe settings: optimiser, schedule and warm-up; each resumable bit for bit."""
+"""The training recipe settings: optimiser, schedule and warm-up, label smoothing; each resumable bit
+for bit."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def test_adamw_is_torchs():
     (["optim.epochs=9", "optim.warmup_epochs=3", "optim.milestones=[3,6]"], r"must lie after the warm-up"),
     (["optim.name=adam"], r"optim.name: 'adam' is not one of 'sgd', 'adamw'"),
     (["optim.schedule=linear"], r"optim.schedule: 'linear' is not one of 'step', 'cosine'"),
+    (["train.label_smoothing=1"], r"train.label_smoothing must be in \[0, 1\)"),
 ])
 def test_recipe_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -57,7 +59,7 @@ def test_recipe_errors(override, message):
 
 RECIPE = ["data.dataset=digits", "model=digits_cnn", "optim.epochs=3", "optim.name=adamw", "optim.lr=0.002",
           "optim.weight_decay=0.05", "optim.schedule=cosine", "optim.warmup_epochs=1", "intra.weight=0.1",
-          "device=cpu"]
+          "train.label_smoothing=0.1", "device=cpu"]
 
 
 def assert_same_state(a: Path, b: Path) -> None:
@@ -89,3 +91,13 @@ def test_recipe_run_killed_then_resumed_is_bit_exact(tmp_path):
     assert_same_state(reference, run)
     lrs = [m["lr"] for m in metric_records(run)]
     assert lrs[0] == pytest.approx(0.001) and lrs[1] == pytest.approx(0.002) and lrs[2] < lrs[1]
+
+
+def test_label_smoothing_reaches_the_cross_entropy(tmp_path):
+    """One epoch of a vanilla teacher: its ce is torch's label-smoothed cross-entropy (higher than plain)."""
+    common = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "intra.weight=0", "views=1",
+              "optim.lr=0.2", "device=cpu"]
+    assert main(["train-teacher", "--out", str(tmp_path / "plain"), *common]) == 0
+    assert main(["train-teacher", "--out", str(tmp_path / "smooth"), *common, "train.label_smoothing=0.5"]) == 0
+    plain, smooth = (metric_records(tmp_path / name)[0]["ce"] for name in ("plain", "smooth"))
+    assert smooth > plain + 0.3

@@ -526,6 +526,10 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
     model = perf.prepare_model(model.to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = job.make_objective(model).to(device)
+    if cfg.train.label_smoothing and not hasattr(objective, "label_smoothing"):
+        raise ConfigError(f"train.label_smoothing: the objective {type(objective).__name__} has no cross-entropy "
+                          "term that takes it (a label_smoothing attribute): drop the setting")
+    objective.label_smoothing = cfg.train.label_smoothing  # its cross-entropy on the true labels
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,
                                              objective.strong_views)
     if job.feed is not None:

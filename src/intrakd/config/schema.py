@@ -363,11 +363,14 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    """How the loop treats numerical faults."""
+    """How the loop treats numerical faults, and the label smoothing of the cross-entropy terms."""
 
     skip_nonfinite_steps: int = setting(
         0, "Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run; 0 stops the "
            "run at the first one. The limit exceeded, the run stops.", ">= 0", "0: stop at the first")
+    label_smoothing: float = setting(
+        0.0, "Label smoothing of the cross-entropy terms on the true labels (teacher's and student's; "
+             "torch's cross_entropy(label_smoothing=)); 0: off.", "in [0, 1)")
 
 
 @dataclass

@@ -108,6 +108,8 @@ class Distiller(nn.Module):
     every method under ``no_grad`` (:meth:`teacher_mode`)."""
     published: ClassVar[dict[tuple[str, str], float]] = {}
     """CIFAR-100 top-1 (%) the method's paper reports, by ``(teacher, student)``, for its presets."""
+    label_smoothing = 0.0
+    """Of the cross-entropy terms on the true labels (the run sets ``train.label_smoothing``)."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()
@@ -221,7 +223,8 @@ class Distiller(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
-        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels)}
+        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels,
+                                                         label_smoothing=self.label_smoothing)}
         if self.kd_weight > 0:
             losses["kd"] = self.kd_weight * self.kd_term(student_out.logits, teacher_out.logits)
         terms, stats = self.method_losses(student_out, teacher_out, batch)
