@@ -1,8 +1,9 @@
-"""The training recipe settings: optimiser, schedule and warm-up, label smoothing; each resumable bit
-for bit."""
+"""The training recipe settings: optimiser, schedule and warm-up, label smoothing, the weights' moving
+average; each resumable bit for bit."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -59,13 +60,13 @@ def test_recipe_errors(override, message):
 
 RECIPE = ["data.dataset=digits", "model=digits_cnn", "optim.epochs=3", "optim.name=adamw", "optim.lr=0.002",
           "optim.weight_decay=0.05", "optim.schedule=cosine", "optim.warmup_epochs=1", "intra.weight=0.1",
-          "train.label_smoothing=0.1", "device=cpu"]
+          "train.label_smoothing=0.1", "train.ema_decay=0.9", "device=cpu"]
 
 
 def assert_same_state(a: Path, b: Path) -> None:
     """Same weights, objective state and optimiser state (every tensor), position and metrics."""
     sa, sb = read_checkpoint(a / "checkpoints" / "last.pt"), read_checkpoint(b / "checkpoints" / "last.pt")
-    for key in ("model", "objective"):
+    for key in ("model", "objective", "ema"):
         assert sa[key].keys() == sb[key].keys()
         for name, tensor in sa[key].items():
             assert torch.equal(tensor, sb[key][name]), f"{key}.{name} differs"
@@ -79,7 +80,8 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_recipe_run_killed_then_resumed_is_bit_exact(tmp_path):
-    """AdamW + warm-up + cosine on digits, SIGKILLed mid-epoch 2 and resumed, ends as an uninterrupted run."""
+    """AdamW + warm-up + cosine + label smoothing + EMA on digits, SIGKILLed mid-epoch 2 and resumed, ends
+    as an uninterrupted run (the moving average included)."""
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert main(["train-teacher", "--out", str(reference), *RECIPE]) == 0
     proc = subprocess.Popen(cli("train-teacher", "--out", str(run), *RECIPE, "checkpoint.every_steps=1"),
@@ -89,6 +91,9 @@ def test_recipe_run_killed_then_resumed_is_bit_exact(tmp_path):
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert main(["train-teacher", "--resume", str(run)]) == 0
     assert_same_state(reference, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_ema_acc"] == metric_records(run)[-1]["test_ema_acc"]  # beside the raw weights'
+    assert summary["final_ema_acc"] != summary["final_acc"]
     lrs = [m["lr"] for m in metric_records(run)]
     assert lrs[0] == pytest.approx(0.001) and lrs[1] == pytest.approx(0.002) and lrs[2] < lrs[1]
 

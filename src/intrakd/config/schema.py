@@ -363,7 +363,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    """How the loop treats numerical faults, and the label smoothing of the cross-entropy terms."""
+    """How the loop treats numerical faults; label smoothing; the weights' moving average."""
 
     skip_nonfinite_steps: int = setting(
         0, "Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run; 0 stops the "
@@ -371,6 +371,10 @@ class TrainConfig:
     label_smoothing: float = setting(
         0.0, "Label smoothing of the cross-entropy terms on the true labels (teacher's and student's; "
              "torch's cross_entropy(label_smoothing=)); 0: off.", "in [0, 1)")
+    ema_decay: float = setting(
+        0.0, "Keep an exponential moving average of the model's weights and buffers, updated after every step "
+             "with this decay (torch's AveragedModel), evaluated and checkpointed beside the raw weights; 0: off.",
+        "in [0, 1)")
 
 
 @dataclass
