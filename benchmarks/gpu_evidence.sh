@@ -117,7 +117,7 @@ deadline=$((start + budget - 2 * post))  # the runs end by then; the rest is for
 if $compile; then
     common+=(perf.compile=true perf.compile_mode=reduce-overhead)
 fi
-scaled() {  # scaled K: round(EPOCHS * K / 8), halves to even, at least 1 (intrakd.demo.scaled_milestones)
+scaled() {  # scaled K: round(EPOCHS * K / 8), halves to even, at least 1 (intrakd.config.scaled_milestones)
     local n=$((epochs * $1)) q r
     q=$((n / 8)) r=$((n % 8))
     if [ $r -gt 4 ] || { [ $r -eq 4 ] && [ $((q % 2)) -eq 1 ]; }; then q=$((q + 1)); fi

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from intrakd.cli import EXIT_BROKEN_PIPE, main
+from intrakd.train import accuracy
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_cifar = pytest.mark.skipif(not (SHARED_DATA / "cifar-100-python" / "train").exists(),
@@ -36,11 +37,12 @@ def test_teacher_run_folder_tells_the_whole_story(teacher_run):
     metrics = read_metrics(teacher_run)
     assert [m["epoch"] for m in metrics] == [1, 2]
     for key in ("loss", "ce", "intra", "intra_raw", "pass_rate", "anchors_used", "cache_fill", "train_acc",
-                "test_acc", "lr", "images_per_s"):
+                "test_acc", "test_top5", "lr", "images_per_s"):
         assert key in metrics[0], key
     assert metrics[0]["lr"] == 0.05 and metrics[1]["lr"] == pytest.approx(0.005)
     summary = json.loads((teacher_run / "summary.json").read_text())
     assert summary["final_acc"] == metrics[-1]["test_acc"] and summary["epochs"] == 2
+    assert summary["final_top5"] == metrics[-1]["test_top5"] >= summary["final_acc"]  # top-1 stays the headline
     assert summary["best_acc"] == max(m["test_acc"] for m in metrics) and summary["wall_seconds"] > 0
     state = torch.load(teacher_run / "checkpoints" / "last.pt", weights_only=True)
     assert state["model_name"] == "digits_cnn_small" and "cache.features" in state["objective"]
@@ -66,7 +68,16 @@ def test_distill_and_evaluate(teacher_run, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "last.pt")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["acc"] == pytest.approx(metrics[-1]["test_acc"])
+    assert result["top5"] == pytest.approx(metrics[-1]["test_top5"])
     assert result["intra_inter_ratio"] == pytest.approx(result["intra_class_distance"] / result["inter_class_distance"])
+
+
+def test_top_k_accuracy_known_answers():
+    logits = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]])
+    labels = torch.tensor([0, 0, 4])
+    assert accuracy(logits, labels) == pytest.approx(100 / 3)
+    assert accuracy(logits, labels, 5) == pytest.approx(200 / 3)  # label 0 is 6th of 6 in the second row
+    assert accuracy(logits[:, :3], torch.tensor([0, 0, 2]), 5) == 100.0  # k capped at the 3 classes
 
 
 def test_vanilla_flag_trains_plain_cross_entropy(tmp_path):

@@ -35,6 +35,8 @@ def test_yaml_then_overrides(tmp_path):
     (["intra.cache_size=0"], r"intra.cache_size must be >= 1"),
     (["views=1"], r"the intra-class loss needs two views"),
     (["optim.milestones=5"], r"optim.milestones: expected a list"),
+    (["optim.epochs=2", "optim.milestones=[1,50]"], r"optim.milestones must be <= optim.epochs \(2\), got \[1, 50\]"),
+    (["optim.milestones=[180,150]"], r"optim.milestones must be epochs > 0 in ascending order, got \[180, 150\]"),
     (["optim"], r"not of the form key=value"),
     (["optim.milestones=[60, 75"], (r"override 'optim.milestones=\[60, 75': '\[60, 75' is not a valid YAML value: "
                                    r"expected ',' or '\]', but got '<stream end>' \(line 1, column 8\)")),
@@ -42,6 +44,22 @@ def test_yaml_then_overrides(tmp_path):
 def test_bad_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TeacherConfig, None, override)
+
+
+def test_default_milestones_scale_with_the_epochs():
+    """Only the epochs set: the 150/180/210 of 240 steps at the same fractions (a 30-epoch run decays)."""
+    assert load_config(TeacherConfig, None, ["optim.epochs=30"]).optim.milestones == [19, 22, 26]
+    assert load_config(TeacherConfig, None, ["optim.epochs=480"]).optim.milestones == [300, 360, 420]
+    explicit = load_config(TeacherConfig, None, ["optim.epochs=30", "optim.milestones=[20,25]"])
+    assert explicit.optim.milestones == [20, 25]
+    assert load_config(TeacherConfig, None, ["optim.epochs=3", "optim.milestones=[]"]).optim.milestones == []
+    assert load_config(TeacherConfig, None, ["optim.epochs=2"]).optim.milestones == [1, 2, 2]
+
+
+def test_stored_milestones_past_the_end_are_dropped():
+    """A run recorded before milestones were checked resumes: its steps past the end never happened."""
+    stored = upgrade_stored({"optim": {"epochs": 2, "milestones": [1, 150, 180]}})
+    assert stored["optim"]["milestones"] == [1]
 
 
 def test_missing_config_file(tmp_path):

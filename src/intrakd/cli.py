@@ -182,7 +182,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred, info = predict_checkpoint(args.checkpoint, args.split, args.data_root, args.model, args.device,
                                     dataset=args.dataset, command="evaluate")
     result = {"checkpoint": args.checkpoint, "split": info["split"], "images": len(pred.labels),
-              "acc": accuracy(pred.logits, pred.labels), **embedding_geometry(pred.embeddings, pred.labels),
+              "acc": accuracy(pred.logits, pred.labels), "top5": accuracy(pred.logits, pred.labels, 5),
+              **embedding_geometry(pred.embeddings, pred.labels),
               "soft_label_entropy_T4": soft_label_stats(pred.logits, pred.labels, 4.0)["soft_entropy"]}
     print(json.dumps(result, indent=2))
     return 0

@@ -78,11 +78,13 @@ class RunPlan:
     """Training images found unreadable and left out (``data.bad_images=skip``), of ``train_images``."""
     inputs: str = ""
     """What each model is fed (normalisation and size), when told."""
+    schedule: str = ""
+    """The optimiser and learning-rate schedule, in words (empty: not shown)."""
 
 
 def run_intro(plan: RunPlan) -> list[str]:
-    """What a training run will do, in four lines and one on the models' inputs when told (printed
-    before its first step)."""
+    """What a training run will do, in four lines, one on the models' inputs and one on the schedule when
+    told (printed before its first step)."""
     p = plan
     state = f"resuming from {p.resumed_from}" if p.resumed_from else "new run"
     stages = f"{p.init_epochs + p.epochs} epochs ({p.init_epochs} pre-training + {p.epochs})" if p.init_epochs else \
@@ -95,6 +97,7 @@ def run_intro(plan: RunPlan) -> list[str]:
         f"  model   {p.model}: {p.steps_per_epoch} steps/epoch x {stages}, batch {p.batch_size}",
         f"  device  {p.device}, precision {p.precision}" + (f", {p.processes} processes" if p.processes > 1 else ""),
         *([f"  input   {p.inputs}"] if p.inputs else []),
+        *([f"  optim   {p.schedule}"] if p.schedule else []),
     ]
 
 

@@ -70,6 +70,7 @@ from intrakd.train.accel import PerfSettings, resolve_perf
 from intrakd.train.loop import RunInfo, Trainer
 from intrakd.train.runfolder import RunFolder, check_replaces_no_input, upgrade_stored
 from intrakd.train.signals import Interrupted
+from intrakd.train.stages import describe_schedule
 
 RESUME_MAY_CHANGE = ("device", "data.root", "data.bad_images", "teacher", "checkpoint.", "train.skip_nonfinite_steps",
                      "perf.threads")
@@ -567,6 +568,10 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
     model = perf.prepare_model(model.to(device))
     check_reads_images(model, train_set.image_shape, f"model {cfg.model!r}", MODEL_FOR_THE_IMAGES)
     objective = job.make_objective(model).to(device)
+    if cfg.train.label_smoothing and not hasattr(objective, "label_smoothing"):
+        raise ConfigError(f"train.label_smoothing: the objective {type(objective).__name__} has no cross-entropy "
+                          "term that takes it (a label_smoothing attribute): drop the setting")
+    objective.label_smoothing = cfg.train.label_smoothing  # its cross-entropy on the true labels
     train_batches = train_set.train_batches(cfg.data.batch_size, objective.num_views, cfg.seed, device,
                                              objective.strong_views)
     if job.feed is not None:
@@ -583,6 +588,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
             unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
             inputs=f"model {model_input.describe()}{job.inputs}",
+            schedule=describe_schedule(cfg.optim),
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"

@@ -33,6 +33,7 @@ from intrakd.config.schema import (
     key_in,
     register_distill_method,
     register_learned_temperature,
+    scaled_milestones,
     setting,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "read_yaml",
     "register_distill_method",
     "register_learned_temperature",
+    "scaled_milestones",
     "setting",
     "to_dict",
 ]

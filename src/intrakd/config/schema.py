@@ -157,10 +157,26 @@ class OptimConfig:
     lr: float = setting(0.05, "Initial learning rate of SGD.", "> 0")
     momentum: float = setting(0.9, "SGD momentum.", ">= 0")
     weight_decay: float = setting(5e-4, "L2 weight decay of SGD.", ">= 0")
-    milestones: list[int] = setting(
-        [150, 180, 210], "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice).",
+    milestones: list[int] | None = setting(
+        None, "Epochs after which the learning rate is multiplied by lr_decay (twice: given twice), each <= epochs "
+              "(null: 150/180/210 of 240 scaled to the epochs, filled in when the configuration is resolved).",
         "epochs > 0 in ascending order", "e.g. optim.milestones=[100,150]")
     lr_decay: float = setting(0.1, "Factor of the learning rate at each milestone.", ">= 0")
+    name: Literal["sgd", "adamw"] = "sgd"
+    """'sgd': SGD with ``momentum`` and L2 ``weight_decay`` (the benchmark recipe); 'adamw': torch's AdamW
+    (default betas) with decoupled ``weight_decay`` (``momentum`` unused)."""
+    schedule: Literal["step", "cosine"] = "step"
+    """'step': x``lr_decay`` after each milestone; 'cosine': cosine decay to 0 over the epochs after the
+    warm-up (``milestones`` unused). Stepped once per epoch."""
+    warmup_epochs: int = setting(
+        0, "Epochs of linear warm-up from lr/(warmup_epochs+1) before the schedule (0: none); the schedule's "
+           "milestones still count from the run's first epoch.", ">= 0")
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The benchmark's lr steps (150, 180, 210 of 240 epochs) scaled to ``epochs`` (steps that fall on the
+    same epoch in a short run are all taken there)."""
+    return [max(1, round(epochs * f)) for f in (150 / 240, 180 / 240, 210 / 240)]
 
 
 @dataclass
@@ -376,11 +392,18 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    """How the loop treats numerical faults."""
+    """How the loop treats numerical faults; label smoothing; the weights' moving average."""
 
     skip_nonfinite_steps: int = setting(
         0, "Skip (do not apply) up to this many steps whose loss is NaN or Inf, over the whole run; 0 stops the "
            "run at the first one. The limit exceeded, the run stops.", ">= 0", "0: stop at the first")
+    label_smoothing: float = setting(
+        0.0, "Label smoothing of the cross-entropy terms on the true labels (teacher's and student's; "
+             "torch's cross_entropy(label_smoothing=)); 0: off.", "in [0, 1)")
+    ema_decay: float = setting(
+        0.0, "Keep an exponential moving average of the model's weights and buffers, updated after every step "
+             "with this decay (torch's AveragedModel), evaluated and checkpointed beside the raw weights; 0: off.",
+        "in [0, 1)")
 
 
 @dataclass
@@ -511,6 +534,19 @@ def _validate_common(
     for prefix, section in (("data", data), ("optim", optim), ("checkpoint", checkpoint), ("train", train),
                             ("perf", perf)):
         check_rules(prefix, section)
+    if optim.milestones is None:  # only the epochs set: the benchmark's steps at the same fractions
+        optim.milestones = scaled_milestones(optim.epochs)
+    if optim.warmup_epochs >= optim.epochs:
+        raise ConfigError(f"optim.warmup_epochs must be < optim.epochs ({optim.epochs}), got {optim.warmup_epochs}: "
+                          "the run would never leave its warm-up")
+    if optim.schedule == "step" and optim.warmup_epochs and optim.milestones \
+            and optim.milestones[0] <= optim.warmup_epochs:
+        raise ConfigError(f"optim.milestones must lie after the warm-up (optim.warmup_epochs={optim.warmup_epochs}), "
+                          f"got {optim.milestones}")
+    if optim.milestones and optim.milestones[-1] > optim.epochs:
+        raise ConfigError(f"optim.milestones must be <= optim.epochs ({optim.epochs}), got {optim.milestones}: "
+                          "a step after the last epoch never happens; set the milestones within the run, or "
+                          "leave optim.milestones out to scale 150/180/210 of 240 to the run's epochs")
     if data.labels == "coarse" and data.dataset != "cifar100":
         raise ConfigError(f"data.labels=coarse needs cifar100's superclass labels; {data.dataset} has one "
                           "level of labels: drop data.labels")

@@ -116,6 +116,8 @@ class Distiller(nn.Module):
     logit_standardized_pair_optim: ClassVar[dict[tuple[str, str], dict[str, Any]]] = {}
     """The same for the logit-standardised presets (the LS repository's configs); pairs not listed
     take :attr:`pair_optim`'s."""
+    label_smoothing = 0.0
+    """Of the cross-entropy terms on the true labels (the run sets ``train.label_smoothing``)."""
 
     def __init__(self, cfg: DistillConfig, student: nn.Module, teacher: nn.Module, data: TrainSetInfo) -> None:
         super().__init__()
@@ -229,7 +231,8 @@ class Distiller(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
-        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels)}
+        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels,
+                                                         label_smoothing=self.label_smoothing)}
         if self.kd_weight > 0:
             losses["kd"] = self.kd_weight * self.kd_term(student_out.logits, teacher_out.logits)
         terms, stats = self.method_losses(student_out, teacher_out, batch)

@@ -168,7 +168,8 @@ class MLKDObjective(Distiller):
         weak, strong = batch.views
         s_weak, t_weak = (out.logits for out in self.outputs(model, teacher, weak))
         s_strong, t_strong = (out.logits for out in self.outputs(model, teacher, strong))
-        ce = F.cross_entropy(s_weak.float(), batch.labels) + F.cross_entropy(s_strong.float(), batch.labels)
+        ce = sum(F.cross_entropy(s.float(), batch.labels, label_smoothing=self.label_smoothing)
+                 for s in (s_weak, s_strong))
         losses = {"ce": self.ce_weight * ce}
         if self.kd_weight > 0:
             losses["kd"] = self.kd_weight * self.kd_term(s_weak, t_weak)

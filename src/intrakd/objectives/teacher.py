@@ -35,6 +35,8 @@ class IntraClassTeacherObjective(nn.Module):
 
     strong_views = 0
     """Every view takes the standard augmentation."""
+    label_smoothing = 0.0
+    """Of the cross-entropy term (the run sets ``train.label_smoothing``)."""
 
     def __init__(self, cfg: IntraConfig, num_classes: int, embedding_dim: int, views: int = 2) -> None:
         super().__init__()
@@ -59,7 +61,7 @@ class IntraClassTeacherObjective(nn.Module):
         n_views = len(batch.views)
         out = model(torch.cat(batch.views) if n_views > 1 else batch.views[0])
         all_labels = labels.repeat(n_views)
-        ce = F.cross_entropy(out.logits.float(), all_labels)
+        ce = F.cross_entropy(out.logits.float(), all_labels, label_smoothing=self.label_smoothing)
         first_logits = out.logits[: labels.shape[0]]
         if not self.enabled:
             return StepResult({"ce": ce}, first_logits)

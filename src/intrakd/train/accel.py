@@ -59,8 +59,8 @@ class PerfSettings:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def optimizer_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``torch.optim.SGD`` selecting its implementation (fused, or PyTorch's
-        default choice)."""
+        """Keyword arguments of the optimiser (SGD or AdamW) selecting its implementation (fused, or
+        PyTorch's default choice)."""
         return {"fused": True} if self.fused_optimizer else {}
 
     def compile_step(self, objective: nn.Module) -> Callable[..., Any]:

@@ -31,12 +31,16 @@ def predict(model: nn.Module, data: Split, batch_size: int = 512,
     return torch.cat(logits), torch.cat(embeddings), torch.cat(labels)
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy in percent."""
-    return 100.0 * (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+def accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Top-``k`` accuracy in percent: the label is among the ``k`` highest logits (``k`` capped at the
+    number of classes)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return 100.0 * (top == labels.to(logits.device)[:, None]).any(1).float().mean().item()
 
 
 def evaluate(model: nn.Module, data: Split, batch_size: int = 512) -> dict[str, float]:
-    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` on ``data``."""
+    """Top-1 (``acc``) and top-5 (``top5``) accuracy in percent and mean cross-entropy of ``model`` on
+    ``data``."""
     logits, _, labels = predict(model, data, batch_size)
-    return {"acc": accuracy(logits, labels), "loss": F.cross_entropy(logits, labels).item()}
+    return {"acc": accuracy(logits, labels), "top5": accuracy(logits, labels, 5),
+            "loss": F.cross_entropy(logits, labels).item()}

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from intrakd import distributed
 from intrakd.config import RUN_COMMANDS, CheckpointConfig, OptimConfig, TrainConfig
@@ -74,6 +75,11 @@ class Trainer:
         """Epochs of the whole run: the pre-training stage's, then the main stage's ``optim.epochs``."""
         stateful: dict[str, Any] = {"model": model, "objective": objective, "optimizer": self.main.optimizer,
                                     "scheduler": self.main.scheduler}
+        decay = (train or TrainConfig()).ema_decay
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+        """The moving average of the model's weights (``train.ema_decay``), or None."""
+        if self.ema is not None:
+            stateful["ema"] = self.ema
         if self.pretrain:
             stateful["init_optimizer"] = self.pretrain.optimizer
         self.state = TrainState(info, stateful)
@@ -160,6 +166,8 @@ class Trainer:
         loss.backward()
         distributed.average_gradients(stage.params)
         stage.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.nonfinite.observe(terms, self.state.global_step)
         self.state.meter.add(loss, result, batch.labels)
 
@@ -179,7 +187,11 @@ class Trainer:
         split = self.info.eval_split
         main = stage is self.main
         record = {"epoch": state.epoch + 1, **({"stage": stage.name} if self.pretrain else {}), "lr": lr, **metrics,
-                  f"{split}_acc": state.last_eval["acc"], f"{split}_loss": state.last_eval["loss"]}
+                  f"{split}_acc": state.last_eval["acc"], f"{split}_top5": state.last_eval["top5"],
+                  f"{split}_loss": state.last_eval["loss"]}
+        if self.ema is not None:  # the moving average's accuracy beside the raw weights'
+            state.last_eval["ema_acc"] = evaluate(self.ema.module, self.eval_set, self.eval_batch_size)["acc"]
+            record[f"{split}_ema_acc"] = state.last_eval["ema_acc"]
         is_best = main and state.last_eval["acc"] > state.best_acc  # the best student of the main stage
         if main:
             state.best_acc = max(state.best_acc, state.last_eval["acc"])
@@ -226,7 +238,10 @@ class Trainer:
         state = self.state
         summary = {
             "kind": self.info.kind, "model": self.info.model_name, "eval_split": self.info.eval_split,
-            "final_acc": state.last_eval["acc"], "best_acc": state.best_acc, "epochs": self.epochs,
+            "final_acc": state.last_eval["acc"], "best_acc": state.best_acc,
+            **({"final_top5": state.last_eval["top5"]} if "top5" in state.last_eval else {}),  # runs since top-5
+            **({"final_ema_acc": state.last_eval["ema_acc"]} if self.ema is not None else {}),
+            "epochs": self.epochs,
             "wall_seconds": state.wall_seconds, **extra,
         }
         if self.pretrain:

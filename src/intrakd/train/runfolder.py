@@ -238,7 +238,9 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
     Teacher runs from before ``intra.exclude_self`` existed had no self-exclusion, and their delta of
     -1 meant "no gate" (today ``null``; -1 is a real threshold for the logit margin). Runs from before
     ``intra.auto_ratio`` existed had a fixed lambda, on which it has no effect (today's default is
-    filled in). Runs from before ``data.bad_images`` existed stopped at a bad image (today's ``error``)."""
+    filled in). Runs from before ``data.bad_images`` existed stopped at a bad image (today's ``error``).
+    Runs from before milestones were checked may list steps past their last epoch, which never happened
+    (dropped)."""
     intra, data = values.get("intra"), values.get("data")
     if isinstance(intra, dict) and "exclude_self" not in intra:
         intra = {**intra, "exclude_self": False}
@@ -249,4 +251,9 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
         values = {**values, "intra": {**intra, "auto_ratio": IntraConfig.auto_ratio}}
     if isinstance(data, dict) and "bad_images" not in data:
         values = {**values, "data": {**data, "bad_images": "error"}}
+    optim = values.get("optim")
+    if isinstance(optim, dict) and isinstance(optim.get("milestones"), list) and isinstance(optim.get("epochs"), int):
+        kept = [m for m in optim["milestones"] if not isinstance(m, int) or m <= optim["epochs"]]
+        if kept != optim["milestones"]:
+            values = {**values, "optim": {**optim, "milestones": kept}}
     return values

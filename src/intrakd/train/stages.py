@@ -29,10 +29,43 @@ from intrakd.train.accel import PerfSettings
 from intrakd.train.objective import StepOutput
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (the benchmark recipe); ``options`` pick its implementation."""
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig, **options: Any) -> torch.optim.Optimizer:
+    """``optim.name``: SGD with momentum and weight decay (the benchmark recipe), or AdamW with decoupled
+    weight decay; ``options`` pick its implementation (the fused kernel)."""
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay, **options)
     return torch.optim.SGD(list(params), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            **options)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The main stage's learning-rate schedule, stepped once per epoch (at the epoch's end, so a checkpoint
+    taken mid-epoch holds that epoch's rate): ``warmup_epochs`` of linear warm-up (LinearLR), then
+    MultiStepLR at ``milestones`` (counted from the run's first epoch) or CosineAnnealingLR to 0 over the
+    remaining epochs, joined by SequentialLR."""
+    lr_scheduler = torch.optim.lr_scheduler
+    warmup = cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        main: lr_scheduler.LRScheduler = lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs - warmup)
+    else:  # SequentialLR restarts the main schedule's count at the end of the warm-up
+        main = lr_scheduler.MultiStepLR(optimizer, [m - warmup for m in cfg.milestones or []], cfg.lr_decay)
+    if not warmup:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def describe_schedule(cfg: OptimConfig) -> str:
+    """The main stage's optimiser and learning-rate schedule in words (a run's introduction)."""
+    optimizer = (f"AdamW lr {cfg.lr:g}" if cfg.name == "adamw" else f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g}") + \
+        f" wd {cfg.weight_decay:g}"
+    warmup = f"{cfg.warmup_epochs} epochs linear warm-up, then " if cfg.warmup_epochs else ""
+    steps = "/".join(str(m) for m in cfg.milestones or [])
+    if cfg.schedule == "cosine":
+        decay = "cosine to 0"
+    else:
+        decay = f"x{cfg.lr_decay:g} after epochs {steps}" if steps else "constant"
+    return f"{optimizer}, {warmup}{decay} (of {cfg.epochs})"
 
 
 @dataclass
@@ -57,15 +90,15 @@ class Stage:
 
 def main_stage(model: nn.Module, objective: nn.Module, optim: OptimConfig, perf: PerfSettings,
                sync_batchnorm: bool = False) -> Stage:
-    """The main stage: the objective's step on the data-parallel model, one SGD over the model's and
-    the objective's trainable parameters, the multi-step schedule."""
+    """The main stage: the objective's step on the data-parallel model, one optimiser over the model's and
+    the objective's trainable parameters, the run's schedule (:func:`build_schedule`)."""
     trainable = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer = build_optimizer(trainable, optim, **perf.optimizer_options())
     train_model = distributed.wrap_model(model, sync_batchnorm)  # identity in one process
     distributed.broadcast_module(objective)
     objective_params = [p for p in objective.parameters() if p.requires_grad]
     step = functools.partial(perf.compile_step(objective), train_model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, optim.milestones, optim.lr_decay)
+    scheduler = build_schedule(optimizer, optim)
     return Stage("main", step, objective_params, optimizer, scheduler, optim.epochs)
 
 
@@ -76,7 +109,8 @@ def pretrain_stage(model: nn.Module, objective: nn.Module, optim: OptimConfig, p
         return None
     params = list(objective.init_parameters(model))
     init_lr = optim.lr if objective.init_lr is None else objective.init_lr
-    optimizer = build_optimizer(params, dataclasses.replace(optim, lr=init_lr), **perf.optimizer_options())
+    # RepDistiller's stage: SGD whatever the main stage's optimiser
+    optimizer = build_optimizer(params, dataclasses.replace(optim, lr=init_lr, name="sgd"), **perf.optimizer_options())
     # the unwrapped model: its gradients are averaged with the other pre-trained ones
     step = functools.partial(perf.compile_step(objective.init_step), model)
     model_params = {id(p) for p in model.parameters()}
