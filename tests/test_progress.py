@@ -74,9 +74,10 @@ def test_a_run_says_what_it_will_do_then_shows_progress(tmp_path, capsys, monkey
     assert err[1] == "  data    digits: 1347 training images, 10 classes; evaluated on test: 450 images"
     assert err[2] == "  model   digits_cnn_small: 21 steps/epoch x 1 epochs, batch 64"
     assert re.fullmatch(r"  device  cpu, precision (fp32|bf16)", err[3])
-    assert err[4] == "  optim   SGD lr 0.05 momentum 0.9 wd 0.0005, x0.1 after epochs 1/1/1 (of 1)"
+    assert err[4].startswith("  input   model mean (")
+    assert err[5] == "  optim   SGD lr 0.05 momentum 0.9 wd 0.0005, x0.1 after epochs 1/1/1 (of 1)"
     assert any(re.fullmatch(r"\[vanilla teacher\] epoch 1/1 step \d+/21 \(\d+%\) loss=[\d.]+ \d+ images/s, "
-                            r"[\d:]+ left", line) for line in err[4:])
+                            r"[\d:]+ left", line) for line in err[6:])
     capsys.readouterr()
     checkpoint = str(out / "checkpoints" / "last.pt")
     assert main(["evaluate", "--checkpoint", checkpoint]) == 0
