@@ -147,9 +147,17 @@ def _check_preset_teacher(name: str, cfg: StudentConfig) -> None:
                           "teacher first (from this directory), or pass --teacher CHECKPOINT")
 
 
+def _is_zero(value: str) -> bool:
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     if args.vanilla:
-        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "intra.weight"]
+        given = [o for o in args.overrides if o.split("=", 1)[0].strip() == "intra.weight"
+                 and not _is_zero(o.split("=", 1)[1] if "=" in o else "")]
         if given:
             raise ConfigError(f"--vanilla means intra.weight=0, but {given[-1]} is given too: drop one of them")
     return _run(args, "teacher", ["intra.weight=0"] if args.vanilla else [])
