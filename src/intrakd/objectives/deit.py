@@ -104,7 +104,7 @@ class DeiTObjective(Distiller):
         student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
         class_logits, dist_logits = student_out.heads
         s = self.settings
-        losses = {"ce": self.ce_weight * F.cross_entropy(class_logits.float(), batch.labels,
+        losses = {"ce": self.ce_weight * F.cross_entropy(class_logits.float(), batch.targets,
                                                          label_smoothing=self.label_smoothing),
                   "deit": s.token_weight * deit_token_term(dist_logits, teacher_out.logits, s.variant,
                                                            s.soft_temperature)}
