@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from intrakd.cli import main
-from intrakd.config import ConfigError, DataConfig, StudentConfig, load_config
+from intrakd.config import ConfigError, DataConfig, StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
 from intrakd.data.mixing import MixedBatches, mix_batch, mixing_transform
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelInput, create_model, feed_with
 from intrakd.objectives import create_distiller
+from intrakd.objectives.teacher import IntraClassTeacherObjective
 from intrakd.runs import data_input
 
 DIGITS = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "device=cpu"]
@@ -51,9 +52,14 @@ def test_intra_class_loss_with_mixing_is_refused_without_trace(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_a_store_of_teacher_outputs_with_mixing_is_refused():
+def test_a_store_of_teacher_outputs_with_mixing_is_refused(tmp_path, capsys):
+    """Read (the teacher must see the mixed images) or written (it would hold unmixed views' logits)."""
     with pytest.raises(ConfigError, match="must see the mixed image: distil from the teacher itself"):
         load_config(StudentConfig, None, ["teacher_outputs=store", "data.mixup=0.2"])
+    out = tmp_path / "store"
+    assert main(["teacher-outputs", "--teacher", str(tmp_path / "t.pt"), "--out", str(out), *DIGITS,
+                 "data.cutmix=1"]) == 2
+    assert "a store holds the teacher's logits of unmixed views" in capsys.readouterr().err and not out.exists()
 
 
 def test_mixup_then_feeding_is_the_hand_computation(digits):
@@ -147,3 +153,14 @@ def test_teacher_and_student_see_the_same_mixed_images_and_ce_takes_the_soft_tar
     assert torch.allclose(result.losses["ce"], objective.ce_weight * by_hand)
     plain = F.cross_entropy(result.logits.float(), batch.labels, label_smoothing=0.1)
     assert not torch.allclose(result.losses["ce"], objective.ce_weight * plain)
+
+
+def test_a_vanilla_teacher_takes_the_mixed_targets_of_both_views(digits):
+    batch = mix_batch(batch_of(digits, views=2), mixing_transform(0.4, 1.0, digits.num_classes), seed=2)
+    model = feed_with(create_model("digits_cnn_small", num_classes=10), data_input(digits))
+    cfg = load_config(TeacherConfig, None, ["intra.weight=0"]).intra
+    objective = IntraClassTeacherObjective(cfg, digits.num_classes, model.embedding_dim, views=2)
+    result = objective(model, batch)
+    logits = model(torch.cat(batch.views)).logits
+    by_hand = -(batch.mixed_targets.repeat(2, 1) * F.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(result.losses["ce"], by_hand)
