@@ -3,6 +3,8 @@ their soft targets, what each model is fed, and draws that a resumed or data-par
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,11 +13,12 @@ from torchvision.transforms import v2
 from intrakd.cli import main
 from intrakd.config import ConfigError, DataConfig, StudentConfig, TeacherConfig, load_config
 from intrakd.data import build_datasets
-from intrakd.data.mixing import MixedBatches, mix_batch, mixing_transform
+from intrakd.data.mixing import MixedBatches, describe_mixing, mix_batch, mixing_transform
 from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelInput, create_model, feed_with
 from intrakd.objectives import create_distiller
 from intrakd.objectives.teacher import IntraClassTeacherObjective
+from intrakd.progress import RunPlan, run_intro
 from intrakd.runs import data_input
 
 DIGITS = ["data.dataset=digits", "model=digits_cnn_small", "optim.epochs=1", "device=cpu"]
@@ -164,3 +167,13 @@ def test_a_vanilla_teacher_takes_the_mixed_targets_of_both_views(digits):
     logits = model(torch.cat(batch.views)).logits
     by_hand = -(batch.mixed_targets.repeat(2, 1) * F.log_softmax(logits, 1)).sum(1).mean()
     assert torch.allclose(result.losses["ce"], by_hand)
+
+
+def test_the_introduction_says_how_batches_are_mixed():
+    assert describe_mixing(0.0, 0.0) == ""
+    assert describe_mixing(0.2, 0.0) == "MixUp alpha 0.2"
+    assert describe_mixing(0.8, 1.0) == "MixUp alpha 0.8 or CutMix alpha 1 (one of the two per batch)"
+    plan = RunPlan("train-teacher", "vanilla teacher", "runs/t", None, "digits", 1347, 10, "test", 450, "digits_cnn",
+                   21, 3, 64, "cpu", "fp32", mixing=describe_mixing(0.0, 1.0))
+    assert run_intro(plan)[1].endswith("evaluated on test: 450 images; batches mixed: CutMix alpha 1")
+    assert "mixed" not in run_intro(dataclasses.replace(plan, mixing=""))[1]

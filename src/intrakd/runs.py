@@ -43,7 +43,7 @@ from intrakd.config import (
     to_dict,
 )
 from intrakd.data import Batches, Split, TensorBatches, build_datasets, class_names
-from intrakd.data.mixing import MixedBatches
+from intrakd.data.mixing import MixedBatches, describe_mixing
 from intrakd.data.teacher_store import (
     LOGIT_DTYPES,
     StoredBatches,
@@ -594,7 +594,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
             unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
             inputs=f"model {model_input.describe()}{job.inputs}",
-            schedule=describe_schedule(cfg.optim),
+            schedule=describe_schedule(cfg.optim), mixing=describe_mixing(cfg.data.mixup, cfg.data.cutmix),
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"

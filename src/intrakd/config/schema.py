@@ -121,13 +121,14 @@ class DataConfig:
     """Folder datasets: decode every image once into a uint8 tensor and augment batches on the device
     (fast; needs pad_crop and memory for the whole split, e.g. 1.2 GB for Tiny ImageNet)."""
     mixup: float = setting(
-        0.0, "MixUp of every training batch (torchvision's MixUp): each image blended with the next one of the batch "
-             "at a ratio drawn from Beta(alpha, alpha), its target the same blend of their labels; this is alpha "
-             "(0: off; e.g. 0.2, timm's recipes 0.8).", ">= 0", "0: off")
+        0.0, "MixUp of every training batch (torchvision's MixUp): each image blended with the one before it in the "
+             "batch at a ratio drawn from Beta(alpha, alpha), its target the same blend of their labels; this is "
+             "alpha (0: off; e.g. 0.2, DeiT's 0.8).", ">= 0", "0: off")
     cutmix: float = setting(
-        0.0, "CutMix of every training batch (torchvision's CutMix): a box of the next image pasted in, its target "
-             "mixed by the box's area; this is the Beta(alpha, alpha) alpha of that area (0: off; e.g. 1.0). With "
-             "data.mixup too, each batch takes one of the two with probability 0.5.", ">= 0", "0: off")
+        0.0, "CutMix of every training batch (torchvision's CutMix): a box of the image before it in the batch "
+             "pasted in, its target mixed by the box's area; this is the alpha of Beta(alpha, alpha) that draws the "
+             "area (0: off; e.g. 1.0). With data.mixup too, each batch takes one of the two with probability 0.5.",
+        ">= 0", "0: off")
 
     @property
     def mixes(self) -> bool:

@@ -42,6 +42,12 @@ def mixing_transform(mixup: float, cutmix: float, num_classes: int) -> v2.Transf
     return transforms[0] if len(transforms) == 1 else v2.RandomChoice(transforms)
 
 
+def describe_mixing(mixup: float, cutmix: float) -> str:
+    """How batches are mixed, in words (a run's introduction); empty when they are not."""
+    parts = [f"{name} alpha {alpha:g}" for name, alpha in (("MixUp", mixup), ("CutMix", cutmix)) if alpha > 0]
+    return " or ".join(parts) + (" (one of the two per batch)" if len(parts) == 2 else "")
+
+
 def mix_batch(batch: Batch, transform: v2.Transform, seed: int) -> Batch:
     """``batch`` with every view mixed by ``transform`` under draws seeded by ``seed``, its
     ``mixed_targets`` the mixed one-hot labels and its ``labels`` the class each image holds most of."""
