@@ -56,6 +56,16 @@ def test_every_method_trains_one_epoch(teacher_checkpoint, tmp_path, method):
     assert written["method"] == method and written["ce_weight"] == distill_recipe(method)["ce_weight"]
 
 
+@pytest.mark.parametrize("method", ["dkd", "crd", "mlkd"])
+def test_methods_reading_labels_or_two_views_train_on_mixed_batches(teacher_checkpoint, tmp_path, method):
+    """MixUp and CutMix: DKD's target class and CRD's other-class negatives take each mixed image's dominant
+    class, MLKD's weak and strong views are mixed alike; every term stays finite."""
+    summary = distill(student_config(teacher_checkpoint, method, ["data.mixup=0.2", "data.cutmix=1.0"]), tmp_path)
+    assert summary["epochs"] == 1
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(record[k] == record[k] and abs(record[k]) < 1e6 for k in TERMS[method])
+
+
 def test_crd_memory_is_checkpointed_and_restores(teacher_checkpoint, tmp_path):
     cfg = student_config(teacher_checkpoint, "crd", ["distill.crd.num_negatives=256"])
     distill(cfg, tmp_path)

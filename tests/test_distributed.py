@@ -235,7 +235,8 @@ def test_helpers_are_identities_in_one_process():
 
 @pytest.mark.slow
 def test_torchrun_launch_trains_a_teacher_and_a_student_with_two_processes(tmp_path):
-    """The CLI under ``torchrun --nproc_per_node 2`` with gloo: one run folder each, written by rank 0."""
+    """The CLI under ``torchrun --nproc_per_node 2`` with gloo: one run folder each, written by rank 0 (the
+    student's batches mixed, each rank its own share)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "intrakd"]
@@ -244,7 +245,7 @@ def test_torchrun_launch_trains_a_teacher_and_a_student_with_two_processes(tmp_p
     commands = [
         ["train-teacher", "--out", str(teacher), "model=digits_cnn_small", *common],
         ["distill", "--teacher", str(teacher / "checkpoints" / "last.pt"), "--out", str(student),
-         "model=digits_cnn_small", *common],
+         "model=digits_cnn_small", "data.mixup=0.2", "data.cutmix=1.0", *common],
     ]
     for command, out in zip(commands, (teacher, student)):
         done = subprocess.run([*launch[:3], "--master_port", str(_free_port()), *launch[3:], *command], env=env,

@@ -1,5 +1,5 @@
-"""The training recipe settings: optimiser, schedule and warm-up, label smoothing, the weights' moving
-average; each resumable bit for bit."""
+"""The training recipe settings: optimiser, schedule and warm-up, label smoothing, MixUp and CutMix, the
+weights' moving average; each resumable bit for bit."""
 
 from __future__ import annotations
 
@@ -59,8 +59,11 @@ def test_recipe_errors(override, message):
 
 
 RECIPE = ["data.dataset=digits", "model=digits_cnn", "optim.epochs=3", "optim.name=adamw", "optim.lr=0.002",
-          "optim.weight_decay=0.05", "optim.schedule=cosine", "optim.warmup_epochs=1", "intra.weight=0.1",
+          "optim.weight_decay=0.05", "optim.schedule=cosine", "optim.warmup_epochs=1",
           "train.label_smoothing=0.1", "train.ema_decay=0.9", "device=cpu"]
+ENRICHED = ["intra.weight=0.1"]
+MIXED = ["intra.weight=0", "data.mixup=0.2", "data.cutmix=1.0"]
+"""A vanilla teacher with MixUp and CutMix (the intra-class loss takes no mixed images)."""
 
 
 def assert_same_state(a: Path, b: Path) -> None:
@@ -79,12 +82,15 @@ def assert_same_state(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_recipe_run_killed_then_resumed_is_bit_exact(tmp_path):
-    """AdamW + warm-up + cosine + label smoothing + EMA on digits, SIGKILLed mid-epoch 2 and resumed, ends
-    as an uninterrupted run (the moving average included)."""
+@pytest.mark.parametrize("teacher", [ENRICHED, MIXED], ids=["enriched", "mixup-cutmix"])
+def test_recipe_run_killed_then_resumed_is_bit_exact(tmp_path, teacher):
+    """AdamW + warm-up + cosine + label smoothing + EMA on digits (an enriched teacher, or a vanilla one
+    with MixUp and CutMix), SIGKILLed mid-epoch 2 and resumed, ends as an uninterrupted run (the moving
+    average included)."""
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert main(["train-teacher", "--out", str(reference), *RECIPE]) == 0
-    proc = subprocess.Popen(cli("train-teacher", "--out", str(run), *RECIPE, "checkpoint.every_steps=1"),
+    recipe = RECIPE + teacher
+    assert main(["train-teacher", "--out", str(reference), *recipe]) == 0
+    proc = subprocess.Popen(cli("train-teacher", "--out", str(run), *recipe, "checkpoint.every_steps=1"),
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_step(run, STEPS_PER_EPOCH + 5, proc)
     proc.send_signal(signal.SIGKILL)

@@ -80,6 +80,8 @@ class RunPlan:
     """What each model is fed (normalisation and size), when told."""
     schedule: str = ""
     """The optimiser and learning-rate schedule, in words (empty: not shown)."""
+    mixing: str = ""
+    """How the training batches are mixed (MixUp, CutMix), in words (empty: not mixed)."""
 
 
 def run_intro(plan: RunPlan) -> list[str]:
@@ -93,7 +95,7 @@ def run_intro(plan: RunPlan) -> list[str]:
         f"intrakd {p.command}: {p.label} -> {p.run_dir} ({state})",
         (f"  data    {p.dataset}: {p.train_images - p.unreadable} training images"
          f"{f' ({p.unreadable} unreadable left out)' if p.unreadable else ''}, {p.num_classes} classes; "
-         f"evaluated on {p.eval_split}: {p.eval_images} images"),
+         f"evaluated on {p.eval_split}: {p.eval_images} images" + (f"; batches mixed: {p.mixing}" if p.mixing else "")),
         f"  model   {p.model}: {p.steps_per_epoch} steps/epoch x {stages}, batch {p.batch_size}",
         f"  device  {p.device}, precision {p.precision}" + (f", {p.processes} processes" if p.processes > 1 else ""),
         *([f"  input   {p.inputs}"] if p.inputs else []),

@@ -43,6 +43,7 @@ from intrakd.config import (
     to_dict,
 )
 from intrakd.data import Batches, Split, TensorBatches, build_datasets, class_names
+from intrakd.data.mixing import MixedBatches, describe_mixing
 from intrakd.data.teacher_store import (
     LOGIT_DTYPES,
     StoredBatches,
@@ -466,6 +467,9 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
         raise ConfigError("no teacher given: pass --teacher CHECKPOINT")
     if cfg.teacher_outputs:
         raise ConfigError("teacher_outputs names a store to read; this command writes one: give it as --out")
+    if cfg.data.mixes:
+        raise ConfigError("data.mixup / data.cutmix: a store holds the teacher's logits of unmixed views, and a run "
+                          "that mixes its batches must run the teacher on the mixed images: drop both settings")
     epochs = cfg.optim.epochs if epochs is None else epochs
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
@@ -576,6 +580,8 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
                                              objective.strong_views)
     if job.feed is not None:
         train_batches = job.feed(train_batches)
+    if cfg.data.mixes:  # after augmentation, before any model: the teacher sees the student's mixed images
+        train_batches = MixedBatches(train_batches, cfg.data.mixup, cfg.data.cutmix, train_set.num_classes, cfg.seed)
     run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance, own.to_dict(),
                                                  overwrite=overwrite, resume=resume)
     try:
@@ -588,7 +594,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
             init_epochs=getattr(objective, "init_epochs", 0),  # an objective's pre-training stage (train/stages.py)
             unreadable=len(getattr(train_set, "bad", {})) if getattr(train_set, "bad_images", "") == "skip" else 0,
             inputs=f"model {model_input.describe()}{job.inputs}",
-            schedule=describe_schedule(cfg.optim),
+            schedule=describe_schedule(cfg.optim), mixing=describe_mixing(cfg.data.mixup, cfg.data.cutmix),
         )):
             say(line)
         kind = "teacher" if command == RUN_COMMANDS["teacher"] else "student"

@@ -120,6 +120,20 @@ class DataConfig:
     in_memory: bool = False
     """Folder datasets: decode every image once into a uint8 tensor and augment batches on the device
     (fast; needs pad_crop and memory for the whole split, e.g. 1.2 GB for Tiny ImageNet)."""
+    mixup: float = setting(
+        0.0, "MixUp of every training batch (torchvision's MixUp): each image blended with the one before it in the "
+             "batch at a ratio drawn from Beta(alpha, alpha), its target the same blend of their labels; this is "
+             "alpha (0: off; e.g. 0.2, DeiT's 0.8).", ">= 0", "0: off")
+    cutmix: float = setting(
+        0.0, "CutMix of every training batch (torchvision's CutMix): a box of the image before it in the batch "
+             "pasted in, its target mixed by the box's area; this is the alpha of Beta(alpha, alpha) that draws the "
+             "area (0: off; e.g. 1.0). With data.mixup too, each batch takes one of the two with probability 0.5.",
+        ">= 0", "0: off")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (``mixup`` or ``cutmix`` > 0)."""
+        return self.mixup > 0 or self.cutmix > 0
 
 
 @dataclass
@@ -483,6 +497,10 @@ class TeacherConfig:
                               "intra.delta=null turns the gate off")
         if intra.enabled and self.views != 2:
             raise ConfigError("the intra-class loss needs two views: set views=2 (or intra.weight=0)")
+        if intra.enabled and self.data.mixes:
+            raise ConfigError("the intra-class loss compares each image with the other images of its class, and a "
+                              "mixed image (data.mixup, data.cutmix) has no single class: set data.mixup=0 and "
+                              "data.cutmix=0, or intra.weight=0 (a vanilla teacher)")
         self.model_input.validate("model_input")
 
 
@@ -521,6 +539,10 @@ class StudentConfig:
         self.model_input.validate("model_input")
         self.teacher_input.validate("teacher_input")
         _validate_common(self.data, self.optim, self.checkpoint, self.train, self.perf)
+        if self.teacher_outputs and self.data.mixes:
+            raise ConfigError("a store of the teacher's outputs holds its logits of unmixed views, and with data.mixup "
+                              "or data.cutmix the teacher must see the mixed image: distil from the teacher itself "
+                              "(drop teacher_outputs), or set data.mixup=0 and data.cutmix=0")
 
 
 RUN_CONFIGS: dict[str, type[TeacherConfig | StudentConfig]] = {"teacher": TeacherConfig, "student": StudentConfig}

@@ -22,11 +22,20 @@ class Batch:
     views: tuple[Tensor, ...]
     """uint8 ``[B, C, H, W]`` each: every model normalises and resizes them to its own input."""
     labels: Tensor
+    """The class of each image; of a mixed image (:attr:`mixed_targets`), the class it holds most of."""
     indices: Tensor | None = None
     """Position of every image in its training split (for per-sample memories), when known."""
     teacher_logits: tuple[Tensor, ...] | None = None
     """The teacher's logits of each view, when they were read from a store of its outputs
     (:mod:`intrakd.data.teacher_store`) instead of computed."""
+    mixed_targets: Tensor | None = None
+    """float ``[B, num_classes]`` class probabilities of each image when the batch was mixed
+    (:mod:`intrakd.data.mixing`: MixUp, CutMix); None: an unmixed batch, whose targets are ``labels``."""
+
+    @property
+    def targets(self) -> Tensor:
+        """What cross-entropy is taken against: the mixed class probabilities, else the labels."""
+        return self.labels if self.mixed_targets is None else self.mixed_targets
 
 
 class Batches(Protocol):

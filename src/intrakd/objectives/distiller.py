@@ -231,7 +231,7 @@ class Distiller(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch, teacher: nn.Module | None = None) -> StepResult:
         student_out, teacher_out = self.outputs(model, teacher, batch.views[0])
-        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.labels,
+        losses = {"ce": self.ce_weight * F.cross_entropy(student_out.logits.float(), batch.targets,
                                                          label_smoothing=self.label_smoothing)}
         if self.kd_weight > 0:
             losses["kd"] = self.kd_weight * self.kd_term(student_out.logits, teacher_out.logits)

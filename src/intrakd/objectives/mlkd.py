@@ -175,7 +175,7 @@ class MLKDObjective(Distiller):
         weak, strong = batch.views
         s_weak, t_weak = (out.logits for out in self.outputs(model, teacher, weak))
         s_strong, t_strong = (out.logits for out in self.outputs(model, teacher, strong))
-        ce = sum(F.cross_entropy(s.float(), batch.labels, label_smoothing=self.label_smoothing)
+        ce = sum(F.cross_entropy(s.float(), batch.targets, label_smoothing=self.label_smoothing)
                  for s in (s_weak, s_strong))
         losses = {"ce": self.ce_weight * ce}
         if self.kd_weight > 0:

@@ -61,7 +61,8 @@ class IntraClassTeacherObjective(nn.Module):
         n_views = len(batch.views)
         out = model(torch.cat(batch.views) if n_views > 1 else batch.views[0])
         all_labels = labels.repeat(n_views)
-        ce = F.cross_entropy(out.logits.float(), all_labels, label_smoothing=self.label_smoothing)
+        ce = F.cross_entropy(out.logits.float(), torch.cat([batch.targets] * n_views),
+                             label_smoothing=self.label_smoothing)
         first_logits = out.logits[: labels.shape[0]]
         if not self.enabled:
             return StepResult({"ce": ce}, first_logits)

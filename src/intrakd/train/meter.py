@@ -26,7 +26,8 @@ class EpochMeter:
         self.seconds = 0.0
 
     def add(self, loss: Tensor, result: StepOutput, labels: Tensor) -> None:
-        """Add one applied step: the total loss, every term and statistic, the training hits."""
+        """Add one applied step: the total loss, every term and statistic, the training hits (against
+        ``labels``: of a mixed batch, each image's dominant class)."""
         if self.terms != list(result.losses):
             self.terms = list(result.losses)
         for name, value in [("loss", loss), *result.losses.items(), *result.stats.items()]:
@@ -39,7 +40,8 @@ class EpochMeter:
         self.steps += 1
 
     def summary(self) -> dict[str, float]:
-        """Per-step means of every value, training accuracy and throughput (over all ranks)."""
+        """Per-step means of every value, training accuracy (``train_acc``: of mixed images, against the
+        class each holds most of) and throughput (over all ranks)."""
         steps = max(self.steps, 1)
         sums = dict(self.sums)
         if self.correct is not None:
