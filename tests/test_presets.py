@@ -270,3 +270,20 @@ def test_each_method_row_shows_its_own_published_figure_and_reference():
     assert rows[f"{pair}/mlkd-ls-enriched"].endswith(reference_of("mlkd").reference)
     preset = get_preset(f"{pair}/dkd-vanilla")
     assert (preset.method_published, preset.reference) == (71.97, reference_of("dkd").reference)
+
+
+def test_feature_methods_show_repdistillers_published_figures():
+    # RepDistiller README, Tables 1 and 2 (the CRD paper); n/a where the table has N/A or no row
+    presets = all_presets()
+    expected = {"resnet32x4-resnet8x4/crd": 75.51, "wrn_40_2-wrn_16_2/fitnet": 73.58, "vgg13-MobileNetV2/at": 59.40,
+                "resnet56-resnet20/fsp": 69.95, "wrn_40_2-ShuffleV1/nst": 74.89, "resnet110-resnet32/vid": 72.61,
+                "wrn_40_2-wrn_40_1/fsp": None, "resnet32x4-ShuffleV2/fsp": None,
+                "resnet32x4-resnet8x4/ofd": None, "resnet32x4-resnet8x4/kdsvd": None}
+    for name, figure in expected.items():
+        for variant in ("vanilla", "enriched"):
+            preset = presets.get(f"cifar100/{name}-{variant}")
+            assert preset is not None or figure is None, name
+            if preset is not None:
+                assert preset.method_published == figure, name
+    for method in ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd"):
+        assert any(p.method_published is not None for n, p in presets.items() if f"/{method}-" in n), method

@@ -36,6 +36,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
 from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import conv_regressor, probe_stage_pairs, stage_pairs
 
 
@@ -79,6 +80,7 @@ class ABObjective(Distiller):
     """Activation boundaries (Heo et al., AAAI 2019): pre-training on the teacher's neuron on/off pattern."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["ab"]
     teacher_in_graph = False
     settings_class = ABSettings
     recipe = (1.0, 0.0)

@@ -18,6 +18,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -51,6 +52,7 @@ class ATObjective(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention of every stage."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["at"]
     teacher_in_graph = False
     settings_class = ATSettings
     recipe = (1.0, 0.0)

@@ -28,6 +28,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import Difference, ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 
 
 def correlation_matrix(embedding: Tensor, gamma: float, order: int) -> Tensor:
@@ -80,6 +81,7 @@ class CCObjective(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019): the batch's RBF correlations of the embeddings."""
 
     kind = "relations"
+    published = REPDISTILLER_CIFAR100_TOP1["cc"]
     teacher_in_graph = False
     settings_class = CCSettings
     recipe = (1.0, 0.0)

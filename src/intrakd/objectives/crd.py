@@ -31,6 +31,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 
 
 def nce_loss(log_scores: Tensor, num_data: int) -> Tensor:
@@ -95,6 +96,7 @@ class CRDObjective(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020) with a memory per model."""
 
     kind = "embedding"
+    published = REPDISTILLER_CIFAR100_TOP1["crd"]
     settings_class = CRDSettings
     recipe = (1.0, 0.0)
 

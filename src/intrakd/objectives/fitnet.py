@@ -15,6 +15,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import conv_regressor
 
 
@@ -38,6 +39,7 @@ class FitNetObjective(Distiller):
     """FitNets (Romero et al., ICLR 2015): regress a student stage onto the teacher's through a connector."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["fitnet"]
     settings_class = FitNetSettings
     recipe = (1.0, 0.0)
 

@@ -26,6 +26,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, create_model, stage_channels
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo, body_parameters
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import pool_to_smaller
 
 
@@ -59,6 +60,7 @@ class FSPObjective(Distiller):
     """Flow of solution procedure (Yim et al., CVPR 2017): pre-training on Gram matrices between stages."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["fsp"]
     teacher_in_graph = False
     settings_class = FSPSettings
     recipe = (1.0, 0.0)

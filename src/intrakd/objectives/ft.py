@@ -35,6 +35,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput, probe
 from intrakd.objectives.distiller import Distiller, InitStageSettings, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import pool_to_smaller
 
 
@@ -110,6 +111,7 @@ class FTObjective(Distiller):
     """Factor transfer (Kim et al., NeurIPS 2018): L1 between a paraphraser's and a translator's factors."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["ft"]
     settings_class = FTSettings
     recipe = (1.0, 0.0)
 

@@ -22,6 +22,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -58,6 +59,7 @@ class NSTObjective(Distiller):
     """Neuron selectivity transfer (Huang & Wang, 2017): polynomial-kernel MMD of the channels' activations."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["nst"]
     teacher_in_graph = False
     settings_class = NSTSettings
     recipe = (1.0, 0.0)

@@ -19,6 +19,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 
 PKT_EPS = 1e-7
 
@@ -53,6 +54,7 @@ class PKTObjective(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): the embeddings' kernel densities."""
 
     kind = "embedding"
+    published = REPDISTILLER_CIFAR100_TOP1["pkt"]
     teacher_in_graph = False
     settings_class = PKTSettings
     recipe = (1.0, 0.0)

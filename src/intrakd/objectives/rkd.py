@@ -20,6 +20,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 
 
 def distance_potential(embedding: Tensor) -> Tensor:
@@ -67,6 +68,7 @@ class RKDObjective(Distiller):
     """Relational KD (Park et al., CVPR 2019): distance and angle relations among the embeddings."""
 
     kind = "relations"
+    published = REPDISTILLER_CIFAR100_TOP1["rkd"]
     teacher_in_graph = False
     settings_class = RKDSettings
     recipe = (1.0, 0.0)

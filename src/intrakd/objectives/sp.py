@@ -17,6 +17,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:
@@ -48,6 +49,7 @@ class SPObjective(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019): the batch's pairwise similarities."""
 
     kind = "relations"
+    published = REPDISTILLER_CIFAR100_TOP1["sp"]
     teacher_in_graph = False
     settings_class = SPSettings
     recipe = (1.0, 0.0)

@@ -22,6 +22,7 @@ from intrakd.data.tensor_data import Batch
 from intrakd.models import ModelOutput
 from intrakd.objectives.distiller import Distiller, TrainSetInfo
 from intrakd.objectives.registry import ReferenceDifferences, register_distiller
+from intrakd.objectives.repdistiller_figures import REPDISTILLER_CIFAR100_TOP1
 from intrakd.objectives.stages import pool_to_smaller, probe_stage_pairs, stage_pairs
 
 
@@ -62,6 +63,7 @@ class VIDObjective(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): a Gaussian over each teacher stage."""
 
     kind = "features"
+    published = REPDISTILLER_CIFAR100_TOP1["vid"]
     teacher_in_graph = False
     settings_class = VIDSettings
     recipe = (1.0, 0.0)
