@@ -80,6 +80,8 @@ def write_fake_cifar(root: Path, per_class=2, bytes_keys=False):
         if bytes_keys:
             entry = {k.encode(): v for k, v in entry.items()}
         (folder / split).write_bytes(pickle.dumps(entry))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{c}" for c in range(100)],
+                                                "coarse_label_names": [f"super{g}" for g in range(20)]}))
     return folder
 
 
@@ -167,8 +169,6 @@ def write_fake_cifar_with_superclasses(root: Path, per_class=2) -> Path:
         entry = pickle.loads((folder / split).read_bytes())
         entry["coarse_labels"] = [c % 20 for c in entry["fine_labels"]]
         (folder / split).write_bytes(pickle.dumps(entry))
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"class{c}" for c in range(100)],
-                                                "coarse_label_names": [f"super{g}" for g in range(20)]}))
     return folder
 
 

@@ -57,6 +57,7 @@ from intrakd.models import ModelInput, check_reads_images, create_model, feed_wi
 from intrakd.models.checkpoint import (
     CheckpointError,
     CheckpointStore,
+    check_class_names,
     check_format,
     classifier_from_checkpoint,
     file_sha256,
@@ -221,14 +222,15 @@ def _read_folders(cfg: TeacherConfig | StudentConfig) -> dict[str, str | None]:
 
 
 def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any],
-             data_own: dict[str, Any] | None = None, *, overwrite: bool = False, resume: bool = False
-             ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
+             data_own: dict[str, Any] | None = None, *, overwrite: bool = False, resume: bool = False,
+             names: list[str] | None = None) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
     """Check, lock and open the run folder: ``(run_dir, checkpoint state or None, checkpoint path or
     None, its locked RunFolder)``; the caller closes the folder (:meth:`RunFolder.close`) when done.
 
     A fresh run refuses a folder that holds a run (unless ``overwrite``) or whose generated files
     hold one of its inputs. A resumed one loads the newest checkpoint that verifies (naming those
-    skipped), refuses a configuration or inputs that differ from the run's, and only then writes anything.
+    skipped), refuses a configuration, inputs or class ``names`` that differ from the run's, and only then
+    writes anything.
     Both refuse a folder another run is writing (:class:`~intrakd.train.runfolder.RunFolderBusy`).
     ``config.yaml`` says in comments what each model is fed (``provenance``'s inputs); ``data_own``, the
     data's own input, is what a checkpoint written before runs recorded their inputs fed its models.
@@ -244,14 +246,15 @@ def open_run(cls: type[C], cfg: C, out: str | Path, command: str, provenance: di
     _stored_config(run_dir, command)  # a run of this command is there, before the folder is locked
     folder = RunFolder.open_existing(run_dir)
     try:
-        return (*_open_to_resume(cls, cfg, run_dir, command, provenance, data_own), folder)
+        return (*_open_to_resume(cls, cfg, run_dir, command, provenance, data_own, names), folder)
     except BaseException:
         folder.close()
         raise
 
 
 def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenance: dict[str, Any],
-                    data_own: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any] | None, Path | None]:
+                    data_own: dict[str, Any] | None = None, names: list[str] | None = None
+                    ) -> tuple[Path, dict[str, Any] | None, Path | None]:
     """:func:`open_run` of a run to continue, its folder locked."""
     stored = _stored_config(run_dir, command)
     store = CheckpointStore(run_dir / "checkpoints")
@@ -264,6 +267,7 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
         break
     if state is not None:
         check_format(state, path)
+        check_class_names(state.get("class_names"), names, f"the run in {run_dir}")
     if state is None and skipped:
         raise CheckpointError(f"no intact checkpoint to resume {run_dir} from: " + "; ".join(skipped)
                               + f". Start again with --overwrite --out {run_dir}")
@@ -284,11 +288,12 @@ def _open_to_resume(cls: type[C], cfg: C, run_dir: Path, command: str, provenanc
 
 
 def _open_on_main(cls: type[C], cfg: C, out: str | Path, command: str, provenance: dict[str, Any],
-                  data_own: dict[str, Any] | None = None, *, overwrite: bool, resume: bool
-                  ) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
+                  data_own: dict[str, Any] | None = None, *, overwrite: bool, resume: bool,
+                  names: list[str] | None = None) -> tuple[Path, dict[str, Any] | None, Path | None, RunFolder | None]:
     """:func:`open_run` on rank 0; the other data-parallel ranks then load the checkpoint it chose."""
     opened = distributed.run_on_main(
-        lambda: open_run(cls, cfg, out, command, provenance, data_own, overwrite=overwrite, resume=resume))
+        lambda: open_run(cls, cfg, out, command, provenance, data_own, overwrite=overwrite, resume=resume,
+                         names=names))
     chosen = distributed.gather_objects(None if opened is None else opened[2])[0]
     if opened is not None:
         return opened
@@ -374,7 +379,8 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     if store is None:
         teacher, teacher_state = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
                                                             train_set.image_shape, data_input(train_set),
-                                                            dataclasses.asdict(cfg.teacher_input))
+                                                            dataclasses.asdict(cfg.teacher_input),
+                                                            class_names(cfg.data))
         _note_student_teacher(cfg.teacher, teacher_state)
         teacher_input = teacher.model_input
         teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
@@ -483,7 +489,7 @@ def teacher_outputs(cfg: StudentConfig, out: str | Path, epochs: int | None = No
     batches = _view_batches(cfg, train_set, device)
     teacher, state = classifier_from_checkpoint(teacher_path, cfg.teacher_model, train_set.num_classes,
                                                 train_set.image_shape, data_input(train_set),
-                                                dataclasses.asdict(cfg.teacher_input))
+                                                dataclasses.asdict(cfg.teacher_input), class_names(cfg.data))
     teacher_input = teacher.model_input
     teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
     with torch.inference_mode(), perf.autocast():
@@ -582,8 +588,9 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         train_batches = job.feed(train_batches)
     if cfg.data.mixes:  # after augmentation, before any model: the teacher sees the student's mixed images
         train_batches = MixedBatches(train_batches, cfg.data.mixup, cfg.data.cutmix, train_set.num_classes, cfg.seed)
+    names = class_names(cfg.data)
     run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance, own.to_dict(),
-                                                 overwrite=overwrite, resume=resume)
+                                                 overwrite=overwrite, resume=resume, names=names)
     try:
         resumed = (str(path) if path is not None else "its beginning") if resume else None
         for line in run_intro(RunPlan(
@@ -601,7 +608,7 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         trainer = Trainer(
             model=model, objective=objective, train_batches=train_batches, eval_set=eval_set, optim=cfg.optim,
             run_dir=run_dir, info=RunInfo(kind, cfg.model, train_set.num_classes, to_dict(cfg), split, provenance,
-                                          job.label, class_names(cfg.data)),
+                                          job.label, names),
             teacher=teacher, eval_batch_size=cfg.data.eval_batch_size, checkpoint=cfg.checkpoint, train=cfg.train,
             perf=perf, sync_batchnorm=cfg.dist.sync_batchnorm,
         )

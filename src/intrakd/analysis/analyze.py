@@ -15,7 +15,7 @@ from intrakd.analysis.calibration import expected_calibration_error, reliability
 from intrakd.analysis.geometry import embedding_geometry, per_class_geometry
 from intrakd.analysis.softlabels import per_class_mean, soft_label_samples, soft_label_stats
 from intrakd.config import ConfigError, DataConfig, from_dict
-from intrakd.data import FOLDER_DATASETS, Split, build_datasets
+from intrakd.data import FOLDER_DATASETS, Split, build_datasets, class_names
 from intrakd.progress import eval_intro, say
 
 SPLITS = ("test", "val", "train")
@@ -49,6 +49,12 @@ def load_split(data: dict[str, Any], split: str, data_root: str | None = None) -
         raise ConfigError("this run holds out no validation split (data.val_per_class is 0): use --split test")
     train, eval_set, _ = build_datasets(from_dict(DataConfig, values, prefix="data."))
     return train if split == "train" else eval_set
+
+
+def data_class_names(data: dict[str, Any], data_root: str | None = None) -> list[str]:
+    """The class names of the data a run was configured with (``data``: its ``data`` settings;
+    ``data_root`` replaces its root), in label order."""
+    return class_names(from_dict(DataConfig, {**data, **({"root": data_root} if data_root else {})}, prefix="data."))
 
 
 def split_name(data: dict[str, Any], split: str) -> str:
@@ -105,7 +111,7 @@ def predict_checkpoint(
     target = resolve_device(device)
     eval_set = load_split(data, split, data_root)
     model, _ = classifier_from_checkpoint(checkpoint, model_name, eval_set.num_classes, eval_set.image_shape,
-                                          data_input(eval_set))
+                                          data_input(eval_set), class_names=data_class_names(data, data_root))
     name = state.get("model_name") or model_name or "model"
     shown = split_name(data, split)
     say(eval_intro(command, str(checkpoint), data.get("dataset", "?"), shown, len(eval_set), name, str(target)))

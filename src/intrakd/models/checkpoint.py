@@ -210,16 +210,34 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     model.load_state_dict(state_dict)
 
 
+def check_class_names(recorded: list[str] | None, names: list[str] | None, source: str) -> None:
+    """Refuse data whose classes are not those ``source`` (a checkpoint, a run) was trained on: the same
+    names in the same label order, else its accuracy would be scored on other labels. A checkpoint
+    written before runs recorded their class names (``recorded`` empty or None) is checked by the class
+    count alone, elsewhere."""
+    if not recorded or names is None or list(recorded) == list(names):
+        return
+    if len(recorded) != len(names):
+        differs = f"it has {len(recorded)} classes, the data {len(names)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(recorded, names, strict=True)) if a != b)
+        order = " (the same names in another order)" if sorted(recorded) == sorted(names) else ""
+        differs = f"label {i} is {recorded[i]!r} there and {names[i]!r} in the data{order}"
+    raise ConfigError(f"{source} was trained on other classes than the data's: {differs}. Point data.root, "
+                      "data.dataset, data.classes and data.labels at the data it was trained on")
+
+
 def classifier_from_checkpoint(
     path: str | Path, model_name: str | None = None, num_classes: int | None = None,
     image_shape: tuple[int, int, int] | None = None, data_input: ModelInput | None = None,
-    given: dict[str, Any] | None = None,
+    given: dict[str, Any] | None = None, class_names: list[str] | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint (intrakd's own or a ``{"model": state_dict}`` file).
 
-    ``model_name`` is needed when the file does not name its architecture; ``num_classes`` when
-    given must agree with the checkpoint; when ``image_shape`` is given the model is built for such images
-    (a family's models: see :func:`create_model`; at the side it is fed) and must read them. With
+    ``model_name`` is needed when the file does not name its architecture; ``num_classes`` and
+    ``class_names`` when given must agree with the checkpoint (:func:`check_class_names`); when
+    ``image_shape`` is given the model is built for such images (a family's models: see
+    :func:`create_model`; at the side it is fed) and must read them. With
     ``data_input`` (the data's own input) the model is fed (:func:`~intrakd.models.input.feed_with`)
     ``given``'s fields, else what the checkpoint recorded it was trained with (:func:`recorded_input`), else
     its own (a timm file: timm's statistics for the architecture).
@@ -235,6 +253,7 @@ def classifier_from_checkpoint(
     if num_classes is not None and stored_classes is not None and stored_classes != num_classes:
         raise ConfigError(f"checkpoint {path} is a {stored_classes}-class model but the data has {num_classes} "
                          "classes: use a teacher trained on this dataset")
+    check_class_names(state.get("class_names"), class_names, f"checkpoint {path}")
     classes = stored_classes or num_classes
     if classes is None:
         raise ConfigError(f"cannot tell how many classes the model in {path} has")
