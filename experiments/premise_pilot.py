@@ -28,6 +28,8 @@ MIN_KD_MARGIN = 1.0
 """Criterion 3: KD student of the vanilla teacher minus the CE-only student, validation top-1 (points)."""
 MIN_TEST_IMAGES = 5000
 """Criterion 4: images in the test split."""
+CRITERIA = ("train_acc", "train_off_target_mass", "test_images", "kd_minus_ce_only_val")
+"""The criteria each vanilla arm is checked against (the keys of its ``criteria`` entry)."""
 
 
 def _eval(run: Path, split: str) -> dict | None:
@@ -76,7 +78,7 @@ def collect(runs: Path, seed: int) -> dict:
             checks["kd_minus_ce_only_val"] = {"value": margin, "threshold": f">= +{MIN_KD_MARGIN}",
                                               "met": margin >= MIN_KD_MARGIN}
         criteria[name] = checks
-    complete = all(len(c) == 4 for c in criteria.values())
+    complete = all(set(c) == set(CRITERIA) for c in criteria.values())
     return {"runs": str(runs), "seed": seed, "arms": arms, "criteria": criteria,
             "all_criteria_met": complete and all(c["met"] for cs in criteria.values() for c in cs.values()),
             "complete": complete}

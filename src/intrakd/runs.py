@@ -355,7 +355,8 @@ def train_teacher(cfg: TeacherConfig, out: str | Path, overwrite: bool = False, 
     label = label or ("enriched teacher" if cfg.intra.enabled else "vanilla teacher")
     job = RunJob(TeacherConfig, "train-teacher", label, label, {}, lambda model: IntraClassTeacherObjective(
         cfg.intra, train_set.num_classes, model.embedding_dim, cfg.views))
-    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
+    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), class_names(cfg.data),
+                overwrite=overwrite, resume=resume)
 
 
 def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
@@ -376,11 +377,11 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     device, perf = _setup(cfg)
     train_set, eval_set, split = build_datasets(cfg.data)
     label = label or "student"
+    names = class_names(cfg.data)
     if store is None:
         teacher, teacher_state = classifier_from_checkpoint(cfg.teacher, cfg.teacher_model, train_set.num_classes,
                                                             train_set.image_shape, data_input(train_set),
-                                                            dataclasses.asdict(cfg.teacher_input),
-                                                            class_names(cfg.data))
+                                                            dataclasses.asdict(cfg.teacher_input), names)
         _note_student_teacher(cfg.teacher, teacher_state)
         teacher_input = teacher.model_input
         teacher = perf.prepare_model(teacher.to(device).eval().requires_grad_(False))
@@ -398,7 +399,7 @@ def distill(cfg: StudentConfig, out: str | Path, overwrite: bool = False, resume
     job = RunJob(StudentConfig, "distill", label, f"{label} ({cfg.distill.method} from {cfg.teacher})", provenance,
                  lambda model: create_distiller(cfg.distill, model, teacher, train_set), teacher, feed,
                  f"; teacher {teacher_input.describe()}")
-    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), overwrite=overwrite, resume=resume)
+    return _fit(job, cfg, out, device, perf, (train_set, eval_set, split), names, overwrite=overwrite, resume=resume)
 
 
 def _note_student_teacher(path: str, state: dict[str, Any]) -> None:
@@ -553,9 +554,10 @@ class RunJob:
 
 
 def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, device: torch.device,
-         perf: PerfSettings, data: tuple[Split, Split, str], *, overwrite: bool, resume: bool) -> dict[str, Any]:
+         perf: PerfSettings, data: tuple[Split, Split, str], names: list[str], *, overwrite: bool,
+         resume: bool) -> dict[str, Any]:
     """What a teacher run and a student run share: the seeded model and objective, the batches, the
-    run folder, the introduction and the engine, run to its end."""
+    run folder, the introduction and the engine, run to its end. ``names``: the data's class names."""
     train_set, eval_set, split = data
     command, teacher = job.command, job.teacher
     provenance = {"train_images": len(train_set), "eval_images": len(eval_set), **job.provenance}
@@ -588,7 +590,6 @@ def _fit(job: RunJob, cfg: TeacherConfig | StudentConfig, out: str | Path, devic
         train_batches = job.feed(train_batches)
     if cfg.data.mixes:  # after augmentation, before any model: the teacher sees the student's mixed images
         train_batches = MixedBatches(train_batches, cfg.data.mixup, cfg.data.cutmix, train_set.num_classes, cfg.seed)
-    names = class_names(cfg.data)
     run_dir, state, path, folder = _open_on_main(job.cls, cfg, out, command, provenance, own.to_dict(),
                                                  overwrite=overwrite, resume=resume, names=names)
     try:
