@@ -97,6 +97,24 @@ def test_plan_folders_and_order(tmp_path):
     assert describe(only).endswith("0/2 finished")
 
 
+def test_several_students_per_teacher_run_seeds_of_their_own(tmp_path):
+    student = {**SPEC["student"], "seeds_per_teacher": 3}
+    spec = load_sweep(_spec_file(tmp_path, {**SPEC, "seeds": [1], "student": student}))
+    jobs = plan(spec, only="intra.weight=0")
+    runs = tmp_path / "runs"
+    assert [(j.kind, j.config.seed, j.out.relative_to(runs).as_posix()) for j in jobs] == [
+        ("teacher", 1, "teachers/intra.weight=0/seed1"), ("student", 1, "students/intra.weight=0/base/seed1"),
+        ("student", 1001, "students/intra.weight=0/base/seed1-student1"),
+        ("student", 2001, "students/intra.weight=0/base/seed1-student2")]
+    assert {j.config.teacher for j in jobs[1:]} == {str(jobs[0].out / "checkpoints" / "last.pt")}
+    assert "todo  student seed 2001" in describe(jobs)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="seeds_per_teacher must be an integer >= 1"):
+            load_sweep(_spec_file(tmp_path, {**SPEC, "student": {**student, "seeds_per_teacher": bad}}))
+    with pytest.raises(ConfigError, match="drop one of the two"):
+        load_sweep(_spec_file(tmp_path, {**SPEC, "student": {**student, "teacher_outputs": True}}))
+
+
 def test_sweep_runs_skips_and_restarts(tmp_path):
     spec = load_sweep(_spec_file(tmp_path, {**SPEC, "seeds": [0]}))
     jobs = plan(spec, only="intra.weight=0")

@@ -16,6 +16,7 @@ A sweep is described by a YAML file::
       teachers: ["intra.weight=0", "intra.weight=0.02,intra.delta=0.5"]  # optional: which cells
       teacher_outputs: true                   # optional: the students of each teacher run read its logits
                                               # from one store, made on first need (logit methods only)
+      seeds_per_teacher: 3                    # optional: students of each cell per teacher run (default 1)
     evaluate: [test]                          # optional: splits analysed after each run
     temperature: 4                            # soft-label temperature of those analyses
     extends: protocol.yaml                    # optional: a sweep file (path relative to this one)
@@ -23,7 +24,10 @@ A sweep is described by a YAML file::
 
 Every cell is a normal run folder: ``OUT/teachers/<cell>/seed<k>`` and
 ``OUT/students/<teacher cell>/<student cell>/seed<k>``, the student of seed k distilled from the
-teacher of seed k. Cell names list the cell's overrides (``base`` for none). A cell whose folder
+teacher of seed k. With ``student.seeds_per_teacher: n``, each teacher run gets n students of each
+student cell: the first as above, student j (1 <= j < n) of seed ``k + 1000 j`` in
+``.../seed<k>-student<j>`` (independent initialisation, data order and augmentation, one teacher).
+Cell names list the cell's overrides (``base`` for none). A cell whose folder
 holds ``summary.json`` is finished and skipped, so rerunning the same command continues an
 interrupted sweep; a started but unfinished cell continues from its newest checkpoint (started
 again when it cannot: another configuration, no intact checkpoint). A finished cell
@@ -76,7 +80,10 @@ RESULT_NEUTRAL = ("command", "teacher_outputs", *RESULT_NEUTRAL_KEYS)
 result-neutral ones, the command (the stage tells the kind) and the store a student read its teacher's
 logits from (a sweep's stores hold every class as computed: such a student equals the live teacher's)."""
 SPEC_KEYS = {"extends", "out", "seeds", "common", "teacher", "student", "evaluate", "temperature"}
-STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers", "teacher_outputs"}}
+STAGE_KEYS = {"teacher": {"config", "grid"}, "student": {"config", "grid", "teachers", "teacher_outputs",
+                                                                "seeds_per_teacher"}}
+STUDENT_SEED_STRIDE = 1000
+"""Student j of the teacher run of seed k has seed ``k + STUDENT_SEED_STRIDE * j``."""
 
 
 @dataclass
@@ -134,6 +141,7 @@ class SweepSpec:
     student_cells: list[Cell]
     student_teachers: list[str] | None
     student_teacher_outputs: bool
+    students_per_teacher: int
     evaluate: list[str]
     temperature: float
 
@@ -224,6 +232,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     shared = stages["student"].get("teacher_outputs", False)
     if not isinstance(shared, bool):
         raise ConfigError(f"{path}: student.teacher_outputs must be true or false, got {shared!r}")
+    per_teacher = stages["student"].get("seeds_per_teacher", 1)
+    if isinstance(per_teacher, bool) or not isinstance(per_teacher, int) or per_teacher < 1:
+        raise ConfigError(f"{path}: student.seeds_per_teacher must be an integer >= 1, got {per_teacher!r}")
+    if per_teacher > 1 and shared:
+        raise ConfigError(f"{path}: student.teacher_outputs stores the teacher's outputs for the batches of one "
+                          f"seed, and the {per_teacher} students per teacher (student.seeds_per_teacher) draw "
+                          "batches of their own seeds: drop one of the two")
     teacher_cells = expand_grid(stages["teacher"].get("grid"), f"{path}: teacher.grid")
     names = [cell.name for cell in teacher_cells]
     unmatched = [t for t in teachers or [] if not fnmatch.filter(names, t)]
@@ -241,6 +256,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         student_cells=expand_grid(stages["student"].get("grid"), f"{path}: student.grid"),
         student_teachers=teachers,
         student_teacher_outputs=shared,
+        students_per_teacher=per_teacher,
         evaluate=evaluate,
         temperature=float(spec.get("temperature", 4.0)),
     )
@@ -287,12 +303,14 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
                 continue
             checkpoint = teacher.out / "checkpoints" / "last.pt"
             students = []
-            for student in spec.student_cells:
-                s_overrides = _override_strings(student.overrides) + list(extra or []) + [f"seed={seed}"]
+            for student, j in itertools.product(spec.student_cells, range(spec.students_per_teacher)):
+                student_seed = seed + STUDENT_SEED_STRIDE * j
+                s_overrides = _override_strings(student.overrides) + list(extra or []) + [f"seed={student_seed}"]
                 s_cfg = load_config(StudentConfig, base=_merge(spec.common, spec.student_config,
                                                                {"teacher": str(checkpoint)}), overrides=s_overrides)
+                folder = f"seed{seed}" + (f"-student{j}" if j else "")
                 students.append(Job("student", f"{cell.name}/{student.name}", seed,
-                                    out / "students" / cell.name / student.name / f"seed{seed}", s_cfg))
+                                    out / "students" / cell.name / student.name / folder, s_cfg))
             if spec.student_teacher_outputs:
                 students = _sharing_a_store(students, out / "stores" / cell.name / f"seed{seed}")
             jobs += students
@@ -383,7 +401,7 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = say
     log(f"sweep: {len(jobs)} runs in {spec.out}, {len(jobs) - todo} already finished, {todo} to run")
     took: list[float] = []
     for i, job in enumerate(jobs, 1):
-        where = f"[{i}/{len(jobs)}] {job.kind} {job.name} seed {job.seed}"
+        where = f"[{i}/{len(jobs)}] {job.kind} {job.name} seed {job.config.seed}"
         if job.finished:
             counts["skipped"] += 1
         else:
@@ -393,7 +411,7 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = say
                 log(f"{where}: storing the teacher's outputs for its students in {job.store.out}")
                 teacher_outputs(job.store.config, job.store.out, job.store.epochs)
             run = train_teacher if job.kind == "teacher" else distill
-            label = f"{i}/{len(jobs)} {job.kind} {job.name} seed {job.seed}"
+            label = f"{i}/{len(jobs)} {job.kind} {job.name} seed {job.config.seed}"
             start = time.perf_counter()
             try:
                 if (job.out / "config.yaml").exists():
@@ -423,7 +441,7 @@ def run_sweep(spec: SweepSpec, jobs: list[Job], log: Callable[[str], None] = say
 def describe(jobs: list[Job]) -> str:
     """A listing of the jobs and whether each is finished (for ``--dry-run``)."""
     done = sum(j.finished for j in jobs)
-    lines = [f"{'done' if j.finished else 'todo'}  {j.kind:<7} seed {j.seed}  {j.out}" for j in jobs]
+    lines = [f"{'done' if j.finished else 'todo'}  {j.kind:<7} seed {j.config.seed}  {j.out}" for j in jobs]
     return "\n".join(lines + [f"{done}/{len(jobs)} finished"])
 
 
