@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from intrakd.analysis.agreement import accuracy_spread, prediction_agreement, soft_label_kl
+from intrakd.analysis.agreement import (
+    accuracy_spread,
+    fixed_test_set_se,
+    prediction_agreement,
+    soft_label_kl,
+    teacher_student_split,
+)
 
 
 def _logits(predicted: list[int], classes: int = 3) -> torch.Tensor:
@@ -74,3 +80,37 @@ def test_image_variance_estimates_the_spread_of_independent_flips():
     between = sum(r["between_variance"] for r in runs) / len(runs)
     image = sum(r["image_variance"] for r in runs) / len(runs)
     assert between == pytest.approx(image, rel=0.1)
+
+
+def test_teacher_student_split_known_answers():
+    # two teachers, students 60, 62 and 64, 66: within = ((1+1) + (1+1)) / 2 = 2; teacher means 61, 65,
+    # MS_between = 2 x ((61-63)^2 + (65-63)^2) / 1 = 16, n0 = 2: teacher part (16 - 2) / 2 = 7
+    got = teacher_student_split([[60, 62], [64, 66]])
+    assert got == {"teachers": 2, "students": 4, "student_variance": 2.0, "teacher_variance": 7.0,
+                   "one_student_variance": 9.0}
+    # unbalanced: means 62 and 70, grand mean 65.2, within (4 + 0 + 4 + 0) / 3, MS_between
+    # 3 x 3.2^2 + 2 x 4.8^2 = 76.8, n0 = (5 - (9 + 4) / 5) / 1 = 2.4
+    uneven = teacher_student_split([[60, 62, 64], [70, 70]])
+    assert uneven["student_variance"] == pytest.approx(8 / 3)
+    assert uneven["teacher_variance"] == pytest.approx((76.8 - 8 / 3) / 2.4)
+    with pytest.raises(ValueError, match="at least 2 teacher runs"):
+        teacher_student_split([[60], [61]])
+
+
+def test_teacher_student_split_recovers_simulated_components():
+    # 300 teachers of 4 students: teacher effects of SD 1, student noise of SD 2
+    gen = torch.Generator().manual_seed(2)
+    teacher = torch.randn(300, 1, generator=gen)
+    acc = 60 + teacher + 2 * torch.randn(300, 4, generator=gen)
+    got = teacher_student_split(acc.tolist())
+    assert got["student_variance"] == pytest.approx(4.0, rel=0.1)
+    assert got["teacher_variance"] == pytest.approx(1.0, abs=0.35)
+
+
+def test_fixed_test_set_se_is_the_se_of_the_per_image_mean_difference():
+    first = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])
+    second = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    # per-image differences averaged over the 2 pairs: 0, .5, .5, 0: SD sqrt(1/12), over sqrt(4)
+    assert fixed_test_set_se(first, second) == pytest.approx(100 * math.sqrt(1 / 12) / 2)
+    with pytest.raises(ValueError, match="one shape"):
+        fixed_test_set_se(first, second[:1])

@@ -92,3 +92,43 @@ def correctness(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(1) == labels).double()
 
 
+
+
+def teacher_student_split(accuracies: list[list[float]]) -> dict[str, float]:
+    """Split the spread of students' accuracies (``accuracies[t]``: the students of teacher run ``t``,
+    points; at least two teacher runs, one of them with two students or more) into the part their
+    teachers bring and the part of the students' own seeds (one-way random-effects ANOVA), in points^2.
+
+    * ``student_variance``: the pooled variance of students of one teacher (their own seeds);
+    * ``teacher_variance``: the variance of the teachers' true mean student, ``(MS_between -
+      student_variance) / n0`` with ``n0`` the effective students per teacher (may come out negative
+      by chance);
+    * ``one_student_variance``: their sum, the variance of one student of a fresh teacher.
+    """
+    groups = [list(map(float, g)) for g in accuracies if len(g)]
+    sizes = [len(g) for g in groups]
+    total = sum(sizes)
+    within_df = total - len(groups)
+    if len(groups) < 2 or within_df < 1:
+        raise ConfigError(f"teacher_student_split needs at least 2 teacher runs and one with 2 students or more, "
+                          f"got students per teacher {sizes}")
+    means = [sum(g) / len(g) for g in groups]
+    grand = sum(sum(g) for g in groups) / total
+    within = sum((a - m) ** 2 for g, m in zip(groups, means) for a in g) / within_df
+    between = sum(n * (m - grand) ** 2 for n, m in zip(sizes, means)) / (len(groups) - 1)
+    n0 = (total - sum(n * n for n in sizes) / total) / (len(groups) - 1)
+    teacher = (between - within) / n0
+    return {"teachers": len(groups), "students": total, "student_variance": within, "teacher_variance": teacher,
+            "one_student_variance": within + teacher}
+
+
+def fixed_test_set_se(first: Tensor, second: Tensor) -> float:
+    """The standard error (points) that the test set itself leaves in a mean accuracy difference over
+    pairs of models (``first``, ``second``: ``[pairs, images]`` of 0/1, pair ``k`` compared on the same
+    images): the SD over images of the per-image difference averaged over the pairs, over sqrt(N).
+    More seeds do not shrink it; only a larger test set does."""
+    if first.shape != second.shape or first.dim() != 2:
+        raise ConfigError(f"fixed_test_set_se needs two [pairs, images] tensors of one shape, got "
+                          f"{tuple(first.shape)} and {tuple(second.shape)}")
+    per_image = (second.double() - first.double()).mean(0)
+    return 100.0 * per_image.std().item() / math.sqrt(per_image.numel())
