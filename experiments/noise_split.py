@@ -11,8 +11,9 @@ teacher on its unaugmented training images too); printed and written as JSON:
   part (intrakd.analysis.agreement.accuracy_spread), among the first students of different teacher
   seeds and among the students of one teacher run; the split of the spread into the part the teachers
   bring and the part of the students' own seeds (teacher_student_split); image-by-image agreement
-  between students; the test set's own standard error of one paired difference and of the mean
-  difference over all pairs (fixed_test_set_se);
+  between students; the test set's own standard error of one paired difference, and the part of the
+  mean difference over all pairs that belongs to the images rather than to the pairs' flipping
+  (fixed_test_set_se);
 * teachers: the soft labels' KL at T = 4 from the vanilla teacher of seed s to the enriched teacher
   of the same seed, to the vanilla and to the enriched teachers of the other seeds, on test and on the
   training images (what a student is taught on), and each teacher's off-target mass there;
@@ -149,10 +150,10 @@ def collect(runs: Path, seeds: list[int], arms: dict[str, str] = ARMS) -> dict:
         f"seed{s}" + (f"-student{j}" if j else ""): prediction_agreement(
             students["vanilla", s, j].logits, students["enriched", s, j].logits, students["vanilla", s, j].labels,
             TEMPERATURE) for s, j in pairs}
-    if pairs:
-        result["mean_difference_test_set_se"] = {"pairs": len(pairs), "se": fixed_test_set_se(
+    if len(pairs) >= 2:
+        result["mean_difference_test_set_se"] = fixed_test_set_se(
             torch.stack([right(("vanilla", s, j)) for s, j in pairs]),
-            torch.stack([right(("enriched", s, j)) for s, j in pairs]))}
+            torch.stack([right(("enriched", s, j)) for s, j in pairs]))
     if len(split) == 2 and walls["teacher"] and walls["student"]:
         result["design"] = design(split, statistics.median(walls["teacher"]), statistics.median(walls["student"]))
 

@@ -107,10 +107,23 @@ def test_teacher_student_split_recovers_simulated_components():
     assert got["teacher_variance"] == pytest.approx(1.0, abs=0.35)
 
 
-def test_fixed_test_set_se_is_the_se_of_the_per_image_mean_difference():
+def test_fixed_test_set_se_separates_the_images_from_the_pairs_flipping():
     first = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0]])
     second = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
-    # per-image differences averaged over the 2 pairs: 0, .5, .5, 0: SD sqrt(1/12), over sqrt(4)
-    assert fixed_test_set_se(first, second) == pytest.approx(100 * math.sqrt(1 / 12) / 2)
+    got = fixed_test_set_se(first, second)
+    # per-image differences (0, 0, 1, 0) and (0, 1, 0, 0), means 0, .5, .5, 0: variance 1/12;
+    # per image the variance over the pairs: 0, .5, .5, 0 (mean .25), over 2 pairs: .125
+    assert got["pairs"] == 2
+    assert got["raw_se"] == pytest.approx(100 * math.sqrt(1 / 12 / 4))
+    assert got["flip_se"] == pytest.approx(100 * math.sqrt(0.125 / 4))
+    assert got["se"] == 0.0                      # the flipping explains all of it
+    # the second kind right on images 2 and 3 in every pair: a difference the images carry
+    lifted = fixed_test_set_se(torch.tensor([[1, 1, 0, 0]] * 3), torch.tensor([[1, 1, 1, 1]] * 3))
+    assert lifted["flip_se"] == 0.0 and lifted["se"] == pytest.approx(100 * math.sqrt(1 / 3 / 4))
+    # many pairs of two kinds that differ on no image, each pair flipping at random: se near 0
+    gen = torch.Generator().manual_seed(3)
+    p = torch.rand(2000, generator=gen)
+    noisy = fixed_test_set_se(*(torch.rand(40, 2000, generator=gen) < p).double().chunk(2))
+    assert noisy["se"] < 0.3 * noisy["raw_se"]
     with pytest.raises(ValueError, match="one shape"):
         fixed_test_set_se(first, second[:1])

@@ -122,13 +122,23 @@ def teacher_student_split(accuracies: list[list[float]]) -> dict[str, float]:
             "one_student_variance": within + teacher}
 
 
-def fixed_test_set_se(first: Tensor, second: Tensor) -> float:
-    """The standard error (points) that the test set itself leaves in a mean accuracy difference over
-    pairs of models (``first``, ``second``: ``[pairs, images]`` of 0/1, pair ``k`` compared on the same
-    images): the SD over images of the per-image difference averaged over the pairs, over sqrt(N).
-    More seeds do not shrink it; only a larger test set does."""
-    if first.shape != second.shape or first.dim() != 2:
-        raise ConfigError(f"fixed_test_set_se needs two [pairs, images] tensors of one shape, got "
-                          f"{tuple(first.shape)} and {tuple(second.shape)}")
-    per_image = (second.double() - first.double()).mean(0)
-    return 100.0 * per_image.std().item() / math.sqrt(per_image.numel())
+def fixed_test_set_se(first: Tensor, second: Tensor) -> dict[str, float]:
+    """How much of a mean accuracy difference over pairs of models belongs to the test set itself
+    (``first``, ``second``: ``[pairs, images]`` of 0/1, at least 2 pairs, pair ``k`` compared on the
+    same images), in points: what more seeds would not shrink, only a larger test set.
+
+    With ``d[k, i]`` the per-image difference of pair ``k`` and ``m[i]`` its mean over the pairs:
+    ``raw_se`` is ``SD_i(m) / sqrt(N)``; ``flip_se`` the part of it that the pairs' own per-image
+    flipping gives (``sqrt(mean_i var_k(d) / pairs / N)``), which shrinks with more pairs; ``se`` the
+    rest, ``sqrt(max(raw^2 - flip^2, 0))``: the SE from the images' true differences between the two
+    kinds of model, the test set's sampling error of the difference on the population of images.
+    """
+    if first.shape != second.shape or first.dim() != 2 or first.shape[0] < 2:
+        raise ConfigError(f"fixed_test_set_se needs two [pairs, images] tensors of one shape with at least 2 "
+                          f"pairs, got {tuple(first.shape)} and {tuple(second.shape)}")
+    diff = second.double() - first.double()
+    pairs, n = diff.shape
+    raw = diff.mean(0).var().item() / n
+    flip = diff.var(0).mean().item() / pairs / n
+    return {"pairs": int(pairs), "raw_se": 100.0 * math.sqrt(raw), "flip_se": 100.0 * math.sqrt(flip),
+            "se": 100.0 * math.sqrt(max(raw - flip, 0.0))}
