@@ -19,7 +19,8 @@ teacher on its unaugmented training images too); printed and written as JSON:
   training images (what a student is taught on), and each teacher's off-target mass there;
 * design: for 1 to 8 students per teacher, the paired teacher runs needed for a 95% half-width of 0.5
   points on the enriched-minus-vanilla student difference, and their cost in thread-hours at the
-  runs' median wall times.
+  runs' median wall times; and the same with the students' per-image flipping removed (what an
+  unbounded test set would give).
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ def design(split: dict[str, dict[str, float]], teacher_minutes: float, student_m
     """For each number of students per teacher run, the fewest paired teacher runs whose 95% t-interval
     of the mean enriched-minus-vanilla difference (students averaged per teacher run, arms taken as
     independent) has a half-width of at most :data:`HALF_WIDTH`, and the thread-hours they cost.
-    ``split``: teacher_student_split per arm (a negative teacher part counts as 0)."""
+    ``split``: teacher_student_split per arm (a negative part counts as 0)."""
     teacher = sum(max(s["teacher_variance"], 0.0) for s in split.values())
-    student = sum(s["student_variance"] for s in split.values())
+    student = sum(max(s["student_variance"], 0.0) for s in split.values())
     rows = []
     for n in per_teacher:
         variance = teacher + student / n
@@ -155,7 +156,11 @@ def collect(runs: Path, seeds: list[int], arms: dict[str, str] = ARMS) -> dict:
             torch.stack([right(("vanilla", s, j)) for s, j in pairs]),
             torch.stack([right(("enriched", s, j)) for s, j in pairs]))
     if len(split) == 2 and walls["teacher"] and walls["student"]:
-        result["design"] = design(split, statistics.median(walls["teacher"]), statistics.median(walls["student"]))
+        minutes = statistics.median(walls["teacher"]), statistics.median(walls["student"])
+        result["design"] = design(split, *minutes)
+        unbounded = {arm: {**parts, "student_variance": parts["student_variance"] - statistics.mean(
+            w["spread"]["image_variance"] for w in within[arm].values())} for arm, parts in split.items()}
+        result["design_without_flipping"] = design(unbounded, *minutes)
 
     kl: dict = {}
     for part in ("test", "train"):

@@ -33,6 +33,8 @@ def test_noise_split_of_a_sweep_with_two_students_per_teacher(tmp_path, capsys):
     assert set(result["students_of_the_two_arms"]) == {"seed0", "seed0-student1", "seed1", "seed1-student1"}
     assert result["mean_difference_test_set_se"]["pairs"] == 4
     assert [row["students_per_teacher"] for row in result["design"]] == list(range(1, 9))
+    assert all(row["difference_sd"] <= full["difference_sd"]
+               for row, full in zip(result["design_without_flipping"], result["design"]))
     for part in ("test", "train"):
         groups = result["teacher_kl"][part]
         assert set(groups["same seed, enriched"]["pairs"]) == {"vanilla seed0 -> enriched seed0",
