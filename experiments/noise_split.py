@@ -29,13 +29,11 @@ import argparse
 import itertools
 import json
 import math
-import re
 import statistics
 import sys
 from pathlib import Path
 
 import torch
-from scipy import stats
 
 from intrakd.analysis.agreement import (
     accuracy_spread,
@@ -46,13 +44,14 @@ from intrakd.analysis.agreement import (
     teacher_student_split,
 )
 from intrakd.analysis.analyze import predict_checkpoint
+from intrakd.analysis.comparison import seeds_for_halfwidth
 from intrakd.analysis.softlabels import soft_label_samples
+from intrakd.analysis.sweep import student_folder
 
 ARMS = {"vanilla": "intra.weight=0", "enriched": "intra.weight=0.02"}
 TEMPERATURE = 4.0
 HALF_WIDTH = 0.5
 """The resolution asked for (points): the 95% half-width of the mean student difference."""
-STUDENT_FOLDER = re.compile(r"seed(\d+)(?:-student(\d+))?")
 
 
 def _predict(run: Path, split: str):
@@ -68,10 +67,12 @@ def _wall_minutes(run: Path) -> float:
 def _students(runs: Path, cell: str, seeds: list[int]) -> dict[tuple[int, int], Path]:
     """The finished student runs of teacher ``cell``: (teacher seed, student index) -> folder."""
     found = {}
-    for folder in sorted((runs / "students" / cell / "base").glob("seed*")):
-        match = STUDENT_FOLDER.fullmatch(folder.name)
-        if match and int(match[1]) in seeds and (folder / "summary.json").is_file():
-            found[int(match[1]), int(match[2] or 0)] = folder
+    for seed in seeds:
+        j = 0
+        while (folder := runs / "students" / cell / "base" / student_folder(seed, j)).is_dir():
+            if (folder / "summary.json").is_file():
+                found[seed, j] = folder
+            j += 1
     return found
 
 
@@ -86,9 +87,7 @@ def design(split: dict[str, dict[str, float]], teacher_minutes: float, student_m
     rows = []
     for n in per_teacher:
         variance = teacher + student / n
-        pairs = 2
-        while stats.t.ppf(0.975, pairs - 1) * math.sqrt(variance / pairs) > HALF_WIDTH:
-            pairs += 1
+        pairs = seeds_for_halfwidth(math.sqrt(variance), HALF_WIDTH)
         rows.append({"students_per_teacher": n, "teacher_pairs": pairs, "difference_sd": math.sqrt(variance),
                      "thread_hours": pairs * 2 * (teacher_minutes + n * student_minutes) / 60})
     return rows
@@ -115,13 +114,13 @@ def collect(runs: Path, seeds: list[int], arms: dict[str, str] = ARMS) -> dict:
         return correctness(students[key].logits, students[key].labels)
 
     result: dict = {"runs": str(runs), "seeds": seeds, "temperature": TEMPERATURE,
-                    "students_found": sorted(f"{a}/seed{s}" + (f"-student{j}" if j else "") for a, s, j in students),
+                    "students_found": sorted(f"{a}/{student_folder(s, j)}" for a, s, j in students),
                     "teachers_found": sorted(f"{a}/seed{s}/{p}" for a, s, p in teachers),
                     "wall_minutes_median": {k: statistics.median(v) for k, v in walls.items() if v}}
     across, within, split, accuracies = {}, {}, {}, {}
     for arm in arms:
         mine = sorted((s, j) for a, s, j in students if a == arm)
-        accuracies[arm] = {f"seed{s}" + (f"-student{j}" if j else ""): 100.0 * right((arm, s, j)).mean().item()
+        accuracies[arm] = {student_folder(s, j): 100.0 * right((arm, s, j)).mean().item()
                            for s, j in mine}
         firsts = [s for s, j in mine if j == 0]
         if len(firsts) >= 2:
@@ -148,7 +147,7 @@ def collect(runs: Path, seeds: list[int], arms: dict[str, str] = ARMS) -> dict:
 
     pairs = sorted((s, j) for a, s, j in students if a == "vanilla" and ("enriched", s, j) in students)
     result["students_of_the_two_arms"] = {
-        f"seed{s}" + (f"-student{j}" if j else ""): prediction_agreement(
+        student_folder(s, j): prediction_agreement(
             students["vanilla", s, j].logits, students["enriched", s, j].logits, students["vanilla", s, j].labels,
             TEMPERATURE) for s, j in pairs}
     if len(pairs) >= 2:

@@ -262,6 +262,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
     )
 
 
+def student_folder(seed: int, j: int) -> str:
+    """Folder name of student ``j`` (0 for the first) of the teacher run of ``seed``."""
+    return f"seed{seed}" + (f"-student{j}" if j else "")
+
+
 def _override_strings(overrides: list[tuple[str, Any]]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in overrides]
 
@@ -308,9 +313,8 @@ def plan(spec: SweepSpec, seeds: list[int] | None = None, only: str | None = Non
                 s_overrides = _override_strings(student.overrides) + list(extra or []) + [f"seed={student_seed}"]
                 s_cfg = load_config(StudentConfig, base=_merge(spec.common, spec.student_config,
                                                                {"teacher": str(checkpoint)}), overrides=s_overrides)
-                folder = f"seed{seed}" + (f"-student{j}" if j else "")
                 students.append(Job("student", f"{cell.name}/{student.name}", seed,
-                                    out / "students" / cell.name / student.name / folder, s_cfg))
+                                    out / "students" / cell.name / student.name / student_folder(seed, j), s_cfg))
             if spec.student_teacher_outputs:
                 students = _sharing_a_store(students, out / "stores" / cell.name / f"seed{seed}")
             jobs += students
